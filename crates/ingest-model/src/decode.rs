@@ -1,0 +1,434 @@
+//! JSON → [`UsageRecord`], reporting every field that is missing or of the
+//! wrong type, then every rule that fails (see [`crate::validate`]).
+//!
+//! Documents are split into borrowed [`RawValue`]s first: one pass over the
+//! bytes that checks the syntax, with serde_json's nesting limit (128) in
+//! force, and nothing copied. Each field is then converted on its own, so one
+//! bad field never hides another, and one bad record never fails its batch.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use uuid::Uuid;
+
+use crate::validate::{self, Context, MAX_TOKENS};
+use crate::{ErrorCode, FieldError, ModelInfo, Performance, TokenUsage, UsageRecord};
+
+/// The request body could not be read as the expected document.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// Not JSON at all: the position is 1-based.
+    #[error("malformed JSON at line {line}, column {column}: {message}")]
+    Syntax { line: usize, column: usize, message: String },
+    /// JSON, but not of the expected shape (e.g. `records` is not an array).
+    #[error("invalid {what}: {message}")]
+    Shape { what: &'static str, message: String },
+}
+
+impl DocumentError {
+    fn from_json(what: &'static str, err: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        match err.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                let message = strip_position(&err.to_string());
+                DocumentError::Syntax { line: err.line(), column: err.column(), message }
+            }
+            Category::Data => DocumentError::Shape { what, message: strip_position(&err.to_string()) },
+        }
+    }
+}
+
+/// serde_json appends " at line L column C"; the position is reported apart.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// A record that failed decoding or validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejected {
+    /// The record's `request_id`, when it had a valid one.
+    pub request_id: Option<Uuid>,
+    pub errors: Vec<FieldError>,
+}
+
+/// Checks that `body` is one JSON value and returns it undecoded.
+pub fn single(body: &[u8]) -> Result<&RawValue, DocumentError> {
+    serde_json::from_slice(body).map_err(|e| DocumentError::from_json("record", e))
+}
+
+/// `POST /v1/usage/batch` body.
+#[derive(Debug, Deserialize)]
+pub struct BatchEnvelope<'a> {
+    #[serde(default)]
+    pub batch_id: Option<Uuid>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(borrow)]
+    pub records: Vec<&'a RawValue>,
+}
+
+/// Reads a batch envelope; its records stay undecoded.
+pub fn batch(body: &[u8]) -> Result<BatchEnvelope<'_>, DocumentError> {
+    serde_json::from_slice(body).map_err(|e| DocumentError::from_json("batch envelope", e))
+}
+
+/// Reads a stream message (SPEC §5): one record, `{"records": […]}`, or an
+/// envelope `{"message_id", "event_type": "usage" | "batch", "payload"}`
+/// whose payload is a record, a `{"records": […]}` object or an array.
+pub fn stream_message(body: &[u8]) -> Result<Vec<&RawValue>, DocumentError> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        records: Option<Vec<&'a RawValue>>,
+        #[serde(borrow, default)]
+        payload: Option<&'a RawValue>,
+        #[serde(default)]
+        event_type: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        records: Vec<&'a RawValue>,
+    }
+    let shape = |message: String| DocumentError::Shape { what: "stream message", message };
+    let whole: &RawValue = serde_json::from_slice(body).map_err(|e| DocumentError::from_json("stream message", e))?;
+    if !whole.get().starts_with('{') {
+        return Err(shape(format!("must be a JSON object, found {}", kind(whole))));
+    }
+    let probe: Probe<'_> =
+        serde_json::from_str(whole.get()).map_err(|e| DocumentError::from_json("stream message", e))?;
+    match (probe.records, probe.payload, probe.event_type.as_deref()) {
+        (Some(records), None, None) => Ok(records),
+        (None, Some(payload), Some("usage")) => Ok(vec![payload]),
+        (None, Some(payload), Some("batch")) => {
+            let records = if payload.get().starts_with('[') {
+                serde_json::from_str::<Vec<&RawValue>>(payload.get()).ok()
+            } else {
+                serde_json::from_str::<Batch<'_>>(payload.get()).ok().map(|b| b.records)
+            };
+            records.ok_or_else(|| shape("a batch payload must be an array of records or {\"records\": […]}".into()))
+        }
+        (None, Some(_), Some(other)) => {
+            Err(shape(format!("unknown event_type {other:?}; expected \"usage\" or \"batch\"")))
+        }
+        (None, Some(_), None) => Err(shape("an envelope needs an event_type (\"usage\" or \"batch\")".into())),
+        (None, None, Some(_)) => Err(shape("an envelope needs a payload".into())),
+        (Some(_), _, _) => Err(shape("a message has either records or an envelope payload, not both".into())),
+        (None, None, None) => Ok(vec![whole]),
+    }
+}
+
+/// Decodes and validates one record. `default_id` is called only when the
+/// record has no `request_id`.
+pub fn record(raw: &RawValue, ctx: &Context, default_id: impl FnOnce() -> Uuid) -> Result<UsageRecord, Rejected> {
+    let mut d = Decoder { errors: Vec::new(), failed: Vec::new() };
+    let Some(fields) = d.object::<RawRecord<'_>>("", raw) else {
+        return Err(Rejected { request_id: None, errors: d.errors });
+    };
+    let request_id = fields.request_id.and_then(|v| d.uuid("request_id", v));
+    let record = UsageRecord {
+        request_id: request_id.unwrap_or_else(default_id),
+        timestamp: d.required("timestamp", fields.timestamp, Decoder::timestamp).unwrap_or(ctx.now),
+        provider: d
+            .required("provider", fields.provider, Decoder::string)
+            .map(|p| p.trim().to_lowercase())
+            .unwrap_or_default(),
+        model: d.required("model", fields.model, Decoder::model).unwrap_or_else(|| ModelInfo {
+            name: String::new(),
+            version: None,
+            context_window: None,
+        }),
+        organization_id: d.required("organization_id", fields.organization_id, Decoder::string).unwrap_or_default(),
+        project_id: d.optional("project_id", fields.project_id, Decoder::string),
+        user_id: d.optional("user_id", fields.user_id, Decoder::string),
+        usage: d.required("usage", fields.usage, Decoder::usage).unwrap_or(TokenUsage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            cached_tokens: None,
+            reasoning_tokens: None,
+        }),
+        performance: d.optional("performance", fields.performance, Decoder::performance).unwrap_or_default(),
+        tags: d.optional("tags", fields.tags, Decoder::tags).unwrap_or_default(),
+        metadata: d.optional("metadata", fields.metadata, Decoder::metadata),
+    };
+    let mut errors = d.errors;
+    errors.extend(validate::validate(&record, ctx, &d.failed));
+    if errors.is_empty() { Ok(record) } else { Err(Rejected { request_id, errors }) }
+}
+
+#[derive(Deserialize)]
+struct RawRecord<'a> {
+    #[serde(borrow, default)]
+    request_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    provider: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    organization_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    project_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    performance: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tags: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawModel<'a> {
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    version: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    context_window: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawUsage<'a> {
+    #[serde(borrow, default)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    total_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cached_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning_tokens: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawPerformance<'a> {
+    #[serde(borrow, default)]
+    latency_ms: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    time_to_first_token_ms: Option<&'a RawValue>,
+}
+
+/// The JSON type of a raw value, for messages.
+fn kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
+struct Decoder {
+    errors: Vec<FieldError>,
+    /// Paths that failed to decode; their rules are not checked.
+    failed: Vec<String>,
+}
+
+type Convert<T> = fn(&mut Decoder, &str, &RawValue) -> Option<T>;
+
+impl Decoder {
+    fn fail(&mut self, field: &str, code: ErrorCode, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, code, message));
+        self.failed.push(field.to_owned());
+    }
+
+    fn required<T>(&mut self, field: &str, raw: Option<&RawValue>, convert: Convert<T>) -> Option<T> {
+        match raw {
+            Some(raw) if !is_null(raw) => convert(self, field, raw),
+            _ => {
+                self.fail(field, ErrorCode::MissingField, "is required");
+                None
+            }
+        }
+    }
+
+    fn optional<T>(&mut self, field: &str, raw: Option<&RawValue>, convert: Convert<T>) -> Option<T> {
+        raw.filter(|r| !is_null(r)).and_then(|raw| convert(self, field, raw))
+    }
+
+    fn object<'a, T: Deserialize<'a>>(&mut self, field: &str, raw: &'a RawValue) -> Option<T> {
+        if !raw.get().starts_with('{') {
+            let what = if field.is_empty() { "a record" } else { "this field" };
+            self.fail(field, ErrorCode::InvalidType, format!("{what} must be an object, found {}", kind(raw)));
+            return None;
+        }
+        match serde_json::from_str(raw.get()) {
+            Ok(fields) => Some(fields),
+            // The syntax was checked already, so this is a repeated key.
+            Err(e) => {
+                self.fail(field, ErrorCode::InvalidRecord, strip_position(&e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, field: &str, raw: &RawValue) -> Option<String> {
+        if !raw.get().starts_with('"') {
+            self.fail(field, ErrorCode::InvalidType, format!("must be a string, found {}", kind(raw)));
+            return None;
+        }
+        match serde_json::from_str(raw.get()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.fail(field, ErrorCode::InvalidType, strip_position(&e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn uuid(&mut self, field: &str, raw: &RawValue) -> Option<Uuid> {
+        let s = self.string(field, raw)?;
+        match Uuid::try_parse(&s) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                self.fail(
+                    field,
+                    ErrorCode::InvalidUuid,
+                    "must be a UUID such as \"0192f8a0-7b5c-7cc4-9d1e-3f2a1b0c9d8e\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn timestamp(&mut self, field: &str, raw: &RawValue) -> Option<OffsetDateTime> {
+        let s = self.string(field, raw)?;
+        match OffsetDateTime::parse(&s, &Rfc3339) {
+            Ok(t) => Some(t.to_offset(time::UtcOffset::UTC)),
+            Err(e) => {
+                self.fail(
+                    field,
+                    ErrorCode::InvalidTimestamp,
+                    format!("must be an RFC 3339 date-time such as \"2026-01-31T12:00:00Z\" ({e})"),
+                );
+                None
+            }
+        }
+    }
+
+    fn number(&mut self, field: &str, raw: &RawValue) -> Option<serde_json::Number> {
+        if kind(raw) != "a number" {
+            self.fail(field, ErrorCode::InvalidType, format!("must be a number, found {}", kind(raw)));
+            return None;
+        }
+        match serde_json::from_str(raw.get()) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.fail(field, ErrorCode::OutOfRange, strip_position(&e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, field: &str, raw: &RawValue) -> Option<u64> {
+        let n = self.number(field, raw)?;
+        if let Some(v) = n.as_u64() {
+            if v <= MAX_TOKENS {
+                return Some(v);
+            }
+            self.fail(field, ErrorCode::OutOfRange, format!("must be at most {MAX_TOKENS}"));
+            return None;
+        }
+        let f = n.as_f64().unwrap_or(f64::NAN);
+        if n.is_i64() || f < 0.0 {
+            self.fail(field, ErrorCode::NegativeNumber, format!("must not be negative, found {n}"));
+        } else if f.fract() == 0.0 && f >= MAX_TOKENS as f64 {
+            self.fail(field, ErrorCode::OutOfRange, format!("must be at most {MAX_TOKENS}"));
+        } else {
+            self.fail(
+                field,
+                ErrorCode::NotAnInteger,
+                format!("must be a whole number written without a fraction or exponent, found {n}"),
+            );
+        }
+        None
+    }
+
+    fn millis(&mut self, field: &str, raw: &RawValue) -> Option<f64> {
+        let n = self.number(field, raw)?;
+        let f = n.as_f64().unwrap_or(f64::NAN);
+        if f < 0.0 {
+            self.fail(field, ErrorCode::NegativeNumber, format!("must not be negative, found {n}"));
+            return None;
+        }
+        Some(f)
+    }
+
+    fn model(&mut self, field: &str, raw: &RawValue) -> Option<ModelInfo> {
+        let m = self.object::<RawModel<'_>>(field, raw)?;
+        Some(ModelInfo {
+            name: self.required("model.name", m.name, Decoder::string).unwrap_or_default(),
+            version: self.optional("model.version", m.version, Decoder::string),
+            context_window: self.optional("model.context_window", m.context_window, Decoder::count),
+        })
+    }
+
+    fn usage(&mut self, field: &str, raw: &RawValue) -> Option<TokenUsage> {
+        let u = self.object::<RawUsage<'_>>(field, raw)?;
+        Some(TokenUsage {
+            prompt_tokens: self.required("usage.prompt_tokens", u.prompt_tokens, Decoder::count).unwrap_or(0),
+            completion_tokens: self
+                .required("usage.completion_tokens", u.completion_tokens, Decoder::count)
+                .unwrap_or(0),
+            total_tokens: self.required("usage.total_tokens", u.total_tokens, Decoder::count).unwrap_or(0),
+            cached_tokens: self.optional("usage.cached_tokens", u.cached_tokens, Decoder::count),
+            reasoning_tokens: self.optional("usage.reasoning_tokens", u.reasoning_tokens, Decoder::count),
+        })
+    }
+
+    fn performance(&mut self, field: &str, raw: &RawValue) -> Option<Performance> {
+        let p = self.object::<RawPerformance<'_>>(field, raw)?;
+        Some(Performance {
+            latency_ms: self.optional("performance.latency_ms", p.latency_ms, Decoder::millis),
+            time_to_first_token_ms: self.optional(
+                "performance.time_to_first_token_ms",
+                p.time_to_first_token_ms,
+                Decoder::millis,
+            ),
+        })
+    }
+
+    fn tags(&mut self, field: &str, raw: &RawValue) -> Option<Vec<String>> {
+        if !raw.get().starts_with('[') {
+            self.fail(field, ErrorCode::InvalidType, format!("must be an array of strings, found {}", kind(raw)));
+            return None;
+        }
+        let items: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+        let mut tags = Vec::with_capacity(items.len().min(validate::MAX_TAGS + 1));
+        for (i, item) in items.into_iter().enumerate() {
+            // Placeholders keep the indices of later tags right.
+            tags.push(self.string(&format!("{field}[{i}]"), item).unwrap_or_else(|| "?".to_owned()));
+        }
+        Some(tags)
+    }
+
+    fn metadata(&mut self, field: &str, raw: &RawValue) -> Option<serde_json::Map<String, serde_json::Value>> {
+        if !raw.get().starts_with('{') {
+            self.fail(field, ErrorCode::InvalidType, format!("must be an object, found {}", kind(raw)));
+            return None;
+        }
+        match serde_json::from_str(raw.get()) {
+            Ok(map) => Some(map),
+            Err(e) => {
+                self.fail(field, ErrorCode::InvalidRecord, strip_position(&e.to_string()));
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The usage-record model of ingestd: what a record is, how it is decoded from
+//! JSON, which rules it must satisfy, and the one ingestion path every adapter
+//! (HTTP, NATS, Redis) shares.
+//!
+//! This crate does no IO. Storage is reached through the [`RecordSink`] trait,
+//! which `ingest-storage` implements; adapters call [`Ingestor::ingest`].
+//!
+//! Decoding is two-staged so that every problem in a record is reported at
+//! once, each with a field path and a stable [`ErrorCode`]:
+//! 1. [`decode`] splits the document into borrowed raw values (one pass, no
+//!    copies) and converts each field to its type, noting type errors per field;
+//! 2. [`validate`] runs the garde rules and the business rules on the typed
+//!    record.
+
+pub mod decode;
+mod error;
+pub mod ids;
+mod ingest;
+mod record;
+mod response;
+pub mod validate;
+
+pub use error::{ErrorCode, FieldError};
+pub use ingest::{IngestReport, Ingestor, RecordOutcome, RecordSink, SinkError, StoreOutcome};
+pub use record::{ModelInfo, Performance, Source, TokenUsage, UsageRecord};
+pub use response::{IngestionResponse, RecordError, ResponseStatus};
+pub use validate::ValidationConfig;
+
+#[cfg(test)]
+mod tests;

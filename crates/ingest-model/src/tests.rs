@@ -1,0 +1,372 @@
+//! Every rule, data first: a valid record, one edit, the errors expected.
+
+use proptest::prelude::*;
+use serde_json::{Value, json, value::RawValue};
+use time::{Duration, macros::datetime};
+use uuid::Uuid;
+
+use crate::decode::{self, DocumentError};
+use crate::validate::Context;
+use crate::{ErrorCode, UsageRecord};
+
+fn ctx() -> Context {
+    Context { now: datetime!(2026-01-01 12:00 UTC), max_future_skew: Duration::seconds(300) }
+}
+
+fn valid() -> Value {
+    json!({
+        "request_id": "0192f8a0-7b5c-7cc4-9d1e-3f2a1b0c9d8e",
+        "timestamp": "2026-01-01T11:59:00Z",
+        "provider": " OpenAI ",
+        "model": { "name": "gpt-4o", "version": "2024-08-06", "context_window": 128000 },
+        "organization_id": "org-1",
+        "project_id": "proj-1",
+        "user_id": "user-1",
+        "usage": { "prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150,
+                   "cached_tokens": 20, "reasoning_tokens": 10 },
+        "performance": { "latency_ms": 1200.5, "time_to_first_token_ms": 150 },
+        "tags": ["prod", "chat"],
+        "metadata": { "region": "eu" },
+        "some_future_field": { "ignored": true }
+    })
+}
+
+fn decode_value(v: &Value) -> Result<UsageRecord, decode::Rejected> {
+    let text = serde_json::to_string(v).unwrap();
+    let raw: &RawValue = serde_json::from_str(&text).unwrap();
+    decode::record(raw, &ctx(), Uuid::nil)
+}
+
+/// Applies `edit` to a valid record and compares the (field, code) pairs reported.
+#[track_caller]
+fn check(edit: impl FnOnce(&mut Value), expected: &[(&str, ErrorCode)]) {
+    let mut v = valid();
+    edit(&mut v);
+    let actual: Vec<(String, ErrorCode)> = match decode_value(&v) {
+        Ok(_) => Vec::new(),
+        Err(r) => r.errors.into_iter().map(|e| (e.field, e.code)).collect(),
+    };
+    let expected: Vec<(String, ErrorCode)> = expected.iter().map(|(f, c)| (f.to_string(), *c)).collect();
+    assert_eq!(actual, expected, "record: {v}");
+}
+
+fn set(path: &str, value: Value) -> impl FnOnce(&mut Value) {
+    let path = path.to_owned();
+    move |v| *v.pointer_mut(&path).unwrap() = value
+}
+
+fn remove(parent: &str, key: &str) -> impl FnOnce(&mut Value) {
+    let (parent, key) = (parent.to_owned(), key.to_owned());
+    move |v| {
+        v.pointer_mut(&parent).unwrap().as_object_mut().unwrap().remove(&key);
+    }
+}
+
+#[test]
+fn valid_record_decodes_normalized() {
+    let r = decode_value(&valid()).unwrap();
+    assert_eq!(r.provider, "openai");
+    assert_eq!(r.request_id.to_string(), "0192f8a0-7b5c-7cc4-9d1e-3f2a1b0c9d8e");
+    assert_eq!(r.usage.cached_tokens, Some(20));
+    assert_eq!(r.performance.time_to_first_token_ms, Some(150.0));
+    assert_eq!(r.tags, ["prod", "chat"]);
+    assert_eq!(r.timestamp, datetime!(2026-01-01 11:59 UTC));
+}
+
+#[test]
+fn timestamps_are_normalized_to_utc() {
+    let r = decode_value(&{
+        let mut v = valid();
+        v["timestamp"] = json!("2026-01-01T13:30:00+02:00");
+        v
+    })
+    .unwrap();
+    assert_eq!(r.timestamp, datetime!(2026-01-01 11:30 UTC));
+}
+
+#[test]
+fn missing_request_id_uses_the_default() {
+    let mut v = valid();
+    v.as_object_mut().unwrap().remove("request_id");
+    let text = v.to_string();
+    let raw: &RawValue = serde_json::from_str(&text).unwrap();
+    let id = Uuid::from_u128(7);
+    assert_eq!(decode::record(raw, &ctx(), || id).unwrap().request_id, id);
+}
+
+#[test]
+fn optional_fields_may_be_absent_or_null() {
+    check(
+        |v| {
+            let o = v.as_object_mut().unwrap();
+            for k in ["project_id", "user_id", "performance", "tags", "metadata"] {
+                o.remove(k);
+            }
+            o.insert("request_id".into(), Value::Null);
+            v["usage"].as_object_mut().unwrap().remove("cached_tokens");
+            v["usage"]["reasoning_tokens"] = Value::Null;
+            v["model"].as_object_mut().unwrap().remove("version");
+        },
+        &[],
+    );
+}
+
+#[test]
+fn required_fields() {
+    use ErrorCode::MissingField as M;
+    check(remove("", "timestamp"), &[("timestamp", M)]);
+    check(remove("", "provider"), &[("provider", M)]);
+    check(remove("", "model"), &[("model", M)]);
+    check(remove("/model", "name"), &[("model.name", M)]);
+    check(remove("", "organization_id"), &[("organization_id", M)]);
+    check(remove("", "usage"), &[("usage", M)]);
+    check(remove("/usage", "prompt_tokens"), &[("usage.prompt_tokens", M)]);
+    check(remove("/usage", "completion_tokens"), &[("usage.completion_tokens", M)]);
+    check(remove("/usage", "total_tokens"), &[("usage.total_tokens", M)]);
+    check(set("/provider", Value::Null), &[("provider", M)]);
+}
+
+#[test]
+fn wrong_types() {
+    use ErrorCode::InvalidType as T;
+    check(set("/provider", json!(5)), &[("provider", T)]);
+    check(set("/organization_id", json!(["a"])), &[("organization_id", T)]);
+    check(set("/model", json!("gpt")), &[("model", T)]);
+    check(set("/usage/prompt_tokens", json!("100")), &[("usage.prompt_tokens", T)]);
+    check(set("/performance/latency_ms", json!(true)), &[("performance.latency_ms", T)]);
+    check(set("/tags", json!("prod")), &[("tags", T)]);
+    check(set("/tags", json!(["ok", 3, "fine"])), &[("tags[1]", T)]);
+    check(set("/metadata", json!([1])), &[("metadata", T)]);
+    check(set("/request_id", json!("not-a-uuid")), &[("request_id", ErrorCode::InvalidUuid)]);
+    check(set("/timestamp", json!("yesterday")), &[("timestamp", ErrorCode::InvalidTimestamp)]);
+    check(set("/timestamp", json!(1767268800)), &[("timestamp", T)]);
+}
+
+#[test]
+fn numbers() {
+    check(set("/usage/prompt_tokens", json!(-1)), &[("usage.prompt_tokens", ErrorCode::NegativeNumber)]);
+    check(set("/usage/prompt_tokens", json!(1.5)), &[("usage.prompt_tokens", ErrorCode::NotAnInteger)]);
+    check(
+        set("/usage/prompt_tokens", json!(9223372036854775808u64)),
+        &[("usage.prompt_tokens", ErrorCode::OutOfRange)],
+    );
+    check(set("/usage/prompt_tokens", json!(1e30)), &[("usage.prompt_tokens", ErrorCode::OutOfRange)]);
+    check(set("/model/context_window", json!(0)), &[("model.context_window", ErrorCode::OutOfRange)]);
+    check(set("/performance/latency_ms", json!(-0.5)), &[("performance.latency_ms", ErrorCode::NegativeNumber)]);
+}
+
+#[test]
+fn business_rules() {
+    check(set("/usage/total_tokens", json!(999)), &[("usage.total_tokens", ErrorCode::TokenSumMismatch)]);
+    check(set("/usage/cached_tokens", json!(101)), &[("usage.cached_tokens", ErrorCode::CachedExceedsPrompt)]);
+    check(set("/usage/cached_tokens", json!(100)), &[]);
+    check(
+        set("/usage/reasoning_tokens", json!(51)),
+        &[("usage.reasoning_tokens", ErrorCode::ReasoningExceedsCompletion)],
+    );
+    check(
+        set("/performance/time_to_first_token_ms", json!(1300)),
+        &[("performance.time_to_first_token_ms", ErrorCode::TtftExceedsLatency)],
+    );
+    check(set("/timestamp", json!("2026-01-01T12:05:00Z")), &[]);
+    check(set("/timestamp", json!("2026-01-01T12:05:01Z")), &[("timestamp", ErrorCode::TimestampInFuture)]);
+    check(set("/timestamp", json!("1999-01-01T00:00:00Z")), &[]);
+}
+
+#[test]
+fn token_sum_message_names_the_numbers() {
+    let mut v = valid();
+    v["usage"]["total_tokens"] = json!(999);
+    let e = decode_value(&v).unwrap_err();
+    assert_eq!(e.errors[0].message, "total_tokens (999) must equal prompt_tokens (100) + completion_tokens (50)");
+    assert_eq!(e.request_id, Some("0192f8a0-7b5c-7cc4-9d1e-3f2a1b0c9d8e".parse().unwrap()));
+}
+
+#[test]
+fn lengths_and_characters() {
+    check(set("/provider", json!("   ")), &[("provider", ErrorCode::TooShort)]);
+    check(set("/provider", json!("x".repeat(65))), &[("provider", ErrorCode::TooLong)]);
+    check(set("/provider", json!("é".repeat(64))), &[]);
+    check(set("/model/name", json!("")), &[("model.name", ErrorCode::TooShort)]);
+    check(set("/model/name", json!("m".repeat(257))), &[("model.name", ErrorCode::TooLong)]);
+    check(set("/model/version", json!("v".repeat(129))), &[("model.version", ErrorCode::TooLong)]);
+    check(set("/organization_id", json!("")), &[("organization_id", ErrorCode::TooShort)]);
+    check(set("/organization_id", json!("org\u{7}")), &[("organization_id", ErrorCode::ControlCharacters)]);
+    check(set("/project_id", json!("p\n")), &[("project_id", ErrorCode::ControlCharacters)]);
+    check(set("/user_id", json!("u".repeat(257))), &[("user_id", ErrorCode::TooLong)]);
+    check(set("/tags", json!(vec!["t"; 64])), &[]);
+    check(set("/tags", json!(vec!["t"; 65])), &[("tags", ErrorCode::TooManyItems)]);
+    check(set("/tags", json!(["ok", ""])), &[("tags[1]", ErrorCode::TooShort)]);
+    check(set("/tags", json!(["x".repeat(129)])), &[("tags[0]", ErrorCode::TooLong)]);
+}
+
+#[test]
+fn metadata_size_is_measured_serialized() {
+    // {"k":"…"} is 8 bytes of framing.
+    check(set("/metadata", json!({ "k": "x".repeat(16 * 1024 - 8) })), &[]);
+    check(set("/metadata", json!({ "k": "x".repeat(16 * 1024 - 7) })), &[("metadata", ErrorCode::TooLarge)]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    check(
+        |v| {
+            v.as_object_mut().unwrap().remove("timestamp");
+            v["provider"] = json!("");
+            v["usage"]["cached_tokens"] = json!(500);
+            v["usage"]["reasoning_tokens"] = json!(-1);
+            v["tags"] = json!([1, ""]);
+        },
+        &[
+            ("timestamp", ErrorCode::MissingField),
+            ("usage.reasoning_tokens", ErrorCode::NegativeNumber),
+            ("tags[0]", ErrorCode::InvalidType),
+            ("provider", ErrorCode::TooShort),
+            ("tags[1]", ErrorCode::TooShort),
+            ("usage.cached_tokens", ErrorCode::CachedExceedsPrompt),
+        ],
+    );
+}
+
+#[test]
+fn rules_on_fields_that_failed_to_decode_are_not_reported() {
+    // prompt_tokens failed, so neither the sum nor cached ≤ prompt can be judged.
+    check(set("/usage/prompt_tokens", json!("x")), &[("usage.prompt_tokens", ErrorCode::InvalidType)]);
+    check(set("/performance/latency_ms", json!("x")), &[("performance.latency_ms", ErrorCode::InvalidType)]);
+}
+
+#[test]
+fn record_level_errors() {
+    let raw: &RawValue = serde_json::from_str("[1,2]").unwrap();
+    let e = decode::record(raw, &ctx(), Uuid::nil).unwrap_err();
+    assert_eq!((e.errors[0].field.as_str(), e.errors[0].code), ("", ErrorCode::InvalidType));
+    let raw: &RawValue = serde_json::from_str(r#"{"provider":"a","provider":"b"}"#).unwrap();
+    let e = decode::record(raw, &ctx(), Uuid::nil).unwrap_err();
+    assert_eq!(e.errors[0].code, ErrorCode::InvalidRecord);
+    assert!(e.errors[0].message.contains("duplicate field"), "{}", e.errors[0].message);
+}
+
+#[test]
+fn syntax_errors_name_line_and_column() {
+    match decode::single(b"{\n  \"a\": 1,\n  oops\n}") {
+        Err(DocumentError::Syntax { line, column, .. }) => assert_eq!((line, column), (3, 3)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(decode::single(b""), Err(DocumentError::Syntax { line: 1, .. })));
+    let deep = "[".repeat(100_000);
+    assert!(matches!(decode::single(deep.as_bytes()), Err(DocumentError::Syntax { .. })));
+}
+
+#[test]
+fn batch_envelope() {
+    let b =
+        decode::batch(br#"{"batch_id":"0192f8a0-7b5c-7cc4-9d1e-3f2a1b0c9d8e","source":"gw","records":[{"a":1},2]}"#)
+            .unwrap();
+    assert_eq!(b.records.len(), 2);
+    assert_eq!(b.source.as_deref(), Some("gw"));
+    assert!(matches!(decode::batch(br#"{"records":{}}"#), Err(DocumentError::Shape { .. })));
+    assert!(matches!(decode::batch(br#"{"batch_id":"x","records":[]}"#), Err(DocumentError::Shape { .. })));
+    assert!(matches!(decode::batch(br#"{}"#), Err(DocumentError::Shape { .. })));
+}
+
+#[test]
+fn stream_message_shapes() {
+    let count = |s: &str| decode::stream_message(s.as_bytes()).map(|v| v.len());
+    assert_eq!(count(r#"{"organization_id":"o"}"#).unwrap(), 1);
+    assert_eq!(count(r#"{"records":[{},{},{}]}"#).unwrap(), 3);
+    assert_eq!(count(r#"{"message_id":"m","event_type":"usage","payload":{}}"#).unwrap(), 1);
+    assert_eq!(count(r#"{"message_id":"m","event_type":"batch","payload":{"records":[{},{}]}}"#).unwrap(), 2);
+    assert_eq!(count(r#"{"event_type":"batch","payload":[{}]}"#).unwrap(), 1);
+    assert!(matches!(count(r#"{"event_type":"delete","payload":{}}"#), Err(DocumentError::Shape { .. })));
+    assert!(matches!(count(r#"{"event_type":"batch","payload":5}"#), Err(DocumentError::Shape { .. })));
+    assert!(matches!(count(r#"[1]"#), Err(DocumentError::Shape { .. })));
+    assert!(matches!(count("{"), Err(DocumentError::Syntax { .. })));
+}
+
+#[test]
+fn error_codes_round_trip_and_are_snake_case() {
+    for code in ErrorCode::ALL {
+        assert_eq!(ErrorCode::from_code(code.as_str()), Some(*code));
+        assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        assert!(code.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    }
+}
+
+#[test]
+fn error_codes_are_documented() {
+    let doc = include_str!("../../../docs/errors.md");
+    for code in ErrorCode::ALL {
+        assert!(doc.contains(&format!("`{}`", code.as_str())), "docs/errors.md does not list {code}");
+    }
+}
+
+const MAX: u64 = i64::MAX as u64;
+
+proptest! {
+    #[test]
+    fn token_sum_is_checked_without_overflow(p in 0..=MAX, c in 0..=MAX, t in 0..=MAX) {
+        let mut v = valid();
+        v["usage"] = json!({ "prompt_tokens": p, "completion_tokens": c, "total_tokens": t });
+        let errors = decode_value(&v).err().map(|r| r.errors).unwrap_or_default();
+        let mismatch = errors.iter().any(|e| e.code == ErrorCode::TokenSumMismatch);
+        prop_assert_eq!(mismatch, p.checked_add(c) != Some(t));
+    }
+
+    #[test]
+    fn sub_counts_are_bounded(p in 0..1000u64, c in 0..1000u64, cached in 0..2000u64, reasoning in 0..2000u64) {
+        let mut v = valid();
+        v["usage"] = json!({ "prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                             "cached_tokens": cached, "reasoning_tokens": reasoning });
+        let codes: Vec<ErrorCode> = decode_value(&v).err().map(|r| r.errors).unwrap_or_default()
+            .into_iter().map(|e| e.code).collect();
+        prop_assert_eq!(codes.contains(&ErrorCode::CachedExceedsPrompt), cached > p);
+        prop_assert_eq!(codes.contains(&ErrorCode::ReasoningExceedsCompletion), reasoning > c);
+    }
+
+    #[test]
+    fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(raw) = decode::single(&bytes) {
+            if let Err(r) = decode::record(raw, &ctx(), Uuid::nil) {
+                prop_assert!(!r.errors.is_empty());
+            }
+        }
+        let _ = decode::stream_message(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_json_records_are_accepted_or_explained(v in arb_json(3)) {
+        let text = v.to_string();
+        let raw: &RawValue = serde_json::from_str(&text).unwrap();
+        match decode::record(raw, &ctx(), Uuid::nil) {
+            Ok(_) => {}
+            Err(r) => prop_assert!(!r.errors.is_empty()),
+        }
+    }
+}
+
+fn arb_json(depth: u32) -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        "[a-z_]{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(depth, 32, 6, |inner| {
+        let keys = prop_oneof![
+            Just("timestamp".to_owned()),
+            Just("provider".to_owned()),
+            Just("model".to_owned()),
+            Just("usage".to_owned()),
+            Just("organization_id".to_owned()),
+            Just("tags".to_owned()),
+            Just("prompt_tokens".to_owned()),
+            Just("name".to_owned()),
+            "[a-z]{1,4}",
+        ];
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map(keys, inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}

@@ -1,0 +1,12 @@
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unsupported database url {url:?}: expected sqlite://… or postgres://…")]
+    UnsupportedUrl { url: String },
+    #[error("cannot connect to the database")]
+    Connect(#[source] sea_orm::DbErr),
+    #[error("migration failed")]
+    Migrate(#[source] sea_orm::DbErr),
+    #[error("database error")]
+    Database(#[from] sea_orm::DbErr),
+}

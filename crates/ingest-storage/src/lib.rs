@@ -1,0 +1,22 @@
+//! Durable storage for usage records: SQLite (embedded default) or
+//! PostgreSQL, over SeaORM.
+//!
+//! - [`Store`]: the connection, migrations, multi-row idempotent inserts,
+//!   dead letters. Table definitions stay private to this crate.
+//! - [`Writer`]: the group-commit writer. Every adapter submits through a
+//!   [`WriterHandle`] (which implements [`model::RecordSink`]); concurrent
+//!   submissions are committed together in one transaction and each caller is
+//!   answered only after that commit.
+//!
+//! This crate knows nothing of HTTP or streams.
+
+mod config;
+mod error;
+mod schema;
+mod store;
+mod writer;
+
+pub use config::{DatabaseConfig, SqliteSynchronous, WriterConfig};
+pub use error::Error;
+pub use store::{Backend, DeadLetter, Store};
+pub use writer::{Writer, WriterHandle};

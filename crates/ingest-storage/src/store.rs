@@ -1,0 +1,305 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use model::{Source, UsageRecord};
+use sea_orm::sea_query::{
+    Expr, ExprTrait, OnConflict, PostgresQueryBuilder, Query, QueryStatementWriter, SqliteQueryBuilder,
+};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous as SqlxSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, Statement,
+    TransactionTrait, Value,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::schema::{DeadLetters, UsageRecords};
+use crate::{DatabaseConfig, Error, SqliteSynchronous};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool to the ingestd database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    backend: Backend,
+}
+
+/// A message a stream source could not ingest, kept for inspection and replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub source: Source,
+    /// The message's identity at its source (NATS: `stream:sequence`; Redis:
+    /// `key:entry-id`); a message dead-lettered twice is one row whose
+    /// delivery count grows.
+    pub message_key: String,
+    pub payload: Vec<u8>,
+    /// Why it was refused, for people (JSON list of field errors, or a sentence).
+    pub error: String,
+}
+
+/// Identity of a stored record.
+pub(crate) type Key = (String, Uuid);
+
+impl Store {
+    /// Opens a pool. SQLite gets WAL, the configured `synchronous` level and a
+    /// busy timeout on every connection.
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, Error> {
+        let url = config.url.as_str();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(Error::UnsupportedUrl { url: url.to_owned() });
+        };
+        let busy = Duration::from_millis(config.busy_timeout_ms);
+        let mut opts = ConnectOptions::new(url);
+        opts.max_connections(Ord::max(config.max_connections, 1))
+            .min_connections(1)
+            .acquire_timeout(busy)
+            .connect_timeout(Duration::from_secs(5))
+            .sqlx_logging(false);
+        if backend == Backend::Sqlite {
+            let sync = match config.sqlite_synchronous {
+                SqliteSynchronous::Off => SqlxSynchronous::Off,
+                SqliteSynchronous::Normal => SqlxSynchronous::Normal,
+                SqliteSynchronous::Full => SqlxSynchronous::Full,
+            };
+            opts.map_sqlx_sqlite_opts(move |o| {
+                o.journal_mode(SqliteJournalMode::Wal).synchronous(sync).busy_timeout(busy)
+            });
+        }
+        let db = Database::connect(opts).await.map_err(Error::Connect)?;
+        Ok(Store { db, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        Migrator::up(&self.db, None).await.map_err(Error::Migrate)
+    }
+
+    /// Names of migrations not yet applied.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, Error> {
+        let pending = Migrator::get_pending_migrations(&self.db).await.map_err(Error::Migrate)?;
+        Ok(pending.iter().map(|m| m.name().to_owned()).collect())
+    }
+
+    /// Whether the database answers (for readiness).
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await.map_err(Error::Database)
+    }
+
+    /// The number of stored records, optionally of one organization.
+    pub async fn count_records(&self, organization_id: Option<&str>) -> Result<u64, Error> {
+        let mut q = Query::select();
+        q.expr(Expr::col(UsageRecords::OrganizationId).count()).from(UsageRecords::Table);
+        if let Some(org) = organization_id {
+            q.and_where(Expr::col(UsageRecords::OrganizationId).eq(org));
+        }
+        let row = self.db.query_one_raw(self.build(&q)).await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get_by_index(0)?,
+            None => 0,
+        };
+        Ok(n as u64)
+    }
+
+    /// Inserts the records of one commit in one transaction, ignoring those
+    /// already stored. Returns the keys that were inserted now.
+    ///
+    /// `records` must not repeat a key (the writer removes repeats first).
+    pub(crate) async fn insert_new(
+        &self,
+        records: &[(&UsageRecord, Source)],
+        received_at: OffsetDateTime,
+    ) -> Result<HashSet<Key>, Error> {
+        let txn = self.db.begin().await?;
+        let mut inserted = HashSet::with_capacity(records.len());
+        for chunk in records.chunks(self.chunk_rows()) {
+            self.insert_chunk(&txn, chunk, received_at, &mut inserted).await?;
+        }
+        txn.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Rows per INSERT statement: SQLite allows 32766 bound parameters,
+    /// PostgreSQL 65535; each row binds 20.
+    fn chunk_rows(&self) -> usize {
+        match self.backend {
+            Backend::Sqlite => 1_000,
+            Backend::Postgres => 2_500,
+        }
+    }
+
+    async fn insert_chunk(
+        &self,
+        txn: &DatabaseTransaction,
+        chunk: &[(&UsageRecord, Source)],
+        received_at: OffsetDateTime,
+        inserted: &mut HashSet<Key>,
+    ) -> Result<(), Error> {
+        let mut insert = Query::insert();
+        insert.into_table(UsageRecords::Table).columns(UsageRecords::COLUMNS);
+        let received_at = self.timestamp(received_at);
+        for (record, source) in chunk {
+            insert.values_panic(self.row_values(record, *source, received_at.clone()));
+        }
+        insert
+            .on_conflict(
+                OnConflict::columns([UsageRecords::OrganizationId, UsageRecords::RequestId]).do_nothing().to_owned(),
+            )
+            .returning(Query::returning().columns([UsageRecords::OrganizationId, UsageRecords::RequestId]));
+        let rows = txn.query_all_raw(self.build(&insert)).await?;
+        for row in rows {
+            let org: String = row.try_get_by_index(0)?;
+            let id = match self.backend {
+                Backend::Postgres => row.try_get_by_index::<Uuid>(1)?,
+                Backend::Sqlite => {
+                    let text: String = row.try_get_by_index(1)?;
+                    Uuid::try_parse(&text).map_err(|e| sea_orm::DbErr::Type(e.to_string()))?
+                }
+            };
+            inserted.insert((org, id));
+        }
+        Ok(())
+    }
+
+    fn row_values(&self, r: &UsageRecord, source: Source, received_at: Value) -> [sea_orm::sea_query::SimpleExpr; 20] {
+        let count = |n: u64| Value::BigInt(Some(n as i64));
+        let opt_count = |n: Option<u64>| Value::BigInt(n.map(|n| n as i64));
+        let tags = serde_json::Value::from(r.tags.clone());
+        let metadata = r.metadata.clone().map(serde_json::Value::Object);
+        [
+            r.organization_id.clone().into(),
+            self.uuid(r.request_id).into(),
+            r.project_id.clone().into(),
+            r.user_id.clone().into(),
+            r.provider.clone().into(),
+            r.model.name.clone().into(),
+            r.model.version.clone().into(),
+            opt_count(r.model.context_window).into(),
+            count(r.usage.prompt_tokens).into(),
+            count(r.usage.completion_tokens).into(),
+            count(r.usage.total_tokens).into(),
+            opt_count(r.usage.cached_tokens).into(),
+            opt_count(r.usage.reasoning_tokens).into(),
+            r.performance.latency_ms.into(),
+            r.performance.time_to_first_token_ms.into(),
+            self.json(Some(tags)).into(),
+            self.json(metadata).into(),
+            self.timestamp(r.timestamp).into(),
+            received_at.into(),
+            source.as_str().into(),
+        ]
+    }
+
+    /// UUIDs: `uuid` on PostgreSQL, canonical lower-case text on SQLite.
+    fn uuid(&self, id: Uuid) -> Value {
+        match self.backend {
+            Backend::Postgres => Value::Uuid(Some(id)),
+            Backend::Sqlite => Value::String(Some(id.hyphenated().to_string())),
+        }
+    }
+
+    /// Timestamps: `timestamptz` on PostgreSQL, RFC 3339 UTC text on SQLite.
+    fn timestamp(&self, t: OffsetDateTime) -> Value {
+        match self.backend {
+            Backend::Postgres => Value::TimeDateTimeWithTimeZone(Some(t)),
+            Backend::Sqlite => Value::String(Some(
+                t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string()),
+            )),
+        }
+    }
+
+    /// JSON: `jsonb` on PostgreSQL, JSON text on SQLite.
+    fn json(&self, v: Option<serde_json::Value>) -> Value {
+        match self.backend {
+            Backend::Postgres => Value::Json(v.map(Box::new)),
+            Backend::Sqlite => Value::String(v.map(|v| v.to_string())),
+        }
+    }
+
+    fn build(&self, stmt: &impl QueryStatementWriter) -> Statement {
+        let (sql, values) = match self.backend {
+            Backend::Postgres => stmt.build(PostgresQueryBuilder),
+            Backend::Sqlite => stmt.build(SqliteQueryBuilder),
+        };
+        Statement::from_sql_and_values(self.db_backend(), sql, values)
+    }
+
+    fn db_backend(&self) -> DbBackend {
+        match self.backend {
+            Backend::Postgres => DbBackend::Postgres,
+            Backend::Sqlite => DbBackend::Sqlite,
+        }
+    }
+
+    /// Records a dead letter; the same message again bumps its delivery count.
+    pub async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
+        let now = self.timestamp(OffsetDateTime::now_utc());
+        let mut insert = Query::insert();
+        insert
+            .into_table(DeadLetters::Table)
+            .columns([
+                DeadLetters::Id,
+                DeadLetters::Source,
+                DeadLetters::MessageKey,
+                DeadLetters::Payload,
+                DeadLetters::Error,
+                DeadLetters::FirstSeenAt,
+                DeadLetters::LastSeenAt,
+                DeadLetters::DeliveryCount,
+            ])
+            .values_panic([
+                self.uuid(Uuid::now_v7()).into(),
+                letter.source.as_str().into(),
+                letter.message_key.clone().into(),
+                Value::Bytes(Some(letter.payload.clone())).into(),
+                letter.error.clone().into(),
+                now.clone().into(),
+                now.into(),
+                1i64.into(),
+            ])
+            .on_conflict(
+                OnConflict::columns([DeadLetters::Source, DeadLetters::MessageKey])
+                    .update_columns([DeadLetters::LastSeenAt, DeadLetters::Error])
+                    .value(
+                        DeadLetters::DeliveryCount,
+                        Expr::col((DeadLetters::Table, DeadLetters::DeliveryCount)).add(1),
+                    )
+                    .to_owned(),
+            );
+        self.db.execute_raw(self.build(&insert)).await?;
+        Ok(())
+    }
+
+    /// The number of dead letters, optionally from one source.
+    pub async fn count_dead_letters(&self, source: Option<Source>) -> Result<u64, Error> {
+        let mut q = Query::select();
+        q.expr(Expr::col(DeadLetters::Id).count()).from(DeadLetters::Table);
+        if let Some(source) = source {
+            q.and_where(Expr::col(DeadLetters::Source).eq(source.as_str()));
+        }
+        let n: i64 = match self.db.query_one_raw(self.build(&q)).await? {
+            Some(row) => row.try_get_by_index(0)?,
+            None => 0,
+        };
+        Ok(n as u64)
+    }
+
+    /// Raw SQL access for tests and tooling.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}

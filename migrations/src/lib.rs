@@ -1,0 +1,21 @@
+//! Schema migrations for ingestd, valid on SQLite and PostgreSQL.
+//!
+//! Column types are chosen for people who query the database directly
+//! (SPEC §6): on PostgreSQL `uuid`, `timestamptz` and `jsonb`; on SQLite the
+//! same columns have TEXT affinity and hold canonical lower-case UUIDs, RFC 3339
+//! UTC timestamps and JSON text. Token counts are 64-bit integers.
+//!
+//! Migrations are append-only: never edit one that has been released.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m0001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_initial::Migration)]
+    }
+}
