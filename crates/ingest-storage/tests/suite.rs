@@ -1,0 +1,257 @@
+//! One suite, run against SQLite and the real PostgreSQL (a fresh database per test).
+
+use std::time::Duration;
+
+use ingest_storage::{DeadLetter, Store, Writer, WriterConfig};
+use model::{RecordSink, SinkError, Source, StoreOutcome};
+use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+use testkit::{Kind, TestDatabase, record};
+
+use StoreOutcome::{Duplicate as D, Inserted as I};
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(testkit::Kind::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(testkit::Kind::Postgres).await })*
+        }
+    };
+}
+
+suite!(
+    stores_and_reports_duplicates,
+    repeats_within_a_submission_count_once,
+    concurrent_submissions_are_each_answered,
+    racing_writers_insert_each_key_once,
+    large_submissions_are_chunked,
+    database_failure_fails_every_caller_and_stores_nothing,
+    full_queue_is_refused_as_overloaded,
+    shutdown_commits_what_is_queued_then_refuses,
+    columns_are_typed_for_people,
+    dead_letters_are_upserted,
+    migrations_are_idempotent,
+);
+
+async fn setup(kind: Kind, config: WriterConfig) -> (TestDatabase, Store, Writer) {
+    let db = TestDatabase::new(kind).await;
+    let store = db.store().await;
+    let writer = Writer::spawn(store.clone(), config);
+    (db, store, writer)
+}
+
+async fn stores_and_reports_duplicates(kind: Kind) {
+    let (_db, store, writer) = setup(kind, WriterConfig::default()).await;
+    let sink = writer.handle();
+    let first: Vec<_> = (0..3).map(|i| record("org-a", i)).collect();
+    assert_eq!(sink.store(first.clone(), Source::Http).await.unwrap(), [I, I, I]);
+    let mut again = first.clone();
+    again.push(record("org-a", 3));
+    assert_eq!(sink.store(again, Source::Nats).await.unwrap(), [D, D, D, I]);
+    // The same request id in another organization is another record.
+    let mut other = first[0].clone();
+    other.organization_id = "org-b".into();
+    assert_eq!(sink.store(vec![other], Source::Http).await.unwrap(), [I]);
+    assert_eq!(store.count_records(Some("org-a")).await.unwrap(), 4);
+    assert_eq!(store.count_records(None).await.unwrap(), 5);
+}
+
+async fn repeats_within_a_submission_count_once(kind: Kind) {
+    let (_db, store, writer) = setup(kind, WriterConfig::default()).await;
+    let a = record("org", 0);
+    let b = record("org", 1);
+    let out = writer.handle().store(vec![a.clone(), a.clone(), b, a], Source::Http).await.unwrap();
+    assert_eq!(out, [I, D, I, D]);
+    assert_eq!(store.count_records(None).await.unwrap(), 2);
+}
+
+async fn concurrent_submissions_are_each_answered(kind: Kind) {
+    let (_db, store, writer) = setup(kind, WriterConfig::default()).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|t| {
+            let sink = writer.handle();
+            tokio::spawn(async move {
+                let records: Vec<_> = (0..20).map(|i| record(&format!("org-{t}"), i)).collect();
+                sink.store(records, Source::Http).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), vec![I; 20]);
+    }
+    assert_eq!(store.count_records(None).await.unwrap(), 1000);
+    assert_eq!(store.count_records(Some("org-7")).await.unwrap(), 20);
+}
+
+async fn racing_writers_insert_each_key_once(kind: Kind) {
+    // Two writers (as two processes would) submit the same records at once.
+    let (db, store, writer_a) = setup(kind, WriterConfig::default()).await;
+    let writer_b = Writer::spawn(Store::connect(&db.config).await.unwrap(), WriterConfig::default());
+    let records: Vec<_> = (0..500).map(|i| record("org", i)).collect();
+    let mut tasks = Vec::new();
+    for chunk in records.chunks(50) {
+        for writer in [&writer_a, &writer_b] {
+            let (sink, chunk) = (writer.handle(), chunk.to_vec());
+            tasks.push(tokio::spawn(async move { sink.store(chunk, Source::Redis).await }));
+        }
+    }
+    let mut inserted = 0;
+    for task in tasks {
+        inserted += task.await.unwrap().unwrap().iter().filter(|o| **o == I).count();
+    }
+    assert_eq!(inserted, 500);
+    assert_eq!(store.count_records(None).await.unwrap(), 500);
+}
+
+async fn large_submissions_are_chunked(kind: Kind) {
+    let config = WriterConfig { max_batch_rows: 20_000, queue_capacity: 20_000, ..WriterConfig::default() };
+    let (_db, store, writer) = setup(kind, config).await;
+    let records: Vec<_> = (0..7_500).map(|i| record("org", i)).collect();
+    let out = writer.handle().store(records.clone(), Source::Http).await.unwrap();
+    assert!(out.iter().all(|o| *o == I));
+    assert_eq!(store.count_records(None).await.unwrap(), 7_500);
+    // Every row of every chunk is recognised as a duplicate afterwards.
+    let out = writer.handle().store(records, Source::Http).await.unwrap();
+    assert!(out.iter().all(|o| *o == D));
+}
+
+async fn database_failure_fails_every_caller_and_stores_nothing(kind: Kind) {
+    let (_db, store, writer) = setup(kind, WriterConfig { linger_ms: 20, ..WriterConfig::default() }).await;
+    let sink = writer.handle();
+    sink.store(vec![record("org", 0)], Source::Http).await.unwrap();
+    exec(&store, "ALTER TABLE usage_records RENAME TO usage_records_away").await;
+    let tasks: Vec<_> = (0..5)
+        .map(|i| {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.store(vec![record("org", 100 + i)], Source::Http).await })
+        })
+        .collect();
+    for task in tasks {
+        assert!(matches!(task.await.unwrap(), Err(SinkError::Unavailable(_))));
+    }
+    exec(&store, "ALTER TABLE usage_records_away RENAME TO usage_records").await;
+    assert_eq!(store.count_records(None).await.unwrap(), 1, "a failed batch stored something");
+    // The writer carries on once the database is back.
+    assert_eq!(sink.store(vec![record("org", 1)], Source::Http).await.unwrap(), [I]);
+}
+
+async fn full_queue_is_refused_as_overloaded(kind: Kind) {
+    let config = WriterConfig { queue_capacity: 10, max_batch_rows: 5, linger_ms: 0 };
+    let (db, store, writer) = setup(kind, config).await;
+    // Hold the write lock from another connection so the writer cannot commit.
+    let blocker = Store::connect(&db.config).await.unwrap();
+    let txn = blocker.connection().begin().await.unwrap();
+    let lock = match kind {
+        Kind::Sqlite => {
+            "INSERT INTO dead_letters (id, source, message_key, payload, error, first_seen_at, last_seen_at, delivery_count) VALUES ('x', 'http', 'k', x'00', 'e', 'now', 'now', 1)"
+        }
+        Kind::Postgres => "LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE",
+    };
+    txn.execute_unprepared(lock).await.unwrap();
+    let sink = writer.handle();
+    let mut pending = Vec::new();
+    for i in 0..2 {
+        let (sink, records) = (sink.clone(), (0..5).map(|j| record("org", i * 5 + j)).collect());
+        pending.push(tokio::spawn(async move { sink.store(records, Source::Http).await }));
+    }
+    // Wait until both submissions hold their queue space.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sink.queue_depth() < 10 {
+        assert!(std::time::Instant::now() < deadline, "queue depth stuck at {}", sink.queue_depth());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(matches!(sink.store(vec![record("org", 99)], Source::Http).await, Err(SinkError::Overloaded)));
+    txn.rollback().await.unwrap();
+    for task in pending {
+        assert_eq!(task.await.unwrap().unwrap(), [I; 5]);
+    }
+    assert_eq!(store.count_records(None).await.unwrap(), 10);
+    assert_eq!(sink.queue_depth(), 0);
+}
+
+async fn shutdown_commits_what_is_queued_then_refuses(kind: Kind) {
+    let (_db, store, writer) = setup(kind, WriterConfig { linger_ms: 50, ..WriterConfig::default() }).await;
+    let sink = writer.handle();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.store(vec![record("org", i)], Source::Http).await })
+        })
+        .collect();
+    while sink.queue_depth() < 10 {
+        tokio::task::yield_now().await;
+    }
+    writer.shutdown().await;
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), [I]);
+    }
+    assert_eq!(store.count_records(None).await.unwrap(), 10);
+    assert!(matches!(sink.store(vec![record("org", 50)], Source::Http).await, Err(SinkError::Closed)));
+}
+
+async fn columns_are_typed_for_people(kind: Kind) {
+    let (_db, store, writer) = setup(kind, WriterConfig::default()).await;
+    let r = record("org", 0);
+    writer.handle().store(vec![r.clone()], Source::Nats).await.unwrap();
+    let sql = match kind {
+        Kind::Sqlite => {
+            "SELECT typeof(request_id) || ',' || request_id || ',' || occurred_at || ',' || tags || ',' \
+             || typeof(prompt_tokens) || ',' || source FROM usage_records"
+        }
+        Kind::Postgres => {
+            "SELECT pg_typeof(request_id)::text || ',' || request_id::text || ',' || pg_typeof(occurred_at)::text \
+             || ',' || pg_typeof(tags)::text || ',' || pg_typeof(prompt_tokens)::text || ',' || source FROM usage_records"
+        }
+    };
+    let row = store.connection().query_one_raw(Statement::from_string(store.connection().get_database_backend(), sql));
+    let line: String = row.await.unwrap().unwrap().try_get_by_index(0).unwrap();
+    let id = r.request_id.hyphenated().to_string();
+    let expected = match kind {
+        Kind::Sqlite => {
+            let ts = r.timestamp.format(&time::format_description::well_known::Rfc3339).unwrap();
+            assert!(ts.ends_with('Z'));
+            format!("text,{id},{ts},[\"test\"],integer,nats")
+        }
+        Kind::Postgres => format!("uuid,{id},timestamp with time zone,jsonb,bigint,nats"),
+    };
+    assert_eq!(line, expected);
+}
+
+async fn dead_letters_are_upserted(kind: Kind) {
+    let (_db, store, _writer) = setup(kind, WriterConfig::default()).await;
+    let letter = DeadLetter {
+        source: Source::Nats,
+        message_key: "LLM_USAGE:42".into(),
+        payload: b"{not json".to_vec(),
+        error: "malformed JSON at line 1, column 2".into(),
+    };
+    store.dead_letter(&letter).await.unwrap();
+    store.dead_letter(&letter).await.unwrap();
+    store.dead_letter(&DeadLetter { message_key: "LLM_USAGE:43".into(), ..letter.clone() }).await.unwrap();
+    assert_eq!(store.count_dead_letters(Some(Source::Nats)).await.unwrap(), 2);
+    assert_eq!(store.count_dead_letters(Some(Source::Redis)).await.unwrap(), 0);
+    let row = store
+        .connection()
+        .query_one_raw(Statement::from_string(
+            store.connection().get_database_backend(),
+            "SELECT delivery_count FROM dead_letters WHERE message_key = 'LLM_USAGE:42'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 2);
+}
+
+async fn migrations_are_idempotent(kind: Kind) {
+    let (_db, store, _writer) = setup(kind, WriterConfig::default()).await;
+    assert!(store.pending_migrations().await.unwrap().is_empty());
+    store.migrate().await.unwrap();
+    assert!(store.pending_migrations().await.unwrap().is_empty());
+}
+
+async fn exec(store: &Store, sql: &str) {
+    store.connection().execute_unprepared(sql).await.unwrap();
+}

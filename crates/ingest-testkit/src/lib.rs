@@ -1,0 +1,125 @@
+//! Shared by the integration tests of every crate (dev-dependency only).
+//!
+//! Each test gets its own database: a file in a temporary directory for
+//! SQLite, a fresh `CREATE DATABASE` for PostgreSQL. Services are found
+//! through `INGESTD_TEST_POSTGRES_URL` (an admin URL; `cargo xtask test` sets
+//! it), else the standard local port. A test that cannot reach its service
+//! fails with a message naming what to start; it never passes silently.
+
+use model::{ModelInfo, Performance, TokenUsage, UsageRecord};
+use sea_orm::{ConnectionTrait, Database};
+use storage::{DatabaseConfig, Store};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub const POSTGRES_ENV: &str = "INGESTD_TEST_POSTGRES_URL";
+const POSTGRES_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The admin URL of the test PostgreSQL server.
+pub fn postgres_admin_url() -> String {
+    std::env::var(POSTGRES_ENV).unwrap_or_else(|_| POSTGRES_DEFAULT.to_owned())
+}
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    pub config: DatabaseConfig,
+    pub kind: Kind,
+    // Keeps the SQLite file's directory alive for the test's duration.
+    _dir: Option<tempfile::TempDir>,
+    /// PostgreSQL: (admin url, database name), dropped with the value.
+    pg: Option<(String, String)>,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.pg.take() else { return };
+        // Drop runs inside the test's runtime; use a thread with its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let admin = Database::connect(admin_url.as_str()).await.ok()?;
+                admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
+            })
+        });
+        let _ = dropped.join();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+impl TestDatabase {
+    pub async fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Sqlite => Self::sqlite(),
+            Kind::Postgres => Self::postgres().await,
+        }
+    }
+
+    /// A fresh SQLite file with the production defaults (WAL, `synchronous=FULL`).
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let path = dir.path().join("test.db");
+        let config =
+            DatabaseConfig { url: format!("sqlite://{}?mode=rwc", path.display()), ..DatabaseConfig::default() };
+        TestDatabase { config, kind: Kind::Sqlite, _dir: Some(dir), pg: None }
+    }
+
+    /// A fresh database on the test PostgreSQL server.
+    pub async fn postgres() -> Self {
+        let admin_url = postgres_admin_url();
+        let admin = Database::connect(admin_url.as_str()).await.unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at {admin_url} ({e}); start it (e.g. `pg_ctlcluster 15 main start`) \
+                 or set {POSTGRES_ENV}, or run the suite with `cargo xtask test`, which starts a throwaway server"
+            )
+        });
+        let name = format!("ingestd_t_{}", Uuid::now_v7().simple());
+        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
+        let config = DatabaseConfig { url: format!("{base}/{name}"), ..DatabaseConfig::default() };
+        TestDatabase { config, kind: Kind::Postgres, _dir: None, pg: Some((admin_url.clone(), name)) }
+    }
+
+    /// Connects and migrates.
+    pub async fn store(&self) -> Store {
+        let store = Store::connect(&self.config).await.expect("connect to the test database");
+        store.migrate().await.expect("migrate the test database");
+        store
+    }
+}
+
+/// A valid record of `org`, numbered `i`, with a fresh time-ordered id.
+pub fn record(org: &str, i: u64) -> UsageRecord {
+    UsageRecord {
+        request_id: Uuid::now_v7(),
+        timestamp: OffsetDateTime::now_utc(),
+        provider: "openai".to_owned(),
+        model: ModelInfo {
+            name: "gpt-4o".to_owned(),
+            version: Some("2024-08-06".to_owned()),
+            context_window: Some(128_000),
+        },
+        organization_id: org.to_owned(),
+        project_id: Some("proj".to_owned()),
+        user_id: None,
+        usage: TokenUsage {
+            prompt_tokens: 100 + i,
+            completion_tokens: 50,
+            total_tokens: 150 + i,
+            cached_tokens: Some(10),
+            reasoning_tokens: None,
+        },
+        performance: Performance { latency_ms: Some(812.5), time_to_first_token_ms: Some(120.0) },
+        tags: vec!["test".to_owned()],
+        metadata: Some(serde_json::json!({ "i": i }).as_object().cloned().unwrap_or_default()),
+    }
+}
+
+/// The JSON of [`record`], as a client would send it.
+pub fn record_json(org: &str, i: u64) -> serde_json::Value {
+    serde_json::to_value(record(org, i)).expect("records serialize")
+}
