@@ -1,1 +1,30 @@
+//! The HTTP edge of ingestd: a hyper 1 server with a tower stack, no web
+//! framework.
+//!
+//! Routes (SPEC §2): `GET /health`, `GET /health/ready`, `POST /v1/usage`,
+//! `POST /v1/usage/batch`, `GET /metrics`, `GET /openapi.json`.
+//!
+//! The stack, outermost first: request id (`x-request-id`, generated when
+//! absent, echoed) → tracing span → CORS → authentication seam → load
+//! shedding over a concurrency limit → the router, where each handler runs
+//! under the request timeout. Bodies are read with a byte limit and
+//! decompressed (gzip, zstd) with the same limit on the *decompressed* size,
+//! so neither a large body nor a compression bomb can make memory follow it.
+//!
+//! Every failure a client can cause maps to a 4xx with a specific message in
+//! one place ([`error::ApiError`]); storage trouble maps to 503 with
+//! `Retry-After`. This crate stores nothing itself: it calls
+//! [`model::Ingestor`], generic over [`model::RecordSink`].
 
+mod body;
+mod config;
+mod error;
+mod routes;
+mod server;
+
+pub use config::HttpConfig;
+pub use error::ApiError;
+pub use server::{AppState, ReadinessCheck, serve};
+
+/// The API description served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");

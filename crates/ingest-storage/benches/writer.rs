@@ -1,1 +1,96 @@
-fn main() {}
+//! Group-commit writer throughput, in rows/s.
+//!
+//! `cargo bench -p ingest-storage --bench writer` (or `cargo xtask bench writer`).
+//! Scenarios: 64 concurrent callers submitting 1 record each, 8 callers
+//! submitting 1000-record submissions, and the latter with random (v4)
+//! instead of time-ordered (v7) ids, on SQLite (`synchronous=FULL`) and on
+//! PostgreSQL (needs `INGESTD_TEST_POSTGRES_URL` or a local server; the bench
+//! fails rather than skip when it cannot reach one).
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ingest_storage::{Writer, WriterConfig};
+use model::{RecordSink, Source, UsageRecord};
+use testkit::{Kind, TestDatabase, record};
+use uuid::Uuid;
+
+struct Scenario {
+    name: &'static str,
+    callers: usize,
+    per_submission: usize,
+    /// Submissions per caller per iteration.
+    rounds: usize,
+    random_ids: bool,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "1-record x64 callers", callers: 64, per_submission: 1, rounds: 50, random_ids: false },
+    Scenario { name: "1000-record x8 callers", callers: 8, per_submission: 1000, rounds: 5, random_ids: false },
+    Scenario { name: "1000-record x8 callers, v4 ids", callers: 8, per_submission: 1000, rounds: 5, random_ids: true },
+];
+
+fn records(n: usize, random_ids: bool) -> Vec<UsageRecord> {
+    (0..n)
+        .map(|i| {
+            let mut r = record("bench-org", i as u64);
+            if random_ids {
+                r.request_id = Uuid::new_v4();
+            }
+            r
+        })
+        .collect()
+}
+
+fn writer(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let mut group = c.benchmark_group(format!("writer/{kind:?}").to_lowercase());
+        group.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(2));
+        for s in SCENARIOS {
+            let (db, writer) = rt.block_on(async {
+                let db = TestDatabase::new(kind).await;
+                let store = db.store().await;
+                (db, Writer::spawn(store, WriterConfig::default()))
+            });
+            group.throughput(Throughput::Elements((s.callers * s.per_submission * s.rounds) as u64));
+            group.bench_function(s.name, |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let sink = writer.handle();
+                    async move {
+                        let mut elapsed = Duration::ZERO;
+                        for _ in 0..iters {
+                            // Records are made outside the timed part.
+                            let work: Vec<Vec<Vec<UsageRecord>>> = (0..s.callers)
+                                .map(|_| (0..s.rounds).map(|_| records(s.per_submission, s.random_ids)).collect())
+                                .collect();
+                            let start = Instant::now();
+                            let tasks: Vec<_> = work
+                                .into_iter()
+                                .map(|subs| {
+                                    let sink = sink.clone();
+                                    tokio::spawn(async move {
+                                        for sub in subs {
+                                            sink.store(sub, Source::Http).await.expect("store");
+                                        }
+                                    })
+                                })
+                                .collect();
+                            for t in tasks {
+                                t.await.unwrap();
+                            }
+                            elapsed += start.elapsed();
+                        }
+                        elapsed
+                    }
+                })
+            });
+            rt.block_on(writer.shutdown());
+            drop(db);
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, writer);
+criterion_main!(benches);

@@ -1,1 +1,106 @@
-fn main() {}
+//! `ingestd`: see `ingestd --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ingestd::{App, Config};
+
+#[derive(Parser)]
+#[command(name = "ingestd", version, about = "Ingests LLM usage records over HTTP and stores them durably")]
+struct Cli {
+    /// Configuration file (default: ./ingestd.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve {
+        /// Do not apply migrations at start, whatever database.auto_migrate says.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective settings (secrets masked).
+    Check,
+}
+
+/// EX_USAGE: the configuration is invalid.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::from_env(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ingestd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(Command::Config { command: ConfigCommand::Check }) = &cli.command {
+        #[allow(clippy::print_stdout)]
+        {
+            println!("# configuration is valid\n{}", config.to_masked_toml());
+        }
+        return ExitCode::SUCCESS;
+    }
+    ingestd::init_logging(config.log.format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ingestd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Migrate) => {
+                let store = storage::Store::connect(&config.database).await?;
+                store.migrate().await?;
+                tracing::info!("migrations applied");
+                Ok(())
+            }
+            Some(Command::Serve { no_migrate }) => {
+                if no_migrate {
+                    config.database.auto_migrate = false;
+                }
+                serve(config).await
+            }
+            None => serve(config).await,
+            Some(Command::Config { .. }) => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "ingestd failed");
+            eprintln!("ingestd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if config.auth.mode == ingestd::config::AuthMode::None {
+        tracing::warn!("auth.mode = \"none\": anyone who can reach this port can write records");
+    }
+    let bind = config.server.bind.clone();
+    let listener =
+        tokio::net::TcpListener::bind(&bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
+    let app = App::build(config).await?;
+    app.run(listener, ingestd::shutdown_signal()).await
+}

@@ -1,0 +1,80 @@
+//! Reading request bodies: media type, size limit, decompression.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http::{HeaderMap, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::ApiError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+/// Checks the headers before any of the body is read.
+pub(crate) fn check_headers(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
+    let is_json = content_type.is_some_and(|ct| {
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        essence.eq_ignore_ascii_case("application/json")
+    });
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType { found: content_type.unwrap_or("nothing").to_owned() });
+    }
+    let encoding = encoding(headers)?;
+    if encoding == Encoding::Identity {
+        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::BodyTooLarge { limit, after: "" });
+        }
+    }
+    Ok(())
+}
+
+fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(Encoding::Identity) };
+    let value = value.to_str().unwrap_or("(not text)").trim();
+    match value.to_ascii_lowercase().as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        "zstd" => Ok(Encoding::Zstd),
+        _ => Err(ApiError::UnsupportedEncoding { found: value.to_owned() }),
+    }
+}
+
+/// Reads the whole body, decompressed, refusing more than `limit` bytes
+/// before or after decompression.
+pub(crate) async fn read(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let encoding = encoding(headers)?;
+    let raw = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::BodyTooLarge { limit, after: "" });
+        }
+        Err(_) => return Err(ApiError::BodyRead),
+    };
+    match encoding {
+        Encoding::Identity => Ok(raw),
+        Encoding::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, "gzip"),
+        Encoding::Zstd => {
+            let decoder =
+                zstd::stream::read::Decoder::new(&raw[..]).map_err(|_| ApiError::BadEncoding { encoding: "zstd" })?;
+            inflate(decoder, limit, "zstd")
+        }
+    }
+}
+
+/// Decompresses at most `limit + 1` bytes: a bomb is stopped at the limit.
+fn inflate(decoder: impl Read, limit: usize, encoding: &'static str) -> Result<Bytes, ApiError> {
+    let mut out = Vec::new();
+    decoder.take(limit as u64 + 1).read_to_end(&mut out).map_err(|_| ApiError::BadEncoding { encoding })?;
+    if out.len() > limit {
+        return Err(ApiError::BodyTooLarge { limit, after: " after decompression" });
+    }
+    Ok(Bytes::from(out))
+}

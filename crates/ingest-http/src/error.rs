@@ -1,0 +1,131 @@
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use model::SinkError;
+use model::decode::DocumentError;
+use serde_json::json;
+
+/// A request-level failure: the one place where errors become status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON at line {line}, column {column}: {message}")]
+    MalformedJson { line: usize, column: usize, message: String },
+    #[error("invalid {what}: {message}")]
+    InvalidEnvelope { what: &'static str, message: String },
+    #[error("request body is larger than {limit} bytes{after}")]
+    BodyTooLarge { limit: usize, after: &'static str },
+    #[error("batch has {count} records; the maximum is {max}")]
+    BatchTooLarge { count: usize, max: usize },
+    #[error("batch has no records; send 1 to {max}")]
+    EmptyBatch { max: usize },
+    #[error("content-type must be application/json, found {found}")]
+    UnsupportedMediaType { found: String },
+    #[error("content-encoding {found} is not supported; use gzip, zstd or identity")]
+    UnsupportedEncoding { found: String },
+    #[error("request body is not valid {encoding} data")]
+    BadEncoding { encoding: &'static str },
+    #[error("could not read the request body")]
+    BodyRead,
+    #[error("no route for {path}")]
+    NotFound { path: String },
+    #[error("method {method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    #[error("the service is overloaded; retry shortly")]
+    Overloaded,
+    #[error("storage is unavailable; retry shortly")]
+    StorageUnavailable,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("the request took longer than {secs} s")]
+    Timeout { secs: u64 },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            MalformedJson { .. } | InvalidEnvelope { .. } | EmptyBatch { .. } | BadEncoding { .. } | BodyRead => {
+                StatusCode::BAD_REQUEST
+            }
+            BodyTooLarge { .. } | BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType { .. } | UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            NotFound { .. } => StatusCode::NOT_FOUND,
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Overloaded | StorageUnavailable | ShuttingDown | Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable machine-readable name, documented in docs/api.md.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MalformedJson { .. } => "malformed_json",
+            InvalidEnvelope { .. } => "invalid_envelope",
+            BodyTooLarge { .. } => "body_too_large",
+            BatchTooLarge { .. } => "batch_too_large",
+            EmptyBatch { .. } => "empty_batch",
+            UnsupportedMediaType { .. } => "unsupported_media_type",
+            UnsupportedEncoding { .. } => "unsupported_encoding",
+            BadEncoding { .. } => "bad_encoding",
+            BodyRead => "body_read_failed",
+            NotFound { .. } => "not_found",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            Overloaded => "overloaded",
+            StorageUnavailable => "storage_unavailable",
+            ShuttingDown => "shutting_down",
+            Timeout { .. } => "timeout",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Overloaded | ApiError::Timeout { .. } => Some(1),
+            ApiError::StorageUnavailable | ApiError::ShuttingDown => Some(5),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut body = json!({ "error": self.to_string(), "code": self.code() });
+        if let ApiError::MalformedJson { line, column, .. } = &self {
+            body["line"] = json!(line);
+            body["column"] = json!(column);
+        }
+        let mut response = json_response(self.status(), &body);
+        if let Some(secs) = self.retry_after() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+impl From<DocumentError> for ApiError {
+    fn from(e: DocumentError) -> Self {
+        match e {
+            DocumentError::Syntax { line, column, message } => ApiError::MalformedJson { line, column, message },
+            DocumentError::Shape { what, message } => ApiError::InvalidEnvelope { what, message },
+        }
+    }
+}
+
+impl From<SinkError> for ApiError {
+    fn from(e: SinkError) -> Self {
+        match e {
+            SinkError::Overloaded => ApiError::Overloaded,
+            SinkError::Unavailable(_) => ApiError::StorageUnavailable,
+            SinkError::Closed => ApiError::ShuttingDown,
+        }
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    // Serializing our own response types cannot fail.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,129 @@
+//! The listener, the connection loop, the tower stack and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use model::{Ingestor, RecordSink};
+use tokio::net::TcpListener;
+use tower::{ServiceBuilder, service_fn};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::{ApiError, HttpConfig, routes};
+
+/// A readiness probe of one component: `Ok` when it is usable.
+pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// What the handlers share.
+pub struct AppState<S> {
+    pub ingestor: Ingestor<S>,
+    pub config: HttpConfig,
+    /// Named probes for `/health/ready`.
+    pub readiness: Vec<(&'static str, ReadinessCheck)>,
+    /// Renders `/metrics`.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    pub version: &'static str,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+/// requests finish for up to `shutdown_grace_secs`, and returns.
+pub async fn serve<S: RecordSink>(
+    listener: TcpListener,
+    state: Arc<AppState<S>>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = state.config.clone();
+    let cors = (!config.cors_origins.is_empty()).then(|| {
+        let origins: Vec<_> = config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([http::Method::GET, http::Method::POST])
+            .allow_headers([http::header::CONTENT_TYPE, http::header::CONTENT_ENCODING, http::header::AUTHORIZATION])
+    });
+    let handler = {
+        let state = state.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
+        })
+    };
+    let service = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Incoming>| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .option_layer(cors)
+        // Authentication seam: the API-key layer goes here (SPEC §3); with
+        // `auth.mode = "none"` there is nothing to check.
+        .map_result(shed_to_503)
+        .load_shed()
+        .concurrency_limit(config.max_concurrent_requests.max(1))
+        .service(handler);
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(config.header_read_timeout_secs.max(1)))
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; finishing in-flight requests");
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            grace_secs = config.shutdown_grace_secs,
+            "in-flight requests did not finish within the grace period"
+        );
+    }
+    Ok(())
+}
+
+/// Load shedding refuses with an error; clients get a 503 with `Retry-After`.
+fn shed_to_503(
+    result: Result<Response<Full<Bytes>>, tower::BoxError>,
+) -> Result<Response<Full<Bytes>>, tower::BoxError> {
+    Ok(match result {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("ingestd_http_shed_total").increment(1);
+            ApiError::Overloaded.into_response()
+        }
+    })
+}

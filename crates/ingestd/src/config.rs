@@ -1,0 +1,387 @@
+//! The service configuration (SPEC §7): built-in defaults ← `ingestd.toml`
+//! (or `--config FILE`) ← environment. This is the only place that reads
+//! files or the environment; each crate owns the plain struct of its section.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub use http_edge::HttpConfig;
+pub use model::ValidationConfig;
+pub use storage::{DatabaseConfig, WriterConfig};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: HttpConfig,
+    pub database: DatabaseConfig,
+    pub writer: WriterConfig,
+    pub validation: ValidationConfig,
+    pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
+    pub nats: NatsConfig,
+    pub redis: RedisConfig,
+    pub retry: RetryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// No authentication (local development). The only mode of this version:
+    /// API keys arrive with the tenancy work and will become the default.
+    #[default]
+    None,
+    ApiKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Off in this version: the limiter is not wired into the service yet.
+    pub enabled: bool,
+    pub backend: String,
+    pub fail_mode: String,
+    pub redis_timeout_ms: u64,
+    pub default: PolicyConfig,
+    pub orgs: BTreeMap<String, PolicyConfig>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: false,
+            backend: "memory".into(),
+            fail_mode: "local".into(),
+            redis_timeout_ms: 10,
+            default: PolicyConfig { per_minute: Some(60_000), ..PolicyConfig::default() },
+            orgs: BTreeMap::new(),
+        }
+    }
+}
+
+/// One of `per_minute`, `per_hour`, `per_day`, or `max_requests` + `window_secs` (+ `burst_size`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_hour: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst_size: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `NATS_URL`; setting it enables the NATS source.
+    pub url: String,
+    pub subject: String,
+    pub stream: String,
+    pub consumer: String,
+    pub fetch_batch: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: String::new(),
+            subject: "llm.usage".into(),
+            stream: "LLM_USAGE".into(),
+            consumer: "ingestd".into(),
+            fetch_batch: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `REDIS_URL`; used by the Redis Streams source and the Redis rate limiter.
+    pub url: String,
+    pub consumer: RedisConsumerConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConsumerConfig {
+    pub enabled: bool,
+    pub stream_key: String,
+    pub group: String,
+    pub read_batch: usize,
+    pub claim_idle_secs: u64,
+    pub max_deliveries: u64,
+}
+
+impl Default for RedisConsumerConfig {
+    fn default() -> Self {
+        RedisConsumerConfig {
+            enabled: true,
+            stream_key: "llm:usage".into(),
+            group: "ingestd".into(),
+            read_batch: 1000,
+            claim_idle_secs: 60,
+            max_deliveries: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    pub max_retries: u32,
+    pub initial_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub backoff_multiplier: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { max_retries: 3, initial_delay_ms: 100, max_delay_ms: 30_000, backoff_multiplier: 2.0 }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Invalid configuration: names the key.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Environment names of the original design, and where they land.
+const LEGACY_ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("BIND_ADDR", "server.bind"),
+    ("NATS_URL", "nats.url"),
+    ("NATS_SUBJECT", "nats.subject"),
+    ("REDIS_URL", "redis.url"),
+    ("REDIS_STREAM_KEY", "redis.consumer.stream_key"),
+];
+
+impl Config {
+    /// Loads defaults ← `file` (or `ingestd.toml` when present) ← the environment `env`.
+    pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None if Path::new("ingestd.toml").exists() => figment = figment.merge(Toml::file("ingestd.toml")),
+            None => {}
+        }
+        // figment reads the process environment; tests pass theirs explicitly,
+        // so both go through the same pairs.
+        let pairs: Vec<(String, String)> = env.to_vec();
+        let legacy = pairs.iter().filter_map(|(k, v)| {
+            LEGACY_ENV.iter().find(|(name, _)| name == k).map(|(_, key)| (key.to_string(), v.clone()))
+        });
+        for (key, value) in legacy {
+            figment = figment.merge(Serialized::global(&key, value));
+        }
+        let prefixed: Vec<(String, String)> = pairs
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("INGESTD_")?.to_ascii_lowercase().replace("__", "."), v.clone())))
+            .collect();
+        for (key, value) in prefixed {
+            let value: figment::value::Value = value.parse().unwrap_or_else(|_| figment::value::Value::from(value));
+            figment = figment.merge(Serialized::global(&key, value));
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads from the process environment.
+    pub fn from_env(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load(file, &env)
+    }
+
+    /// Rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError(format!("invalid configuration: {key}: {msg}")));
+        if self.server.bind.parse::<SocketAddr>().is_err() {
+            return err("server.bind", format!("{:?} is not an address such as \"0.0.0.0:8080\"", self.server.bind));
+        }
+        if self.server.max_batch_size == 0 {
+            return err("server.max_batch_size", "must be at least 1".into());
+        }
+        if self.server.max_body_bytes < 1024 {
+            return err("server.max_body_bytes", "must be at least 1024".into());
+        }
+        for origin in &self.server.cors_origins {
+            if !valid_origin(origin) {
+                return err("server.cors_origins", format!("{origin:?} is not a valid origin"));
+            }
+        }
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return err("database.url", format!("{:?} must start with sqlite: or postgres://", mask_url(url)));
+        }
+        if self.writer.queue_capacity == 0 || self.writer.max_batch_rows == 0 {
+            return err("writer", "queue_capacity and max_batch_rows must be at least 1".into());
+        }
+        if self.auth.mode == AuthMode::ApiKey {
+            return err("auth.mode", "\"api_key\" is not available in this version; use \"none\"".into());
+        }
+        if self.rate_limit.enabled {
+            return err("rate_limit.enabled", "rate limiting is not available in this version; set it to false".into());
+        }
+        if !self.nats.url.is_empty() {
+            return err("nats.url", "the NATS source is not available in this version; unset NATS_URL".into());
+        }
+        if !self.redis.url.is_empty() && self.redis.consumer.enabled {
+            return err(
+                "redis.url",
+                "the Redis Streams source is not available in this version; unset REDIS_URL".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with passwords in URLs masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        masked.database.url = mask_url(&masked.database.url);
+        masked.nats.url = mask_url(&masked.nats.url);
+        masked.redis.url = mask_url(&masked.redis.url);
+        toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+fn valid_origin(origin: &str) -> bool {
+    (origin.starts_with("http://") || origin.starts_with("https://")) && origin.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn describe(e: figment::Error) -> String {
+    let mut out = String::from("invalid configuration: ");
+    let key = e.path.join(".");
+    if !key.is_empty() {
+        out.push_str(&key);
+        out.push_str(": ");
+    }
+    out.push_str(&e.kind.to_string());
+    if let Some(source) = &e.metadata.as_ref().map(|m| m.name.to_string()) {
+        out.push_str(&format!(" (from {source})"));
+    }
+    out
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(None, &env)
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.server.bind, "0.0.0.0:8080");
+        assert_eq!(c.server.max_body_bytes, 10_485_760);
+        assert_eq!(c.server.max_batch_size, 1000);
+        assert_eq!(c.database.url, "sqlite://cost-ops.db?mode=rwc");
+        assert_eq!(c.writer, WriterConfig { queue_capacity: 10_000, max_batch_rows: 5_000, linger_ms: 2 });
+        assert_eq!(c.validation.max_future_skew_secs, 300);
+        assert_eq!(c.nats.subject, "llm.usage");
+        assert_eq!(c.redis.consumer.max_deliveries, 5);
+    }
+
+    #[test]
+    fn legacy_and_prefixed_environment() {
+        let c = load(&[
+            ("DATABASE_URL", "postgres://u:pw@db/x"),
+            ("BIND_ADDR", "127.0.0.1:9000"),
+            ("INGESTD_SERVER__MAX_BATCH_SIZE", "50"),
+            ("INGESTD_WRITER__LINGER_MS", "0"),
+            ("INGESTD_LOG__FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(c.database.url, "postgres://u:pw@db/x");
+        assert_eq!(c.server.bind, "127.0.0.1:9000");
+        assert_eq!(c.server.max_batch_size, 50);
+        assert_eq!(c.writer.linger_ms, 0);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(c.to_masked_toml().contains("postgres://u:***@db/x"));
+        assert!(!c.to_masked_toml().contains("pw"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("INGESTD_SERVER__MAX_BATCH_SIZE", "lots")], "server.max_batch_size"),
+            (&[("INGESTD_SERVER__NO_SUCH", "1")], "no_such"),
+            (&[("BIND_ADDR", "nowhere")], "server.bind"),
+            (&[("DATABASE_URL", "mysql://x")], "database.url"),
+            (&[("INGESTD_LOG__FORMAT", "xml")], "log.format"),
+            (&[("INGESTD_SERVER__MAX_BATCH_SIZE", "0")], "server.max_batch_size"),
+            (&[("NATS_URL", "nats://127.0.0.1:4222")], "nats.url"),
+        ];
+        for (env, key) in cases {
+            let e = load(env).unwrap_err().to_string();
+            assert!(e.contains(key), "{env:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn config_file_layers_under_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ingestd.toml");
+        std::fs::write(&path, "[server]\nmax_batch_size = 10\nbind = \"127.0.0.1:1\"\n[writer]\nlinger_ms = 7\n")
+            .unwrap();
+        let env = vec![("BIND_ADDR".to_owned(), "127.0.0.1:2".to_owned())];
+        let c = Config::load(Some(&path), &env).unwrap();
+        assert_eq!((c.server.max_batch_size, c.server.bind.as_str(), c.writer.linger_ms), (10, "127.0.0.1:2", 7));
+        let e = Config::load(Some(&dir.path().join("missing.toml")), &[]).unwrap_err();
+        assert!(e.to_string().contains("missing.toml"));
+    }
+}
