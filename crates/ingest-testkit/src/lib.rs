@@ -6,6 +6,8 @@
 //! it), else the standard local port. A test that cannot reach its service
 //! fails with a message naming what to start; it never passes silently.
 
+pub mod http;
+
 use model::{ModelInfo, Performance, TokenUsage, UsageRecord};
 use sea_orm::{ConnectionTrait, Database};
 use storage::{DatabaseConfig, Store};

@@ -1,0 +1,483 @@
+//! The HTTP API over a real socket, with the whole service running in-process
+//! against SQLite and the real PostgreSQL.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ingestd::{App, Config};
+use serde_json::{Value, json};
+use storage::Store;
+use testkit::http::Client;
+use testkit::{Kind, TestDatabase, record_json};
+use tokio::sync::oneshot;
+
+struct Server {
+    addr: SocketAddr,
+    store: Store,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    db: TestDatabase,
+}
+
+impl Server {
+    async fn start(kind: Kind, edit: impl FnOnce(&mut Config)) -> Server {
+        Self::start_on(TestDatabase::new(kind).await, edit).await
+    }
+
+    async fn start_on(db: TestDatabase, edit: impl FnOnce(&mut Config)) -> Server {
+        let mut config = Config { database: db.config.clone(), ..Config::default() };
+        config.server.bind = "127.0.0.1:0".into();
+        edit(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = App::build(config).await.expect("build the app");
+        let store = app.store().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        Server { addr, store, stop: Some(stop), task, db }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(self.addr).await.unwrap()
+    }
+
+    async fn stop(mut self) -> TestDatabase {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+        self.db
+    }
+
+    async fn count(&self, org: &str) -> u64 {
+        self.store.count_records(Some(org)).await.unwrap()
+    }
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(testkit::Kind::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(testkit::Kind::Postgres).await })*
+        }
+    };
+}
+
+both!(
+    single_record_is_stored_and_acknowledged,
+    a_retried_record_is_a_duplicate_not_a_second_row,
+    batch_with_some_invalid_records_is_207_with_their_indices,
+    batch_with_only_invalid_records_is_422_and_stores_nothing,
+    storage_failure_is_503_with_retry_after_and_stores_nothing,
+    restart_keeps_data,
+);
+
+async fn single_record_is_stored_and_acknowledged(kind: Kind) {
+    let server = Server::start(kind, |_| {}).await;
+    let mut c = server.client().await;
+    let mut r = record_json("org-1", 0);
+    r["provider"] = json!("  OpenAI ");
+    let reply = c.post_json("/v1/usage", &r).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["status"], "success");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["duplicates"].as_u64(), body["rejected"].as_u64()),
+        (Some(1), Some(0), Some(0))
+    );
+    assert_eq!(body["request_id"], r["request_id"]);
+    assert_eq!(server.count("org-1").await, 1);
+    server.stop().await;
+}
+
+async fn a_retried_record_is_a_duplicate_not_a_second_row(kind: Kind) {
+    let server = Server::start(kind, |_| {}).await;
+    let mut c = server.client().await;
+    let r = record_json("org-1", 0);
+    assert_eq!(c.post_json("/v1/usage", &r).await.status, 200);
+    let again = c.post_json("/v1/usage", &r).await;
+    assert_eq!(again.status, 200);
+    assert_eq!((again.json()["accepted"].as_u64(), again.json()["duplicates"].as_u64()), (Some(0), Some(1)));
+    // Repeated inside one batch, too.
+    let other = record_json("org-1", 1);
+    let batch = c.post_json("/v1/usage/batch", &json!({ "records": [other, other, r] })).await;
+    assert_eq!(batch.status, 200);
+    assert_eq!((batch.json()["accepted"].as_u64(), batch.json()["duplicates"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(server.count("org-1").await, 2);
+    server.stop().await;
+}
+
+async fn batch_with_some_invalid_records_is_207_with_their_indices(kind: Kind) {
+    let server = Server::start(kind, |_| {}).await;
+    let mut c = server.client().await;
+    let mut bad_sum = record_json("org-1", 1);
+    bad_sum["usage"]["total_tokens"] = json!(1);
+    let mut bad_cached = record_json("org-1", 3);
+    bad_cached["usage"]["cached_tokens"] = json!(1_000_000);
+    let batch_id = "0192f8a0-7b5c-7cc4-9d1e-3f2a1b0c9d8e";
+    let body = json!({
+        "batch_id": batch_id, "source": "gateway-eu",
+        "records": [record_json("org-1", 0), bad_sum, record_json("org-1", 2), bad_cached, "not a record"],
+    });
+    let reply = c.post_json("/v1/usage/batch", &body).await;
+    assert_eq!(reply.status, 207);
+    let v = reply.json();
+    assert_eq!(v["request_id"], batch_id);
+    assert_eq!(v["status"], "partial");
+    assert_eq!((v["accepted"].as_u64(), v["rejected"].as_u64()), (Some(2), Some(3)));
+    let errors: Vec<(u64, &str, &str)> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["field"].as_str().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (1, "usage.total_tokens", "token_sum_mismatch"),
+            (3, "usage.cached_tokens", "cached_exceeds_prompt"),
+            (4, "", "invalid_type")
+        ]
+    );
+    assert_eq!(v["errors"][0]["request_id"], body["records"][1]["request_id"]);
+    assert_eq!(server.count("org-1").await, 2);
+    server.stop().await;
+}
+
+async fn batch_with_only_invalid_records_is_422_and_stores_nothing(kind: Kind) {
+    let server = Server::start(kind, |_| {}).await;
+    let mut c = server.client().await;
+    let mut r = record_json("org-1", 0);
+    r["timestamp"] = json!("2999-01-01T00:00:00Z");
+    let reply = c.post_json("/v1/usage/batch", &json!({ "records": [r.clone()] })).await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(reply.json()["status"], "failed");
+    assert_eq!(reply.json()["errors"][0]["code"], "timestamp_in_future");
+    let single = c.post_json("/v1/usage", &r).await;
+    assert_eq!(single.status, 422);
+    assert_eq!(server.count("org-1").await, 0);
+    server.stop().await;
+}
+
+async fn storage_failure_is_503_with_retry_after_and_stores_nothing(kind: Kind) {
+    let server = Server::start(kind, |_| {}).await;
+    let mut c = server.client().await;
+    use sea_orm::ConnectionTrait;
+    let db = server.store.connection();
+    db.execute_unprepared("ALTER TABLE usage_records RENAME TO usage_records_away").await.unwrap();
+    let reply =
+        c.post_json("/v1/usage/batch", &json!({ "records": [record_json("org-1", 0), record_json("org-1", 1)] })).await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.header("retry-after").is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+    assert_eq!(reply.json()["code"], "storage_unavailable");
+    db.execute_unprepared("ALTER TABLE usage_records_away RENAME TO usage_records").await.unwrap();
+    assert_eq!(server.count("org-1").await, 0);
+    assert_eq!(c.post_json("/v1/usage", &record_json("org-1", 2)).await.status, 200);
+    server.stop().await;
+}
+
+async fn restart_keeps_data(kind: Kind) {
+    let server = Server::start(kind, |_| {}).await;
+    let r = record_json("org-1", 0);
+    assert_eq!(server.client().await.post_json("/v1/usage", &r).await.status, 200);
+    let db = server.stop().await;
+    let server = Server::start_on(db, |_| {}).await;
+    assert_eq!(server.count("org-1").await, 1);
+    let again = server.client().await.post_json("/v1/usage", &r).await;
+    assert_eq!(again.json()["duplicates"], 1);
+    server.stop().await;
+}
+
+// Behaviour that does not depend on the database: SQLite only.
+
+async fn sqlite(edit: impl FnOnce(&mut Config)) -> Server {
+    Server::start(Kind::Sqlite, edit).await
+}
+
+#[tokio::test]
+async fn health_and_openapi() {
+    let server = sqlite(|_| {}).await;
+    let mut c = server.client().await;
+    let h = c.get("/health").await;
+    assert_eq!(h.status, 200);
+    assert_eq!((h.json()["status"].as_str(), h.json()["service"].as_str()), (Some("healthy"), Some("ingestd")));
+    let ready = c.get("/health/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["components"]["storage"]["status"], "up");
+    let doc = c.get("/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.json()["openapi"], "3.1.0");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_names_the_failing_component() {
+    let server = Server::start(Kind::Postgres, |_| {}).await;
+    let mut c = server.client().await;
+    assert_eq!(c.get("/health/ready").await.status, 200);
+    // Take the database away under the running service.
+    let admin = sea_orm::Database::connect(testkit::postgres_admin_url()).await.unwrap();
+    let name = server.db.config.url.rsplit('/').next().unwrap().to_owned();
+    use sea_orm::ConnectionTrait;
+    admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
+    let ready = c.get("/health/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["components"]["storage"]["status"], "down");
+    assert_eq!(ready.json()["status"], "not_ready");
+    let write = c.post_json("/v1/usage", &record_json("org-1", 0)).await;
+    assert_eq!(write.status, 503);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let server = sqlite(|_| {}).await;
+    let mut c = server.client().await;
+    let mine = c.send("GET", "/health", &[("x-request-id", "abc-123")], "").await.unwrap();
+    assert_eq!(mine.header("x-request-id"), Some("abc-123"));
+    let generated = c.get("/health").await;
+    let id = generated.header("x-request-id").expect("generated request id");
+    assert!(uuid::Uuid::try_parse(id).is_ok(), "{id}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_naming_line_and_column() {
+    let server = sqlite(|_| {}).await;
+    let mut c = server.client().await;
+    let reply = c
+        .send("POST", "/v1/usage", &[("content-type", "application/json")], "{\n  \"provider\": \"x\",\n  oops }")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 400);
+    let v = reply.json();
+    assert_eq!(
+        (v["line"].as_u64(), v["column"].as_u64(), v["code"].as_str()),
+        (Some(3), Some(3), Some("malformed_json"))
+    );
+    assert!(v["error"].as_str().unwrap().contains("line 3, column 3"));
+    // Envelope of the wrong shape.
+    let reply = c.post_json("/v1/usage/batch", &json!({ "records": {} })).await;
+    assert_eq!((reply.status.as_u16(), reply.json()["code"].as_str()), (400, Some("invalid_envelope")));
+    let reply = c.post_json("/v1/usage/batch", &json!({ "records": [] })).await;
+    assert_eq!((reply.status.as_u16(), reply.json()["code"].as_str()), (400, Some("empty_batch")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn nesting_bombs_are_refused() {
+    let server = sqlite(|_| {}).await;
+    let mut c = server.client().await;
+    let json = [("content-type", "application/json")];
+    // Inside a record: that record is rejected, naming the field.
+    let mut r = record_json("org-1", 0);
+    r.as_object_mut().unwrap().remove("metadata");
+    let deep = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+    let body = format!("{},\"metadata\":{deep}}}", &r.to_string()[..r.to_string().len() - 1]);
+    let reply = c.send("POST", "/v1/usage", &json, body).await.unwrap();
+    assert_eq!(reply.status, 422);
+    assert_eq!(reply.json()["errors"][0]["field"], "metadata");
+    assert!(reply.json()["errors"][0]["message"].as_str().unwrap().contains("recursion limit"));
+    // As the document: not a record.
+    let bomb = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+    let reply = c.send("POST", "/v1/usage", &json, bomb).await.unwrap();
+    assert_eq!(reply.status, 422);
+    assert_eq!(reply.json()["errors"][0]["code"], "invalid_type");
+    // Unbalanced: malformed.
+    let reply = c.send("POST", "/v1/usage/batch", &json, "[".repeat(200_000)).await.unwrap();
+    assert_eq!(reply.status, 400);
+    assert_eq!(server.count("org-1").await, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn media_type_and_encoding_are_checked() {
+    let server = sqlite(|_| {}).await;
+    let mut c = server.client().await;
+    let body = serde_json::to_vec(&record_json("org-1", 0)).unwrap();
+    for headers in [
+        vec![],
+        vec![("content-type", "text/plain")],
+        vec![("content-type", "application/json"), ("content-encoding", "br")],
+    ] {
+        let reply = c.send("POST", "/v1/usage", &headers, body.clone()).await.unwrap();
+        assert_eq!(reply.status, 415, "{headers:?}");
+    }
+    let ok = c.send("POST", "/v1/usage", &[("content-type", "application/json; charset=utf-8")], body).await.unwrap();
+    assert_eq!(ok.status, 200);
+    let garbage = c
+        .send("POST", "/v1/usage", &[("content-type", "application/json"), ("content-encoding", "gzip")], "not gzip")
+        .await
+        .unwrap();
+    assert_eq!((garbage.status.as_u16(), garbage.json()["code"].as_str()), (400, Some("bad_encoding")));
+    server.stop().await;
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test]
+async fn gzip_and_zstd_bodies_are_accepted() {
+    let server = sqlite(|_| {}).await;
+    let mut c = server.client().await;
+    let batch = serde_json::to_vec(&json!({ "records": (0..50).map(|i| record_json("org-z", i)).collect::<Vec<_>>() }))
+        .unwrap();
+    let gz = c
+        .send(
+            "POST",
+            "/v1/usage/batch",
+            &[("content-type", "application/json"), ("content-encoding", "gzip")],
+            gzip(&batch),
+        )
+        .await
+        .unwrap();
+    assert_eq!((gz.status.as_u16(), gz.json()["accepted"].as_u64()), (200, Some(50)));
+    let batch =
+        serde_json::to_vec(&json!({ "records": (50..100).map(|i| record_json("org-z", i)).collect::<Vec<_>>() }))
+            .unwrap();
+    let zst = zstd::encode_all(&batch[..], 3).unwrap();
+    let z = c
+        .send("POST", "/v1/usage/batch", &[("content-type", "application/json"), ("content-encoding", "zstd")], zst)
+        .await
+        .unwrap();
+    assert_eq!((z.status.as_u16(), z.json()["accepted"].as_u64()), (200, Some(50)));
+    assert_eq!(server.count("org-z").await, 100);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn size_limits_are_413_and_store_nothing() {
+    let server = sqlite(|c| {
+        c.server.max_body_bytes = 64 * 1024;
+        c.server.max_batch_size = 5;
+    })
+    .await;
+    let mut c = server.client().await;
+    // Declared too large: refused before a byte of the body is read.
+    let head = format!(
+        "POST /v1/usage HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        64 * 1024 + 1
+    );
+    let reply = raw_exchange(server.addr, head.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("65536"), "{reply}");
+    // Chunked, without a declared length: refused at the limit.
+    let mut chunked = b"POST /v1/usage HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    for _ in 0..80 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b' '; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let reply = raw_exchange(server.addr, &chunked).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    // A gzip bomb: 1 GiB of zeros in about 1 MiB; refused at the decompressed limit.
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        e.write_all(&zeros).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < 64 * 1024, "bomb is {} bytes", bomb.len());
+    let reply = c
+        .send("POST", "/v1/usage", &[("content-type", "application/json"), ("content-encoding", "gzip")], bomb)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 413);
+    assert!(reply.json()["error"].as_str().unwrap().contains("after decompression"));
+    // Too many records.
+    let records: Vec<Value> = (0..6).map(|i| record_json("org-1", i)).collect();
+    let reply = c.post_json("/v1/usage/batch", &json!({ "records": records })).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["error"], "batch has 6 records; the maximum is 5");
+    assert_eq!(server.count("org-1").await, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods() {
+    let server = sqlite(|_| {}).await;
+    let mut c = server.client().await;
+    assert_eq!(c.get("/v2/usage").await.status, 404);
+    let reply = c.get("/v1/usage").await;
+    assert_eq!((reply.status.as_u16(), reply.header("allow")), (405, Some("POST")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn full_writer_queue_is_503_at_once() {
+    let db = TestDatabase::sqlite();
+    let server = Server::start_on(db, |c| {
+        c.writer.queue_capacity = 3;
+        c.writer.max_batch_rows = 1;
+    })
+    .await;
+    // Hold SQLite's write lock so the writer cannot commit.
+    let blocker = Store::connect(&server.db.config).await.unwrap();
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let txn = blocker.connection().begin().await.unwrap();
+    txn.execute_unprepared("INSERT INTO dead_letters (id, source, message_key, payload, error, first_seen_at, last_seen_at, delivery_count) VALUES ('x', 'http', 'k', x'00', 'e', 'now', 'now', 1)").await.unwrap();
+    let addr = server.addr;
+    let waiting: Vec<_> = (0..3)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await.unwrap();
+                c.post_json("/v1/usage", &record_json("org-q", i)).await.status
+            })
+        })
+        .collect();
+    let mut c = server.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let reply = c.post_json("/v1/usage", &record_json("org-q", 99)).await;
+        if reply.status == 503 {
+            break reply;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused; last status {}", reply.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.json()["code"], "overloaded");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    txn.rollback().await.unwrap();
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), 200);
+    }
+    assert_eq!(server.count("org-q").await, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_stop_answers_requests_in_flight() {
+    let server = sqlite(|c| c.writer.linger_ms = 300).await;
+    let addr = server.addr;
+    let in_flight = tokio::spawn(async move {
+        let mut c = Client::connect(addr).await.unwrap();
+        c.post_json("/v1/usage", &record_json("org-g", 0)).await.status
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let store = server.store.clone();
+    server.stop().await;
+    assert_eq!(in_flight.await.unwrap(), 200);
+    assert_eq!(store.count_records(Some("org-g")).await.unwrap(), 1);
+    assert!(Client::connect(addr).await.is_err(), "still accepting after stop");
+}
+
+/// Writes raw bytes, then reads until the server closes the connection.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before taking all of it.
+    let _ = stream.write_all(request).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&out).into_owned()
+}
