@@ -179,3 +179,31 @@ fn count_records(report: &IngestReport) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ROUTES;
+
+    /// `/openapi.json` documents exactly the routes the router serves, with
+    /// the status codes SPEC §2 promises.
+    #[test]
+    fn openapi_agrees_with_the_router() {
+        let doc: serde_json::Value = serde_json::from_str(crate::OPENAPI).expect("docs/openapi.json is JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented: Vec<(&str, String)> = paths
+            .iter()
+            .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (p.as_str(), m.to_uppercase())))
+            .collect();
+        documented.sort();
+        let mut served: Vec<(&str, String)> = ROUTES.iter().map(|(p, m)| (*p, m.to_string())).collect();
+        served.sort();
+        assert_eq!(documented, served);
+        for path in ["/v1/usage", "/v1/usage/batch"] {
+            let responses = doc["paths"][path]["post"]["responses"].as_object().unwrap();
+            for status in ["200", "400", "403", "413", "415", "422", "503"] {
+                assert!(responses.contains_key(status), "{path} does not document {status}");
+            }
+        }
+        assert!(doc["paths"]["/v1/usage/batch"]["post"]["responses"].get("207").is_some());
+    }
+}
