@@ -1,20 +1,155 @@
-//! `cargo xtask bench`: see docs/benchmarks.md.
+//! `cargo xtask bench [writer|http|all]`; see docs/benchmarks.md.
+//!
+//! `http` builds the release binaries, then for each scenario starts a fresh
+//! `ingestd` (new SQLite file, `synchronous=FULL`) and, in the same run, the
+//! bare hyper + serde_json server as the ceiling, drives both with the same
+//! load generator and prints records/s, latency and the server's peak RSS.
 
-use anyhow::{Result, bail};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 
 pub fn run(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("all");
-    let services = crate::services::Services::ensure()?;
-    let mut cmd = std::process::Command::new("cargo");
     match what {
-        "writer" | "all" => {
-            cmd.args(["bench", "-p", "ingest-storage", "--bench", "writer"]);
+        "writer" => writer(),
+        "http" => http(),
+        "all" => {
+            http()?;
+            writer()
         }
-        other => bail!("unknown benchmark {other:?}; expected writer or all"),
+        other => bail!("unknown benchmark {other:?}; expected writer, http or all"),
     }
+}
+
+fn writer() -> Result<()> {
+    let services = crate::services::Services::ensure()?;
+    let mut cmd = Command::new("cargo");
+    cmd.args(["bench", "-p", "ingest-storage", "--bench", "writer"]);
     services.apply(&mut cmd);
     if !cmd.status()?.success() {
-        bail!("benchmark failed");
+        bail!("writer benchmark failed");
     }
     Ok(())
+}
+
+struct Scenario {
+    name: &'static str,
+    connections: usize,
+    records: usize,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "single records, 64 connections", connections: 64, records: 1 },
+    Scenario { name: "100-record batches, 16 connections", connections: 16, records: 100 },
+    Scenario { name: "1000-record batches, 4 connections", connections: 4, records: 1000 },
+];
+
+struct Measured {
+    records_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    peak_rss_mib: f64,
+}
+
+fn http() -> Result<()> {
+    crate::cargo(&["build", "--release", "-p", "ingestd", "-p", "ingest-bench"])?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let bin = Path::new(&target).join("release");
+    let secs: u64 = std::env::var("INGESTD_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let mut rows = Vec::new();
+    for s in SCENARIOS {
+        let dir = std::env::temp_dir().join(format!("ingestd-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let port = crate::services::free_port()?;
+        let mut ingestd = Command::new(bin.join("ingestd"));
+        ingestd
+            .current_dir(&dir)
+            .env("DATABASE_URL", format!("sqlite://{}/bench.db?mode=rwc", dir.display()))
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("INGESTD_DATABASE__SQLITE_SYNCHRONOUS", "full")
+            .env("RUST_LOG", "warn");
+        let ours = measure(&bin, ingestd, port, s, secs).context("ingestd")?;
+        let port = crate::services::free_port()?;
+        let mut bare = Command::new(bin.join("bare-server"));
+        bare.arg(format!("127.0.0.1:{port}"));
+        let ceiling = measure(&bin, bare, port, s, secs).context("bare server")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        rows.push((s, ours, ceiling));
+    }
+    println!(
+        "\nHTTP ingestion, {secs} s per run, SQLite synchronous=FULL; ceiling = bare hyper + serde_json, same load generator"
+    );
+    println!(
+        "{:<38} {:>12} {:>12} {:>7} {:>16} {:>16} {:>9} {:>7}",
+        "scenario", "ingestd r/s", "ceiling r/s", "ratio", "ingestd p50/p99", "ceiling p50/p99", "RSS MiB", "errors"
+    );
+    for (s, ours, ceiling) in &rows {
+        println!(
+            "{:<38} {:>12.0} {:>12.0} {:>7.3} {:>7.2}/{:<8.2} {:>7.2}/{:<8.2} {:>9.1} {:>7}",
+            s.name,
+            ours.records_per_sec,
+            ceiling.records_per_sec,
+            ours.records_per_sec / ceiling.records_per_sec,
+            ours.p50_ms,
+            ours.p99_ms,
+            ceiling.p50_ms,
+            ceiling.p99_ms,
+            ours.peak_rss_mib,
+            ours.errors
+        );
+    }
+    Ok(())
+}
+
+fn measure(bin: &Path, mut server: Command, port: u16, s: &Scenario, secs: u64) -> Result<Measured> {
+    let mut child = server.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().context("start server")?;
+    let result = (|| {
+        wait_for(&mut child, port)?;
+        let out = Command::new(bin.join("loadgen"))
+            .args([format!("127.0.0.1:{port}"), s.connections.to_string(), s.records.to_string(), secs.to_string()])
+            .output()
+            .context("run loadgen")?;
+        if !out.status.success() {
+            bail!("loadgen failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("loadgen output")?;
+        let get = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        Ok(Measured {
+            records_per_sec: get("records_per_sec"),
+            p50_ms: get("p50_ms"),
+            p99_ms: get("p99_ms"),
+            errors: get("errors") as u64,
+            peak_rss_mib: peak_rss_kib(child.id()).unwrap_or(0) as f64 / 1024.0,
+        })
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn wait_for(child: &mut Child, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("server exited early: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("server did not listen on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// VmHWM: the process's peak resident set.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -6,6 +6,9 @@
 //! - `bench [writer|http|all]`: benchmarks (see `docs/benchmarks.md`).
 //! - `migrate`: applies migrations to `DATABASE_URL` (same as `ingestd migrate`).
 
+// A command-line tool: printing is its job.
+#![allow(clippy::print_stdout)]
+
 mod bench;
 mod services;
 

@@ -128,10 +128,10 @@ impl<S: RecordSink> Ingestor<S> {
         let stored = self.sink.store(valid, source).await?;
         let mut stored = stored.into_iter();
         for outcome in &mut outcomes {
-            if let RecordOutcome::Accepted { request_id } = *outcome {
-                if stored.next() == Some(StoreOutcome::Duplicate) {
-                    *outcome = RecordOutcome::Duplicate { request_id };
-                }
+            if let RecordOutcome::Accepted { request_id } = *outcome
+                && stored.next() == Some(StoreOutcome::Duplicate)
+            {
+                *outcome = RecordOutcome::Duplicate { request_id };
             }
         }
         Ok(IngestReport { outcomes })

@@ -325,10 +325,10 @@ proptest! {
 
     #[test]
     fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok(raw) = decode::single(&bytes) {
-            if let Err(r) = decode::record(raw, &ctx(), Uuid::nil) {
-                prop_assert!(!r.errors.is_empty());
-            }
+        if let Ok(raw) = decode::single(&bytes)
+            && let Err(r) = decode::record(raw, &ctx(), Uuid::nil)
+        {
+            prop_assert!(!r.errors.is_empty());
         }
         let _ = decode::stream_message(&bytes);
     }
