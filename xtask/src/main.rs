@@ -48,6 +48,11 @@ fn run() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     let services = services::Services::ensure()?;
     let nextest = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    if nextest {
+        // nextest does not run doc tests; run them first so the summary of
+        // the main run is the last thing printed.
+        cargo(&["test", "--workspace", "--all-features", "--doc"])?;
+    }
     let mut cmd = Command::new("cargo");
     if nextest {
         cmd.args(["nextest", "run", "--workspace", "--all-features", "--profile", "ci"]);
@@ -61,10 +66,6 @@ fn test(extra: &[String]) -> Result<()> {
     drop(services);
     if !status.success() {
         bail!("tests failed");
-    }
-    if nextest {
-        // nextest does not run doc tests.
-        cargo(&["test", "--workspace", "--all-features", "--doc"])?;
     }
     Ok(())
 }
