@@ -60,7 +60,7 @@ fn http() -> Result<()> {
     crate::cargo(&["build", "--release", "-p", "ingestd", "-p", "ingest-bench"])?;
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let bin = Path::new(&target).join("release");
-    let secs: u64 = std::env::var("INGESTD_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let secs: u64 = std::env::var("XTASK_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut rows = Vec::new();
     for s in SCENARIOS {
         let dir = std::env::temp_dir().join(format!("ingestd-bench-{}", std::process::id()));

@@ -15,12 +15,15 @@ use anyhow::{Context, Result, bail};
 pub struct Services {
     env: Vec<(&'static str, String)>,
     children: Vec<Child>,
+    /// Run before the children are killed (a server started through
+    /// `runuser` must be stopped itself: killing `runuser` would orphan it).
+    stop_commands: Vec<Command>,
     _dirs: Vec<TempDir>,
 }
 
 impl Services {
     pub fn ensure() -> Result<Self> {
-        let mut s = Services { env: Vec::new(), children: Vec::new(), _dirs: Vec::new() };
+        let mut s = Services { env: Vec::new(), children: Vec::new(), stop_commands: Vec::new(), _dirs: Vec::new() };
         s.postgres()?;
         s.redis()?;
         s.nats()?;
@@ -82,6 +85,9 @@ impl Services {
             .spawn()
             .context("start postgres")?;
         self.started("postgres", child, port)?;
+        let mut stop = sudo(bin.join("pg_ctl"));
+        stop.args(["stop", "-m", "immediate", "-D"]).arg(&data).stdout(Stdio::null()).stderr(Stdio::null());
+        self.stop_commands.push(stop);
         self._dirs.push(dir);
         self.env.push((VAR, format!("postgres://postgres@127.0.0.1:{port}/postgres")));
         Ok(())
@@ -163,6 +169,9 @@ impl Services {
 
 impl Drop for Services {
     fn drop(&mut self) {
+        for stop in &mut self.stop_commands {
+            let _ = stop.status();
+        }
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();

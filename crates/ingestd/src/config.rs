@@ -206,24 +206,26 @@ impl Config {
             None if Path::new("ingestd.toml").exists() => figment = figment.merge(Toml::file("ingestd.toml")),
             None => {}
         }
-        // figment reads the process environment; tests pass theirs explicitly,
-        // so both go through the same pairs.
-        let pairs: Vec<(String, String)> = env.to_vec();
-        let legacy = pairs.iter().filter_map(|(k, v)| {
-            LEGACY_ENV.iter().find(|(name, _)| name == k).map(|(_, key)| (key.to_string(), v.clone()))
-        });
-        for (key, value) in legacy {
-            figment = figment.merge(Serialized::global(&key, value));
+        // Environment pairs are passed in (tests pass their own); each is
+        // merged at its key, remembering the variable for error messages.
+        let mut origins: Vec<(String, String)> = Vec::new();
+        for (name, value) in env {
+            let key = match LEGACY_ENV.iter().find(|(legacy, _)| legacy == name) {
+                Some((_, key)) => key.to_string(),
+                None => match name.strip_prefix("INGESTD_") {
+                    Some(rest) => rest.to_ascii_lowercase().replace("__", "."),
+                    None => continue,
+                },
+            };
+            let parsed: figment::value::Value = if LEGACY_ENV.iter().any(|(legacy, _)| legacy == name) {
+                value.clone().into()
+            } else {
+                parse_env_value(value)
+            };
+            figment = figment.merge(Serialized::global(&key, parsed));
+            origins.push((key, name.clone()));
         }
-        let prefixed: Vec<(String, String)> = pairs
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("INGESTD_")?.to_ascii_lowercase().replace("__", "."), v.clone())))
-            .collect();
-        for (key, value) in prefixed {
-            let value: figment::value::Value = value.parse().unwrap_or_else(|_| figment::value::Value::from(value));
-            figment = figment.merge(Serialized::global(&key, value));
-        }
-        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e, &origins)))?;
         config.validate()?;
         Ok(config)
     }
@@ -290,16 +292,32 @@ fn valid_origin(origin: &str) -> bool {
     (origin.starts_with("http://") || origin.starts_with("https://")) && origin.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn describe(e: figment::Error) -> String {
+/// An environment value as TOML would read it (`10`, `true`, `["a"]`), else the string itself.
+fn parse_env_value(value: &str) -> figment::value::Value {
+    value.parse().unwrap_or_else(|_| figment::value::Value::from(value.to_owned()))
+}
+
+/// `invalid configuration: server.max_batch_size (INGESTD_SERVER__MAX_BATCH_SIZE): invalid type: …`
+fn describe(e: figment::Error, origins: &[(String, String)]) -> String {
+    let mut key = e.path.join(".");
+    if let figment::error::Kind::UnknownField(field, _) = &e.kind
+        && e.path.last() != Some(field)
+    {
+        key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+    }
     let mut out = String::from("invalid configuration: ");
-    let key = e.path.join(".");
     if !key.is_empty() {
         out.push_str(&key);
+        if let Some((_, var)) = origins.iter().rev().find(|(k, _)| *k == key) {
+            out.push_str(&format!(" (environment variable {var})"));
+        } else if let Some(source) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            out.push_str(&format!(" (in {source})"));
+        }
         out.push_str(": ");
     }
-    out.push_str(&e.kind.to_string());
-    if let Some(source) = &e.metadata.as_ref().map(|m| m.name.to_string()) {
-        out.push_str(&format!(" (from {source})"));
+    match &e.kind {
+        figment::error::Kind::UnknownField(field, _) => out.push_str(&format!("unknown setting `{field}`")),
+        kind => out.push_str(&kind.to_string()),
     }
     out
 }
@@ -359,7 +377,11 @@ mod tests {
     fn errors_name_the_key() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("INGESTD_SERVER__MAX_BATCH_SIZE", "lots")], "server.max_batch_size"),
-            (&[("INGESTD_SERVER__NO_SUCH", "1")], "no_such"),
+            (
+                &[("INGESTD_SERVER__NO_SUCH", "1")],
+                "server.no_such (environment variable INGESTD_SERVER__NO_SUCH): unknown setting",
+            ),
+            (&[("INGESTD_BENCH_SECS", "1")], "bench_secs (environment variable INGESTD_BENCH_SECS)"),
             (&[("BIND_ADDR", "nowhere")], "server.bind"),
             (&[("DATABASE_URL", "mysql://x")], "database.url"),
             (&[("INGESTD_LOG__FORMAT", "xml")], "log.format"),
