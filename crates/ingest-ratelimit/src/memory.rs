@@ -89,9 +89,7 @@ impl MemoryLimiter {
         let min_sweep_len = config.min_sweep_len.clamp(1, shard_cap);
         let shard_shift = 64 - shards.trailing_zeros();
         let shards: Box<[Shard]> = (0..shards)
-            .map(|_| {
-                Shard(Mutex::new(ShardState { tats: Table::default(), sweep_at: min_sweep_len, full_until: 0 }))
-            })
+            .map(|_| Shard(Mutex::new(ShardState { tats: Table::default(), sweep_at: min_sweep_len, full_until: 0 })))
             .collect();
         Self {
             registry,

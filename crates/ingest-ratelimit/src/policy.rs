@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(Policy::per_hour(0), Err(PolicyError::ZeroRequests));
         assert_eq!(Policy::per_day(0), Err(PolicyError::ZeroRequests));
         assert_eq!(Policy::new(5, Duration::ZERO, 1), Err(PolicyError::ZeroWindow));
-        assert!(matches!(Policy::new(1, Duration::from_secs(86_400 * 365 * 100), 0), Err(PolicyError::TooLarge { .. })));
+        assert!(matches!(
+            Policy::new(1, Duration::from_secs(86_400 * 365 * 100), 0),
+            Err(PolicyError::TooLarge { .. })
+        ));
         assert!(matches!(Policy::new(u64::MAX, Duration::from_secs(1), u64::MAX), Err(PolicyError::TooLarge { .. })));
     }
 }

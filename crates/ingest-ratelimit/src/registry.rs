@@ -27,10 +27,7 @@ struct Inner {
 impl PolicyRegistry {
     /// A registry applying `default` to every key.
     pub fn new(default: Policy) -> Self {
-        Self {
-            inner: RwLock::new(Inner { default, overrides: HashMap::new() }),
-            has_overrides: AtomicBool::new(false),
-        }
+        Self { inner: RwLock::new(Inner { default, overrides: HashMap::new() }), has_overrides: AtomicBool::new(false) }
     }
 
     /// The policy deciding `key`: its override, or the default.
