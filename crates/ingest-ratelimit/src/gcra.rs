@@ -89,7 +89,8 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
 /// admitted cost of 0 (a pure read), return `None`: nothing is stored.
 ///
 /// The arithmetic is done relative to `now` (`base = max(tat, now) − now`) so that for any policy accepted by
-/// [`Policy::new`] every intermediate value stays below 2^53; the Lua script of the Redis backend performs exactly
+/// [`Policy::new`] every intermediate value stays below `now + 2·C·T` ≤ `now + 2^52`, which is below 2^53 for Unix
+/// microsecond timestamps until the year 2112; the Lua script of the Redis backend performs exactly
 /// these operations. A cost above the capacity `C` is never admitted (`retry_after` = [`Duration::MAX`]).
 pub fn decide(policy: &Policy, tat: Option<u64>, now: u64, cost: u32) -> (Decision, Option<u64>) {
     let t = policy.interval_micros();
