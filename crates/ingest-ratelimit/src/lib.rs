@@ -46,8 +46,6 @@ mod policy;
 pub mod redis;
 mod registry;
 
-use std::future::Future;
-
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use gcra::{Decision, decide};
 pub use limiter::{Error, NoopLimiter, RateLimiter, Usage};
@@ -67,29 +65,25 @@ pub enum Limiter {
     Memory(MemoryLimiter),
     /// Shared state in Redis.
     #[cfg(feature = "redis")]
-    Redis(RedisLimiter),
+    Redis(Box<RedisLimiter>),
 }
 
 impl RateLimiter for Limiter {
-    fn check(&self, key: &str, cost: u32) -> impl Future<Output = Result<Decision, Error>> + Send {
-        async move {
-            match self {
-                Self::Noop(l) => l.check(key, cost).await,
-                Self::Memory(l) => l.check(key, cost).await,
-                #[cfg(feature = "redis")]
-                Self::Redis(l) => l.check(key, cost).await,
-            }
+    async fn check(&self, key: &str, cost: u32) -> Result<Decision, Error> {
+        match self {
+            Self::Noop(l) => l.check(key, cost).await,
+            Self::Memory(l) => l.check(key, cost).await,
+            #[cfg(feature = "redis")]
+            Self::Redis(l) => l.check(key, cost).await,
         }
     }
 
-    fn usage(&self, key: &str) -> impl Future<Output = Result<Usage, Error>> + Send {
-        async move {
-            match self {
-                Self::Noop(l) => l.usage(key).await,
-                Self::Memory(l) => l.usage(key).await,
-                #[cfg(feature = "redis")]
-                Self::Redis(l) => l.usage(key).await,
-            }
+    async fn usage(&self, key: &str) -> Result<Usage, Error> {
+        match self {
+            Self::Noop(l) => l.usage(key).await,
+            Self::Memory(l) => l.usage(key).await,
+            #[cfg(feature = "redis")]
+            Self::Redis(l) => l.usage(key).await,
         }
     }
 

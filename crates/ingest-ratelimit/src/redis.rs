@@ -1,6 +1,5 @@
 //! The Redis backend (feature `redis`): one atomic `EVALSHA` round trip per check.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -295,19 +294,15 @@ fn unavailable(e: RedisError) -> Error {
 }
 
 impl RateLimiter for RedisLimiter {
-    fn check(&self, key: &str, cost: u32) -> impl Future<Output = Result<Decision, Error>> + Send {
-        async move {
-            let policy = self.registry.policy_for(key);
-            self.run(key, &policy, cost).await
-        }
+    async fn check(&self, key: &str, cost: u32) -> Result<Decision, Error> {
+        let policy = self.registry.policy_for(key);
+        self.run(key, &policy, cost).await
     }
 
-    fn usage(&self, key: &str) -> impl Future<Output = Result<Usage, Error>> + Send {
-        async move {
-            let policy = self.registry.policy_for(key);
-            let peek = self.run(key, &policy, 0).await?;
-            Ok(Usage::from_peek(policy, peek))
-        }
+    async fn usage(&self, key: &str) -> Result<Usage, Error> {
+        let policy = self.registry.policy_for(key);
+        let peek = self.run(key, &policy, 0).await?;
+        Ok(Usage::from_peek(policy, peek))
     }
 
     fn registry(&self) -> &PolicyRegistry {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Rng, ThrowawayRedis};
-use fred::prelude::{ClientLike, KeysInterface, LuaInterface};
+use fred::prelude::{KeysInterface, LuaInterface};
 use ingest_ratelimit::redis::{FailMode, GCRA_LUA, RedisConfig};
 use ingest_ratelimit::{
     Clock, Error, MAX_BUCKET_MICROS, ManualClock, MemoryConfig, MemoryLimiter, Policy, PolicyRegistry, RateLimiter,
