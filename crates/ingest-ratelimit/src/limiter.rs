@@ -124,3 +124,37 @@ impl RateLimiter for NoopLimiter {
         &self.registry
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Limiter, MemoryLimiter};
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        futures::executor::block_on(f)
+    }
+
+    #[test]
+    fn noop_always_allows_and_reports_the_policy() {
+        let registry = Arc::new(PolicyRegistry::new(Policy::per_minute(1).unwrap()));
+        let noop = NoopLimiter::new(registry);
+        for _ in 0..100 {
+            let d = block_on(noop.check("org", 2)).unwrap();
+            assert_eq!(d, Decision::Allowed { limit: 2, remaining: 2, reset_after: Duration::ZERO });
+        }
+        noop.set_org_limit("org", Policy::per_minute(100).unwrap());
+        assert_eq!(block_on(noop.usage("org")).unwrap().limit, 110);
+    }
+
+    #[test]
+    fn limiter_enum_dispatches() {
+        let registry = Arc::new(PolicyRegistry::new(Policy::per_minute(1).unwrap())); // C = 2
+        let memory = Limiter::Memory(MemoryLimiter::new(registry.clone()));
+        let noop = Limiter::Noop(NoopLimiter::new(registry));
+        let admitted = (0..5).filter(|_| block_on(memory.check("k", 1)).unwrap().is_allowed()).count();
+        assert_eq!(admitted, 2);
+        assert!((0..5).all(|_| block_on(noop.check("k", 1)).unwrap().is_allowed()));
+        assert_eq!(block_on(memory.usage("k")).unwrap().remaining, 0);
+        assert_eq!(memory.policy_for("k").capacity(), 2);
+    }
+}

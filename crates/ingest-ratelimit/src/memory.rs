@@ -363,3 +363,26 @@ mod tests {
         assert!(l.is_empty());
     }
 }
+
+#[cfg(test)]
+mod sweeper_tests {
+    use super::*;
+    use crate::{ManualClock, Policy};
+
+    #[tokio::test]
+    async fn spawned_sweeper_drops_idle_keys_and_stops_with_the_limiter() {
+        let clock = ManualClock::new(1_000_000);
+        let registry = Arc::new(PolicyRegistry::new(Policy::per_minute(60).unwrap()));
+        let limiter = Arc::new(MemoryLimiter::with_config(registry, Arc::new(clock.clone()), MemoryConfig::default()));
+        for i in 0..10 {
+            limiter.try_check(&format!("k{i}"), 1).unwrap();
+        }
+        let handle = limiter.spawn_sweeper(Duration::from_millis(10));
+        clock.advance(Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(limiter.is_empty());
+        drop(limiter);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(handle.is_finished());
+    }
+}
