@@ -20,6 +20,20 @@ fn memory(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory");
     group.throughput(Throughput::Elements(1));
 
+    // Parts of a check, for reading the totals below.
+    let clock = SystemClock::new();
+    group.bench_function("part_clock_now", |b| b.iter(|| black_box(ingest_ratelimit::Clock::now(&clock))));
+    let reg = registry();
+    group.bench_function("part_policy_for", |b| b.iter(|| black_box(reg.policy_for(black_box("org-hot")))));
+    let hasher = std::hash::RandomState::new();
+    group.bench_function("part_siphash", |b| {
+        b.iter(|| black_box(std::hash::BuildHasher::hash_one(&hasher, black_box("org-hot"))))
+    });
+    let policy = reg.default_policy();
+    group.bench_function("part_decide", |b| {
+        b.iter(|| black_box(ingest_ratelimit::decide(&policy, black_box(Some(5_000_000)), black_box(4_000_000), 1)))
+    });
+
     let limiter = MemoryLimiter::new(registry());
     group.bench_function("hot_key_sync", |b| b.iter(|| black_box(limiter.try_check(black_box("org-hot"), 1))));
     group.bench_function("hot_key_async_trait", |b| {

@@ -43,8 +43,10 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
-        let elapsed = u64::try_from(self.anchor.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.anchor_unix_us.saturating_add(elapsed)
+        let elapsed = self.anchor.elapsed();
+        // u64 arithmetic (no u128 division): saturates after ~584 000 years.
+        let micros = elapsed.as_secs().saturating_mul(1_000_000).saturating_add(u64::from(elapsed.subsec_micros()));
+        self.anchor_unix_us.saturating_add(micros)
     }
 }
 

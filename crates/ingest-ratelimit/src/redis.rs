@@ -153,12 +153,8 @@ impl RedisLimiter {
     pub fn from_pool(pool: Pool, registry: Arc<PolicyRegistry>, config: RedisConfig) -> Self {
         let fallback_clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let fallback = MemoryLimiter::with_config(registry.clone(), fallback_clock, config.fallback);
-        let options = Options {
-            max_attempts: Some(1),
-            timeout: Some(config.call_timeout),
-            fail_fast: true,
-            ..Options::default()
-        };
+        // The call timeout itself is enforced (once) around the whole call, NOSCRIPT reload included.
+        let options = Options { max_attempts: Some(1), fail_fast: true, ..Options::default() };
         Self {
             pool,
             registry,
