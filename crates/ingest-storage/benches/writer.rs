@@ -51,7 +51,10 @@ fn writer(c: &mut Criterion) {
             let (db, writer) = rt.block_on(async {
                 let db = TestDatabase::new(kind).await;
                 let store = db.store().await;
-                (db, Writer::spawn(store, WriterConfig::default()))
+                // XTASK_BENCH_LINGER_MS overrides writer.linger_ms, to compare settings in one build.
+                let linger = std::env::var("XTASK_BENCH_LINGER_MS").ok().and_then(|s| s.parse().ok());
+                let config = WriterConfig { linger_ms: linger.unwrap_or(WriterConfig::default().linger_ms), ..WriterConfig::default() };
+                (db, Writer::spawn(store, config))
             });
             group.throughput(Throughput::Elements((s.callers * s.per_submission * s.rounds) as u64));
             group.bench_function(s.name, |b| {

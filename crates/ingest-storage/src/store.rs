@@ -73,7 +73,15 @@ impl Store {
                 SqliteSynchronous::Full => SqlxSynchronous::Full,
             };
             opts.map_sqlx_sqlite_opts(move |o| {
-                o.journal_mode(SqliteJournalMode::Wal).synchronous(sync).busy_timeout(busy)
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(sync)
+                    .busy_timeout(busy)
+                    // Multi-row `INSERT … ON CONFLICT` in a transaction keeps a
+                    // statement journal; in a temporary file that costs a
+                    // write(2) per page (≈10 % of commit time when profiled).
+                    .pragma("temp_store", "memory")
+                    // 64 MiB page cache per connection (SQLite's default is 2 MiB).
+                    .pragma("cache_size", "-65536")
             });
         }
         let db = Database::connect(opts).await.map_err(Error::Connect)?;

@@ -19,6 +19,9 @@ use tokio::task::JoinHandle;
 use crate::store::Key;
 use crate::{Store, WriterConfig};
 
+/// A pause in arrivals this long ends the linger early (see `Worker::collect`).
+const ARRIVAL_GAP: Duration = Duration::from_micros(200);
+
 type Reply = oneshot::Sender<Result<Vec<StoreOutcome>, SinkError>>;
 
 struct Job {
@@ -145,6 +148,10 @@ impl Worker {
         tracing::debug!("writer stopped");
     }
 
+    /// Takes `first` and whatever follows, up to `max_rows` records. It waits
+    /// for more at most `linger` in all, and only while submissions keep
+    /// arriving: a pause of [`ARRIVAL_GAP`] means the burst is over, and
+    /// waiting longer would only delay the commit.
     async fn collect(&mut self, first: Job) -> Vec<Job> {
         let mut rows = first.records.len();
         let mut batch = vec![first];
@@ -154,7 +161,8 @@ impl Worker {
                 Ok(job) => job,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    let until = deadline.min(tokio::time::Instant::now() + ARRIVAL_GAP);
+                    match tokio::time::timeout_at(until, self.rx.recv()).await {
                         Ok(Some(job)) => job,
                         Ok(None) | Err(_) => break,
                     }
