@@ -53,7 +53,10 @@ fn writer(c: &mut Criterion) {
                 let store = db.store().await;
                 // XTASK_BENCH_LINGER_MS overrides writer.linger_ms, to compare settings in one build.
                 let linger = std::env::var("XTASK_BENCH_LINGER_MS").ok().and_then(|s| s.parse().ok());
-                let config = WriterConfig { linger_ms: linger.unwrap_or(WriterConfig::default().linger_ms), ..WriterConfig::default() };
+                let config = WriterConfig {
+                    linger_ms: linger.unwrap_or(WriterConfig::default().linger_ms),
+                    ..WriterConfig::default()
+                };
                 (db, Writer::spawn(store, config))
             });
             group.throughput(Throughput::Elements((s.callers * s.per_submission * s.rounds) as u64));
