@@ -19,7 +19,7 @@ use storage::{Store, Writer};
 use tokio::net::TcpListener;
 
 pub use config::Config;
-pub use telemetry::{init_logging, metrics_handle};
+pub use telemetry::{Telemetry, init_logging, metrics_handle};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    ingestd::init_logging(config.log.format);
+    let telemetry = ingestd::init_logging(config.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -84,6 +84,8 @@ fn main() -> ExitCode {
             Some(Command::Config { .. }) => Ok(()),
         }
     });
+    drop(runtime);
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,18 +3,66 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Installs the log subscriber: `RUST_LOG` filters (default `info`), text or JSON.
-pub fn init_logging(format: LogFormat) {
+/// Keeps trace export alive; [`Telemetry::shutdown`] flushes what is buffered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered (bounded by the exporter's timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "flushing traces failed");
+        }
+    }
+}
+
+/// Installs logging (`RUST_LOG` filters, default `info`; text or JSON on
+/// stderr) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP/HTTP trace
+/// export. Spans are exported from a background thread through a bounded
+/// queue: a slow or absent collector drops spans, it never delays requests.
+pub fn init_logging(format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    let (provider, otel_error) = match otlp_provider() {
+        Ok(p) => (p, None),
+        Err(e) => (None, Some(e)),
+    };
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("ingestd")));
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    if let Some(e) = otel_error {
+        tracing::warn!(error = %e, "OTLP trace export is off: the exporter could not be built");
+    } else if provider.is_some() {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
+    Telemetry { provider }
+}
+
+fn otlp_provider() -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::ExporterBuildError> {
+    let endpoint_set = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    if !endpoint_set {
+        return Ok(None);
+    }
+    // The endpoint, headers and timeout come from the standard OTEL_* variables.
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name("ingestd").build();
+    Ok(Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build()))
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

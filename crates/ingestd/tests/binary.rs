@@ -82,8 +82,13 @@ struct Running {
 }
 
 fn start(dir: &std::path::Path, db_url: &str) -> Running {
+    start_with(dir, db_url, &[])
+}
+
+fn start_with(dir: &std::path::Path, db_url: &str, env: &[(&str, &str)]) -> Running {
     let addr = free_addr();
     let child = ingestd(dir)
+        .envs(env.iter().copied())
         .env("DATABASE_URL", db_url)
         .env("BIND_ADDR", addr.to_string())
         .env("INGESTD_SERVER__SHUTDOWN_GRACE_SECS", "10")
@@ -168,4 +173,97 @@ async fn sigterm_under_load_loses_no_acknowledged_record() {
         rows.iter().map(|r| r.try_get_by_index::<String>(0).unwrap()).collect();
     let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(lost.is_empty(), "{} acknowledged records lost, e.g. {:?}", lost.len(), lost.first());
+}
+
+/// Stops with SIGTERM and returns (exit code, stderr).
+fn terminate(mut running: Running) -> (Option<i32>, String) {
+    assert!(Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap().success());
+    let status = running.child.wait().unwrap();
+    let mut stderr = String::new();
+    running.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+type Received = Arc<std::sync::Mutex<Vec<(String, String, bytes::Bytes)>>>;
+
+/// A stand-in OTLP/HTTP collector that records (path, content-type, body).
+async fn fake_collector() -> (SocketAddr, Received) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received: Received = Arc::default();
+    let store = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let store = store.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let ct =
+                            req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        store.lock().unwrap().push((path, ct, body));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::new(),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_spans_are_exported_over_otlp() {
+    let (collector, received) = fake_collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+    let endpoint = format!("http://{collector}");
+    let running = start_with(dir.path(), &url, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let mut client = Client::connect(running.addr).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(client.post_json("/v1/usage", &record_json("org-otel", i)).await.status, 200);
+    }
+    let (code, stderr) = tokio::task::spawn_blocking(move || terminate(running)).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    let received = received.lock().unwrap();
+    let traces: Vec<_> = received.iter().filter(|(path, _, _)| path == "/v1/traces").collect();
+    assert!(
+        !traces.is_empty(),
+        "no export reached the collector; got {:?}",
+        received.iter().map(|r| &r.0).collect::<Vec<_>>()
+    );
+    assert_eq!(traces[0].1, "application/x-protobuf");
+    let all: Vec<u8> = traces.iter().flat_map(|(_, _, body)| body.to_vec()).collect();
+    let contains = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(b"ingestd"), "service name missing from the exported spans");
+    assert!(contains(b"/v1/usage"), "request span attributes missing from the exported spans");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_does_not_slow_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+    // Nothing listens there.
+    let endpoint = format!("http://{}", free_addr());
+    let running = start_with(dir.path(), &url, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let mut client = Client::connect(running.addr).await.unwrap();
+    let mut slowest = Duration::ZERO;
+    for i in 0..200 {
+        let t = Instant::now();
+        assert_eq!(client.post_json("/v1/usage", &record_json("org-otel", i)).await.status, 200);
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(1), "a request took {slowest:?}");
+    let sent = Instant::now();
+    let (code, stderr) = tokio::task::spawn_blocking(move || terminate(running)).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(sent.elapsed() < Duration::from_secs(15), "shutdown took {:?}", sent.elapsed());
 }
