@@ -55,20 +55,7 @@ impl Server {
     }
 }
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(testkit::Kind::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(testkit::Kind::Postgres).await })*
-        }
-    };
-}
-
-both!(
+testkit::on_every_backend!(
     single_record_is_stored_and_acknowledged,
     a_retried_record_is_a_duplicate_not_a_second_row,
     batch_with_some_invalid_records_is_207_with_their_indices,

@@ -41,12 +41,7 @@ impl Services {
 
     fn postgres(&mut self) -> Result<()> {
         const VAR: &str = "INGESTD_TEST_POSTGRES_URL";
-        if let Ok(url) = std::env::var(VAR) {
-            self.env.push((VAR, url));
-            return Ok(());
-        }
-        if !throwaway_only() && answers(5432) {
-            self.env.push((VAR, "postgres://postgres@127.0.0.1:5432/postgres".into()));
+        if self.reuse(VAR, 5432, "postgres://postgres@127.0.0.1:5432/postgres") {
             return Ok(());
         }
         let Some(bin) = postgres_bin_dir() else {
@@ -95,12 +90,7 @@ impl Services {
 
     fn redis(&mut self) -> Result<()> {
         const VAR: &str = "INGESTD_TEST_REDIS_URL";
-        if let Ok(url) = std::env::var(VAR) {
-            self.env.push((VAR, url));
-            return Ok(());
-        }
-        if !throwaway_only() && answers(6379) {
-            self.env.push((VAR, "redis://127.0.0.1:6379".into()));
+        if self.reuse(VAR, 6379, "redis://127.0.0.1:6379") {
             return Ok(());
         }
         let Some(bin) = which("redis-server") else {
@@ -121,12 +111,7 @@ impl Services {
 
     fn nats(&mut self) -> Result<()> {
         const VAR: &str = "INGESTD_TEST_NATS_URL";
-        if let Ok(url) = std::env::var(VAR) {
-            self.env.push((VAR, url));
-            return Ok(());
-        }
-        if !throwaway_only() && answers(4222) {
-            self.env.push((VAR, "nats://127.0.0.1:4222".into()));
+        if self.reuse(VAR, 4222, "nats://127.0.0.1:4222") {
             return Ok(());
         }
         let Some(bin) = which("nats-server") else {
@@ -147,6 +132,19 @@ impl Services {
         self._dirs.push(dir);
         self.env.push((VAR, format!("nats://127.0.0.1:{port}")));
         Ok(())
+    }
+
+    /// Uses the server named by `var`, else the one on the standard `port`.
+    fn reuse(&mut self, var: &'static str, port: u16, url: &str) -> bool {
+        if let Ok(url) = std::env::var(var) {
+            self.env.push((var, url));
+            return true;
+        }
+        if !throwaway_only() && answers(port) {
+            self.env.push((var, url.to_owned()));
+            return true;
+        }
+        false
     }
 
     fn started(&mut self, name: &str, mut child: Child, port: u16) -> Result<()> {

@@ -9,20 +9,7 @@ use testkit::{Kind, TestDatabase, record};
 
 use StoreOutcome::{Duplicate as D, Inserted as I};
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(testkit::Kind::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(testkit::Kind::Postgres).await })*
-        }
-    };
-}
-
-suite!(
+testkit::on_every_backend!(
     stores_and_reports_duplicates,
     repeats_within_a_submission_count_once,
     concurrent_submissions_are_each_answered,

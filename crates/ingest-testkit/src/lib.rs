@@ -94,6 +94,22 @@ impl TestDatabase {
     }
 }
 
+/// Runs each named `async fn(Kind)` as two tests, `sqlite::name` and
+/// `postgres::name`: one suite for every storage backend.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Kind::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Kind::Postgres).await })*
+        }
+    };
+}
+
 /// A valid record of `org`, numbered `i`, with a fresh time-ordered id.
 pub fn record(org: &str, i: u64) -> UsageRecord {
     UsageRecord {
