@@ -5,55 +5,15 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ingestd::{App, Config};
+use ingestd::Config;
 use serde_json::{Value, json};
 use storage::Store;
 use testkit::http::Client;
 use testkit::{Kind, TestDatabase, record_json};
-use tokio::sync::oneshot;
 
-struct Server {
-    addr: SocketAddr,
-    store: Store,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    db: TestDatabase,
-}
+use common::Server;
 
-impl Server {
-    async fn start(kind: Kind, edit: impl FnOnce(&mut Config)) -> Server {
-        Self::start_on(TestDatabase::new(kind).await, edit).await
-    }
-
-    async fn start_on(db: TestDatabase, edit: impl FnOnce(&mut Config)) -> Server {
-        let mut config = Config { database: db.config.clone(), ..Config::default() };
-        config.server.bind = "127.0.0.1:0".into();
-        edit(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = App::build(config).await.expect("build the app");
-        let store = app.store().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(listener, async move {
-            let _ = stopped.await;
-        }));
-        Server { addr, store, stop: Some(stop), task, db }
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(self.addr).await.unwrap()
-    }
-
-    async fn stop(mut self) -> TestDatabase {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-        self.db
-    }
-
-    async fn count(&self, org: &str) -> u64 {
-        self.store.count_records(Some(org)).await.unwrap()
-    }
-}
+mod common;
 
 testkit::on_every_backend!(
     single_record_is_stored_and_acknowledged,

@@ -59,15 +59,18 @@ pub async fn run(
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    for conn in 0..connections {
         let (path, body) = (path.clone(), body.clone());
+        // Each connection speaks for one of 16 organizations, as gateways would.
+        let org = format!("org-{}", conn % 16);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
             let mut client = testkit::http::Client::connect(addr).await?;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let reply = client.send("POST", &path, &[("content-type", "application/json")], body.clone()).await;
+                let headers = [("content-type", "application/json"), ("x-organization-id", org.as_str())];
+                let reply = client.send("POST", &path, &headers, body.clone()).await;
                 match reply {
                     Ok(r) if r.status.is_success() => latencies.push(t.elapsed()),
                     Ok(_) => errors += 1,

@@ -38,20 +38,29 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the request took longer than {secs} s")]
     Timeout { secs: u64 },
+    #[error("header x-organization-id {rule}")]
+    InvalidOrganizationHeader { rule: String },
+    #[error("the rate limiter is unavailable; retry shortly")]
+    RateLimiterUnavailable,
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MalformedJson { .. } | InvalidEnvelope { .. } | EmptyBatch { .. } | BadEncoding { .. } | BodyRead => {
-                StatusCode::BAD_REQUEST
-            }
+            MalformedJson { .. }
+            | InvalidEnvelope { .. }
+            | EmptyBatch { .. }
+            | BadEncoding { .. }
+            | BodyRead
+            | InvalidOrganizationHeader { .. } => StatusCode::BAD_REQUEST,
             BodyTooLarge { .. } | BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType { .. } | UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotFound { .. } => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Overloaded | StorageUnavailable | ShuttingDown | Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded | StorageUnavailable | ShuttingDown | Timeout { .. } | RateLimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -74,12 +83,14 @@ impl ApiError {
             StorageUnavailable => "storage_unavailable",
             ShuttingDown => "shutting_down",
             Timeout { .. } => "timeout",
+            InvalidOrganizationHeader { .. } => "invalid_organization_header",
+            RateLimiterUnavailable => "rate_limiter_unavailable",
         }
     }
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Overloaded | ApiError::Timeout { .. } => Some(1),
+            ApiError::Overloaded | ApiError::Timeout { .. } | ApiError::RateLimiterUnavailable => Some(1),
             ApiError::StorageUnavailable | ApiError::ShuttingDown => Some(5),
             _ => None,
         }

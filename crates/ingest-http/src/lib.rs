@@ -5,7 +5,8 @@
 //! `POST /v1/usage/batch`, `GET /metrics`, `GET /openapi.json`.
 //!
 //! The stack, outermost first: request id (`x-request-id`, generated when
-//! absent, echoed) → tracing span → CORS → authentication seam → load
+//! absent, echoed) → tracing span → CORS → authentication seam →
+//! rate limit per organization ([`ratelimit`], before the body is read) → load
 //! shedding over a concurrency limit → the router, where each handler runs
 //! under the request timeout. Bodies are read with a byte limit and
 //! decompressed (gzip, zstd) with the same limit on the *decompressed* size,
@@ -19,11 +20,13 @@
 mod body;
 mod config;
 mod error;
+pub mod ratelimit;
 mod routes;
 mod server;
 
 pub use config::HttpConfig;
 pub use error::ApiError;
+pub use ratelimit::{Organization, RateLimitLayer};
 pub use server::{AppState, ReadinessCheck, serve};
 
 /// The API description served at `/openapi.json`.

@@ -14,12 +14,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use model::{Ingestor, RecordSink};
+use ratelimit::Limiter;
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, service_fn};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::ratelimit::RateLimitLayer;
 use crate::{ApiError, HttpConfig, routes};
 
 /// A readiness probe of one component: `Ok` when it is usable.
@@ -34,6 +36,9 @@ pub struct AppState<S> {
     /// Renders `/metrics`.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     pub version: &'static str,
+    /// Checks each ingestion request's organization (SPEC §4); `None`: no
+    /// limiting and no rate-limit headers.
+    pub limiter: Option<Arc<Limiter>>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -68,8 +73,10 @@ pub async fn serve<S: RecordSink>(
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .option_layer(cors)
-        // Authentication seam: the API-key layer goes here (SPEC §3); with
+        // Authentication seam: the API-key layer goes here (SPEC §3) and puts
+        // the caller's `Organization` in the request extensions; with
         // `auth.mode = "none"` there is nothing to check.
+        .option_layer(state.limiter.clone().map(RateLimitLayer::new))
         .map_result(shed_to_503)
         .load_shed()
         .concurrency_limit(config.max_concurrent_requests.max(1))

@@ -96,3 +96,55 @@ impl RateLimiter for Limiter {
         }
     }
 }
+
+impl Limiter {
+    /// `"noop"`, `"memory"` or `"redis"`, for metrics and logs.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Noop(_) => "noop",
+            Self::Memory(_) => "memory",
+            #[cfg(feature = "redis")]
+            Self::Redis(_) => "redis",
+        }
+    }
+
+    /// Whether checks are answered by the fail mode instead of the backend (only Redis has one).
+    pub fn fallback_active(&self) -> bool {
+        match self {
+            Self::Noop(_) | Self::Memory(_) => false,
+            #[cfg(feature = "redis")]
+            Self::Redis(l) => l.fallback_active(),
+        }
+    }
+
+    /// Checks answered by the fail mode so far (only Redis has one).
+    pub fn fallback_count(&self) -> u64 {
+        match self {
+            Self::Noop(_) | Self::Memory(_) => 0,
+            #[cfg(feature = "redis")]
+            Self::Redis(l) => l.fallback_count(),
+        }
+    }
+
+    /// Drop idle in-memory state now (the memory backend, or the Redis backend's local fallback); returns how many
+    /// keys were dropped. Inserts also sweep, amortised; call this periodically to return memory after a burst of
+    /// distinct keys.
+    pub fn sweep(&self) -> usize {
+        match self {
+            Self::Noop(_) => 0,
+            Self::Memory(l) => l.sweep(),
+            #[cfg(feature = "redis")]
+            Self::Redis(l) => l.fallback().sweep(),
+        }
+    }
+
+    /// Keys held in memory (the memory backend, or the Redis backend's local fallback).
+    pub fn memory_keys(&self) -> usize {
+        match self {
+            Self::Noop(_) => 0,
+            Self::Memory(l) => l.len(),
+            #[cfg(feature = "redis")]
+            Self::Redis(l) => l.fallback().len(),
+        }
+    }
+}

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
+use ratelimit::Policy;
 use serde::{Deserialize, Serialize};
 
 pub use http_edge::HttpConfig;
@@ -48,29 +50,56 @@ pub enum AuthMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Off in this version: the limiter is not wired into the service yet.
+    /// Limit ingestion requests per organization (SPEC §4).
     pub enabled: bool,
-    pub backend: String,
-    pub fail_mode: String,
+    pub backend: RateLimitBackend,
+    /// What the Redis backend does while Redis is unhealthy.
+    pub fail_mode: FailMode,
+    /// Longest a Redis check may take before it counts as a failure.
     pub redis_timeout_ms: u64,
+    /// The policy of every organization without an override. Empty: 60 000 per minute.
     pub default: PolicyConfig,
+    /// Overrides by organization id.
     pub orgs: BTreeMap<String, PolicyConfig>,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
-            enabled: false,
-            backend: "memory".into(),
-            fail_mode: "local".into(),
+            enabled: true,
+            backend: RateLimitBackend::Memory,
+            fail_mode: FailMode::Local,
             redis_timeout_ms: 10,
-            default: PolicyConfig { per_minute: Some(60_000), ..PolicyConfig::default() },
+            default: PolicyConfig::default(),
             orgs: BTreeMap::new(),
         }
     }
 }
 
-/// One of `per_minute`, `per_hour`, `per_day`, or `max_requests` + `window_secs` (+ `burst_size`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    /// Per-process state.
+    #[default]
+    Memory,
+    /// Shared state in Redis (`redis.url`), for several ingestd processes.
+    Redis,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Decide with a per-process limiter until Redis recovers.
+    #[default]
+    Local,
+    /// Admit every request.
+    Open,
+    /// Refuse every request with 503.
+    Closed,
+}
+
+/// One of `per_minute`, `per_hour`, `per_day`, or `max_requests` +
+/// `window_secs` (+ `burst_size`, default 0).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
@@ -86,6 +115,50 @@ pub struct PolicyConfig {
     pub window_secs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub burst_size: Option<u64>,
+}
+
+/// The default policy when `[rate_limit.default]` says nothing.
+pub const DEFAULT_PER_MINUTE: u64 = 60_000;
+
+impl PolicyConfig {
+    fn is_empty(&self) -> bool {
+        *self == PolicyConfig::default()
+    }
+
+    /// The policy this section describes; `key` names it in errors.
+    pub fn to_policy(&self, key: &str) -> Result<Policy, ConfigError> {
+        let err = |msg: String| ConfigError(format!("invalid configuration: {key}: {msg}"));
+        let presets = [("per_minute", self.per_minute), ("per_hour", self.per_hour), ("per_day", self.per_day)];
+        let mut set = presets.iter().filter(|(_, v)| v.is_some());
+        let custom = self.max_requests.is_some() || self.window_secs.is_some();
+        let policy = match (set.next(), set.next(), custom) {
+            (Some((a, _)), Some((b, _)), _) => return Err(err(format!("set one of {a} and {b}, not both"))),
+            (Some((name, _)), None, true) => {
+                return Err(err(format!("set {name} or max_requests + window_secs, not both")));
+            }
+            (Some((name, Some(n))), None, false) => {
+                if self.burst_size.is_some() {
+                    return Err(err(format!(
+                        "burst_size goes with max_requests + window_secs; {name} has its own burst"
+                    )));
+                }
+                match *name {
+                    "per_minute" => Policy::per_minute(*n),
+                    "per_hour" => Policy::per_hour(*n),
+                    _ => Policy::per_day(*n),
+                }
+            }
+            (_, _, true) => {
+                let (Some(max), Some(window)) = (self.max_requests, self.window_secs) else {
+                    return Err(err("max_requests and window_secs go together".into()));
+                };
+                Policy::new(max, Duration::from_secs(window), self.burst_size.unwrap_or(0))
+            }
+            (None, _, false) if self.is_empty() => Policy::per_minute(DEFAULT_PER_MINUTE),
+            _ => return Err(err("set per_minute, per_hour, per_day, or max_requests + window_secs".into())),
+        };
+        policy.map_err(|e| err(e.to_string()))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,8 +336,15 @@ impl Config {
         if self.auth.mode == AuthMode::ApiKey {
             return err("auth.mode", "\"api_key\" is not available in this version; use \"none\"".into());
         }
-        if self.rate_limit.enabled {
-            return err("rate_limit.enabled", "rate limiting is not available in this version; set it to false".into());
+        self.rate_limit.default.to_policy("rate_limit.default")?;
+        for (org, policy) in &self.rate_limit.orgs {
+            policy.to_policy(&format!("rate_limit.orgs.{org:?}"))?;
+        }
+        if self.rate_limit.enabled && self.rate_limit.backend == RateLimitBackend::Redis && self.redis.url.is_empty() {
+            return err("rate_limit.backend", "\"redis\" needs redis.url (REDIS_URL)".into());
+        }
+        if self.rate_limit.redis_timeout_ms == 0 {
+            return err("rate_limit.redis_timeout_ms", "must be at least 1".into());
         }
         if !self.nats.url.is_empty() {
             return err("nats.url", "the NATS source is not available in this version; unset NATS_URL".into());
@@ -284,6 +364,9 @@ impl Config {
         masked.database.url = mask_url(&masked.database.url);
         masked.nats.url = mask_url(&masked.nats.url);
         masked.redis.url = mask_url(&masked.redis.url);
+        if masked.rate_limit.default.is_empty() {
+            masked.rate_limit.default.per_minute = Some(DEFAULT_PER_MINUTE);
+        }
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
@@ -352,6 +435,26 @@ mod tests {
         assert_eq!(c.validation.max_future_skew_secs, 300);
         assert_eq!(c.nats.subject, "llm.usage");
         assert_eq!(c.redis.consumer.max_deliveries, 5);
+        assert!(c.rate_limit.enabled);
+        assert_eq!(c.rate_limit.default.to_policy("d").unwrap(), Policy::per_minute(60_000).unwrap());
+        assert!(c.to_masked_toml().contains("per_minute = 60000"));
+    }
+
+    #[test]
+    fn rate_limit_policies_from_file_and_environment() {
+        let c = load(&[
+            ("INGESTD_RATE_LIMIT__DEFAULT__PER_HOUR", "3600"),
+            ("INGESTD_RATE_LIMIT__ORGS__ACME__MAX_REQUESTS", "10"),
+            ("INGESTD_RATE_LIMIT__ORGS__ACME__WINDOW_SECS", "1"),
+            ("INGESTD_RATE_LIMIT__ORGS__ACME__BURST_SIZE", "5"),
+            ("INGESTD_RATE_LIMIT__FAIL_MODE", "closed"),
+        ])
+        .unwrap();
+        assert_eq!(c.rate_limit.default.to_policy("d").unwrap(), Policy::per_hour(3600).unwrap());
+        let acme = c.rate_limit.orgs["acme"].to_policy("o").unwrap();
+        assert_eq!(acme, Policy::new(10, Duration::from_secs(1), 5).unwrap());
+        assert_eq!(acme.capacity(), 15);
+        assert_eq!(c.rate_limit.fail_mode, FailMode::Closed);
     }
 
     #[test]
@@ -387,6 +490,22 @@ mod tests {
             (&[("INGESTD_LOG__FORMAT", "xml")], "log.format"),
             (&[("INGESTD_SERVER__MAX_BATCH_SIZE", "0")], "server.max_batch_size"),
             (&[("NATS_URL", "nats://127.0.0.1:4222")], "nats.url"),
+            (&[("INGESTD_RATE_LIMIT__BACKEND", "etcd")], "rate_limit.backend"),
+            (&[("INGESTD_RATE_LIMIT__BACKEND", "redis")], "rate_limit.backend: \"redis\" needs redis.url"),
+            (&[("INGESTD_RATE_LIMIT__FAIL_MODE", "maybe")], "rate_limit.fail_mode"),
+            (
+                &[("INGESTD_RATE_LIMIT__DEFAULT__PER_MINUTE", "5"), ("INGESTD_RATE_LIMIT__DEFAULT__PER_HOUR", "5")],
+                "rate_limit.default: set one of per_minute and per_hour",
+            ),
+            (&[("INGESTD_RATE_LIMIT__DEFAULT__PER_MINUTE", "0")], "rate_limit.default: "),
+            (&[("INGESTD_RATE_LIMIT__DEFAULT__WINDOW_SECS", "60")], "max_requests and window_secs go together"),
+            (
+                &[
+                    ("INGESTD_RATE_LIMIT__ORGS__ACME__PER_DAY", "10"),
+                    ("INGESTD_RATE_LIMIT__ORGS__ACME__BURST_SIZE", "1"),
+                ],
+                "rate_limit.orgs.\"acme\": burst_size goes with max_requests",
+            ),
         ];
         for (env, key) in cases {
             let e = load(env).unwrap_err().to_string();

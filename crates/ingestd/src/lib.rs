@@ -11,10 +11,12 @@ mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use http_edge::{AppState, ReadinessCheck};
 use model::Ingestor;
+use ratelimit::{Limiter, MemoryLimiter, PolicyRegistry, RedisLimiter};
 use storage::{Store, Writer};
 use tokio::net::TcpListener;
 
@@ -28,6 +30,7 @@ pub struct App {
     config: Config,
     store: Store,
     writer: Writer,
+    limiter: Option<Arc<Limiter>>,
 }
 
 impl App {
@@ -47,8 +50,17 @@ impl App {
                 pending.join(", ")
             );
         }
+        let limiter = match config.rate_limit.enabled {
+            true => Some(Arc::new(build_limiter(&config).await?)),
+            false => None,
+        };
         let writer = Writer::spawn(store.clone(), config.writer.clone());
-        Ok(App { config, store, writer })
+        Ok(App { config, store, writer, limiter })
+    }
+
+    /// The rate limiter in front of ingestion, when `rate_limit.enabled`.
+    pub fn limiter(&self) -> Option<&Arc<Limiter>> {
+        self.limiter.as_ref()
     }
 
     pub fn store(&self) -> &Store {
@@ -58,7 +70,18 @@ impl App {
     /// Serves until `shutdown` resolves; then finishes in-flight requests
     /// (up to `server.shutdown_grace_secs`) and commits everything queued.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let App { config, store, writer } = self;
+        let App { config, store, writer, limiter } = self;
+        let sweeper = limiter.clone().map(|limiter| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let dropped = limiter.sweep();
+                    tracing::debug!(dropped, "rate-limit sweep");
+                }
+            })
+        });
         let storage_check: ReadinessCheck = {
             let store = store.clone();
             Arc::new(move || {
@@ -75,22 +98,65 @@ impl App {
         };
         let metrics = telemetry::metrics_handle();
         let queue = writer.handle();
+        let limiter_gauges = limiter.clone();
         let state = Arc::new(AppState {
             ingestor: Ingestor::new(writer.handle(), config.validation.clone()),
             config: config.server.clone(),
             readiness: vec![("storage", storage_check), ("writer", writer_check)],
             metrics: Arc::new(move || {
                 metrics::gauge!("ingestd_writer_queue_depth").set(queue.queue_depth() as f64);
+                if let Some(limiter) = &limiter_gauges {
+                    let backend = limiter.backend_name();
+                    metrics::gauge!("ingestd_rate_limit_fallback_active", "backend" => backend)
+                        .set(if limiter.fallback_active() { 1.0 } else { 0.0 });
+                    metrics::counter!("ingestd_rate_limit_fallbacks_total", "backend" => backend)
+                        .absolute(limiter.fallback_count());
+                    metrics::gauge!("ingestd_rate_limit_memory_keys").set(limiter.memory_keys() as f64);
+                }
                 metrics.render()
             }),
             version: VERSION,
+            limiter,
         });
         tracing::info!(addr = %listener.local_addr()?, version = VERSION, "ingestd listening");
         http_edge::serve(listener, state, shutdown).await?;
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
         writer.shutdown().await;
         tracing::info!("ingestd stopped");
         Ok(())
     }
+}
+
+/// How often idle rate-limit keys are dropped (inserts also sweep, amortised).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The limiter `rate_limit` describes, with its per-organization overrides.
+async fn build_limiter(config: &Config) -> Result<Limiter> {
+    let rl = &config.rate_limit;
+    let registry = Arc::new(PolicyRegistry::new(rl.default.to_policy("rate_limit.default")?));
+    for (org, policy) in &rl.orgs {
+        registry.set_override(org, policy.to_policy(&format!("rate_limit.orgs.{org:?}"))?);
+    }
+    Ok(match rl.backend {
+        config::RateLimitBackend::Memory => Limiter::Memory(MemoryLimiter::new(registry)),
+        config::RateLimitBackend::Redis => {
+            let settings = ratelimit::redis::RedisConfig {
+                call_timeout: Duration::from_millis(rl.redis_timeout_ms),
+                fail_mode: match rl.fail_mode {
+                    config::FailMode::Local => ratelimit::redis::FailMode::Local,
+                    config::FailMode::Open => ratelimit::redis::FailMode::Open,
+                    config::FailMode::Closed => ratelimit::redis::FailMode::Closed,
+                },
+                ..Default::default()
+            };
+            let limiter = RedisLimiter::connect(&config.redis.url, registry, settings)
+                .await
+                .with_context(|| format!("rate-limit backend redis at {}", config::mask_url(&config.redis.url)))?;
+            Limiter::Redis(Box::new(limiter))
+        }
+    })
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
