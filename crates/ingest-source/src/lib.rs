@@ -1,0 +1,29 @@
+//! What the stream sources of ingestd share, each in one place.
+//!
+//! A source (NATS JetStream in `ingest-nats`, Redis Streams in
+//! `ingest-redis`) only speaks its protocol: it fetches a batch of messages,
+//! hands them to [`process`], and acknowledges them when that returns `Ok`.
+//! [`process`] does the rest the same way for both:
+//!
+//! 1. each message is read as a record, a `{"records": […]}` batch or an
+//!    envelope (SPEC §5) by [`model::decode::stream_message`];
+//! 2. records without a `request_id` get a deterministic id from the
+//!    message's identity and their index ([`record_id`]), so a redelivered
+//!    message maps to the same rows;
+//! 3. all valid records of the batch go to the writer as **one** submission
+//!    and are committed before `process` returns;
+//! 4. a message that is not a valid document, or whose records fail
+//!    validation, is written to the dead-letter table (its valid records are
+//!    still stored);
+//! 5. on any storage error nothing may be acknowledged: the source retries
+//!    after a [`Backoff`] delay, and records already committed by an earlier
+//!    attempt come back as duplicates.
+
+mod backoff;
+mod batch;
+mod health;
+
+pub use backoff::{Backoff, RetryConfig};
+pub use batch::{BatchReport, DeadLetterSink, Fate, Incoming, entry_id_ms, key_unix_ms, process, record_id};
+pub use health::SourceHealth;
+pub use storage::DeadLetter;
