@@ -7,6 +7,7 @@
 //! in-process on `127.0.0.1:0` this way.
 
 pub mod config;
+pub mod dlq;
 mod telemetry;
 
 use std::future::Future;
