@@ -7,6 +7,7 @@
 //! in-process on `127.0.0.1:0` this way.
 
 pub mod config;
+mod redis;
 mod telemetry;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use model::Ingestor;
 use ratelimit::{Limiter, MemoryLimiter, PolicyRegistry, RedisLimiter};
 use storage::{Store, Writer};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use telemetry::{Telemetry, init_logging, metrics_handle};
@@ -96,15 +98,36 @@ impl App {
                 Box::pin(async move { if open { Ok(()) } else { Err("the writer has stopped".to_owned()) } })
             })
         };
+        // Stream sources; stopped after HTTP has drained, before the writer.
+        let stop_sources = CancellationToken::new();
+        let sources: Vec<redis::Spawned> =
+            redis::spawn(&config, writer.handle(), &store, stop_sources.clone()).into_iter().collect();
+        let mut readiness = vec![("storage", storage_check), ("writer", writer_check)];
+        for (name, _, health) in &sources {
+            let health = health.clone();
+            let check: ReadinessCheck = Arc::new(move || {
+                let state = health.check();
+                Box::pin(async move { state })
+            });
+            readiness.push((*name, check));
+        }
+        let source_gauges: Vec<_> = sources.iter().map(|(name, _, health)| (*name, health.clone())).collect();
         let metrics = telemetry::metrics_handle();
         let queue = writer.handle();
         let limiter_gauges = limiter.clone();
         let state = Arc::new(AppState {
             ingestor: Ingestor::new(writer.handle(), config.validation.clone()),
             config: config.server.clone(),
-            readiness: vec![("storage", storage_check), ("writer", writer_check)],
+            readiness,
             metrics: Arc::new(move || {
                 metrics::gauge!("ingestd_writer_queue_depth").set(queue.queue_depth() as f64);
+                for (name, health) in &source_gauges {
+                    metrics::gauge!("ingestd_source_connected", "source" => *name).set(if health.connected() {
+                        1.0
+                    } else {
+                        0.0
+                    });
+                }
                 if let Some(limiter) = &limiter_gauges {
                     let backend = limiter.backend_name();
                     metrics::gauge!("ingestd_rate_limit_fallback_active", "backend" => backend)
@@ -122,6 +145,16 @@ impl App {
         http_edge::serve(listener, state, shutdown).await?;
         if let Some(sweeper) = sweeper {
             sweeper.abort();
+        }
+        stop_sources.cancel();
+        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        for (name, task, _) in sources {
+            match tokio::time::timeout(grace, task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!(source = name, error = format!("{e:#}"), "stream source failed"),
+                Ok(Err(e)) => tracing::error!(source = name, error = %e, "stream source task failed"),
+                Err(_) => tracing::warn!(source = name, "stream source did not stop within the grace period"),
+            }
         }
         writer.shutdown().await;
         tracing::info!("ingestd stopped");
