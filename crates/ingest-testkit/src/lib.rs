@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod nats;
+pub mod redis;
 
 use model::{ModelInfo, Performance, TokenUsage, UsageRecord};
 use sea_orm::{ConnectionTrait, Database};

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use http_edge::HttpConfig;
 pub use model::ValidationConfig;
 pub use nats_source::NatsConfig;
+pub use redis_source::RedisConsumerConfig;
 pub use source::RetryConfig;
 pub use storage::{DatabaseConfig, WriterConfig};
 
@@ -171,30 +172,6 @@ pub struct RedisConfig {
     pub consumer: RedisConsumerConfig,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConsumerConfig {
-    pub enabled: bool,
-    pub stream_key: String,
-    pub group: String,
-    pub read_batch: usize,
-    pub claim_idle_secs: u64,
-    pub max_deliveries: u64,
-}
-
-impl Default for RedisConsumerConfig {
-    fn default() -> Self {
-        RedisConsumerConfig {
-            enabled: true,
-            stream_key: "llm:usage".into(),
-            group: "ingestd".into(),
-            read_batch: 1000,
-            claim_idle_secs: 60,
-            max_deliveries: 5,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -315,10 +292,13 @@ impl Config {
         }
         self.retry.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         if !self.redis.url.is_empty() && self.redis.consumer.enabled {
-            return err(
-                "redis.url",
-                "the Redis Streams source is not available in this version; unset REDIS_URL".into(),
-            );
+            if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
+                return err(
+                    "redis.url",
+                    format!("{:?} must start with redis:// or rediss://", mask_url(&self.redis.url)),
+                );
+            }
+            self.redis.consumer.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         }
         Ok(())
     }
@@ -475,6 +455,11 @@ mod tests {
             (&[("NATS_URL", "nats://127.0.0.1:4222"), ("INGESTD_NATS__FETCH_BATCH", "0")], "nats.fetch_batch"),
             (&[("NATS_URL", "nats://127.0.0.1:4222"), ("NATS_SUBJECT", "a..b")], "nats.subject"),
             (&[("INGESTD_NATS__NO_SUCH", "1")], "nats.no_such"),
+            (&[("REDIS_URL", "http://127.0.0.1:6379")], "redis.url"),
+            (
+                &[("REDIS_URL", "redis://127.0.0.1:6379"), ("INGESTD_REDIS__CONSUMER__READ_BATCH", "0")],
+                "redis.consumer.read_batch",
+            ),
             (&[("INGESTD_RETRY__BACKOFF_MULTIPLIER", "0.5")], "retry.backoff_multiplier"),
             (&[("INGESTD_RATE_LIMIT__BACKEND", "etcd")], "rate_limit.backend"),
             (&[("INGESTD_RATE_LIMIT__BACKEND", "redis")], "rate_limit.backend: \"redis\" needs redis.url"),
@@ -497,6 +482,15 @@ mod tests {
             let e = load(env).unwrap_err().to_string();
             assert!(e.contains(key), "{env:?}: {e}");
         }
+    }
+
+    #[test]
+    fn redis_url_enables_the_redis_source() {
+        let c = load(&[("REDIS_URL", "redis://127.0.0.1:6379"), ("REDIS_STREAM_KEY", "events")]).unwrap();
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
+        assert!(c.redis.consumer.enabled);
+        assert_eq!(c.redis.consumer.stream_key, "events");
+        assert_eq!((c.redis.consumer.read_batch, c.redis.consumer.claim_idle_secs), (1000, 60));
     }
 
     #[test]

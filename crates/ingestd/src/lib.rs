@@ -9,6 +9,7 @@
 pub mod config;
 pub mod dlq;
 mod nats;
+mod redis;
 mod telemetry;
 
 use std::future::Future;
@@ -101,8 +102,10 @@ impl App {
         };
         // Stream sources: stopped after HTTP has drained, before the writer.
         let stop_sources = CancellationToken::new();
-        let sources: Vec<nats::Spawned> =
-            nats::spawn(&config, writer.handle(), &store, stop_sources.clone()).into_iter().collect();
+        let sources: Vec<nats::Spawned> = nats::spawn(&config, writer.handle(), &store, stop_sources.clone())
+            .into_iter()
+            .chain(redis::spawn(&config, writer.handle(), &store, stop_sources.clone()))
+            .collect();
         let mut readiness = vec![("storage", storage_check), ("writer", writer_check)];
         for (name, _, health) in &sources {
             let health = health.clone();
@@ -153,8 +156,8 @@ impl App {
         for (name, task, _) in sources {
             match tokio::time::timeout(grace, task).await {
                 Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::error!(source = name, error = %e, "stream source failed"),
-                Ok(Err(e)) => tracing::error!(source = name, error = %e, "stream source panicked"),
+                Ok(Ok(Err(e))) => tracing::error!(source = name, error = format!("{e:#}"), "stream source failed"),
+                Ok(Err(e)) => tracing::error!(source = name, error = %e, "stream source task failed"),
                 Err(_) => tracing::warn!(source = name, "stream source did not stop within the grace period"),
             }
         }

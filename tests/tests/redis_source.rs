@@ -1,0 +1,82 @@
+//! The whole service with `redis.url` set: entries of the stream are
+//! ingested, readiness and /metrics show the source, and nothing is left
+//! pending after a stop.
+
+use std::time::{Duration, Instant};
+
+use fred::cmd;
+use fred::prelude::{ClientLike, Config as FredConfig};
+use fred::types::Value;
+use ingestd::Config;
+use testkit::redis::{unique, url};
+use testkit::{Kind, record_json};
+
+use common::Server;
+
+mod common;
+
+async fn redis(url: &str) -> fred::clients::Client {
+    let client = fred::clients::Client::new(FredConfig::from_url(url).unwrap(), None, None, None);
+    client.init().await.unwrap_or_else(|e| panic!("cannot reach Redis at {url} ({e})"));
+    client
+}
+
+async fn call(client: &fred::clients::Client, name: &'static str, args: &[&str]) -> Value {
+    let args: Vec<Value> = args.iter().map(|a| Value::from(*a)).collect();
+    client.custom::<Value, Value>(cmd!(name), args).await.unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_entries_are_ingested_and_acked() {
+    let url = url();
+    let (key, group, org) = (unique("svc:usage"), unique("g"), unique("org"));
+    let client = redis(&url).await;
+    for i in 0..20u64 {
+        let mut record = record_json(&org, i);
+        if i % 2 == 0 {
+            record.as_object_mut().unwrap().remove("request_id");
+        }
+        call(&client, "XADD", &[&key, "*", "payload", &record.to_string()]).await;
+    }
+    call(&client, "XADD", &[&key, "*", "payload", "{broken"]).await;
+
+    let server = Server::start(Kind::Sqlite, |c: &mut Config| {
+        c.redis.url = url.clone();
+        c.redis.consumer.stream_key = key.clone();
+        c.redis.consumer.group = group.clone();
+        c.redis.consumer.block_ms = 100;
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.count(&org).await < 20 {
+        assert!(Instant::now() < deadline, "the stream's records were not ingested");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = server.client().await;
+    let ready = c.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{:?}", ready.json());
+    assert_eq!(ready.json()["components"]["redis"]["status"], "up");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+        let has = |prefix: &str, needle: &str| metrics.lines().any(|l| l.starts_with(prefix) && l.contains(needle));
+        if has("ingestd_source_connected{", "source=\"redis\"} 1")
+            && has("ingestd_redis_entries_total{", "outcome=\"stored\"")
+            && has("ingestd_redis_entries_total{", "outcome=\"dead_lettered\"")
+            && has("ingestd_records_total{", "source=\"redis\"")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/metrics lacks the Redis source's series:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let db = server.stop().await;
+    let store = storage::Store::connect(&db.config).await.unwrap();
+    assert_eq!(store.count_records(Some(&org)).await.unwrap(), 20);
+    assert_eq!(store.count_dead_letters(Some(model::Source::Redis)).await.unwrap(), 1);
+    let Value::Array(summary) = call(&client, "XPENDING", &[&key, &group]).await else { panic!("XPENDING") };
+    assert_eq!(summary.first(), Some(&Value::Integer(0)), "nothing left pending after the stop");
+    call(&client, "DEL", &[&key]).await;
+}
