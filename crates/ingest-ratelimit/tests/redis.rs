@@ -49,7 +49,9 @@ async fn two_instances_sharing_redis_admit_exactly_capacity_together() {
 #[tokio::test]
 async fn lua_script_agrees_with_decide() {
     let clock = ManualClock::starting_now();
-    let limiter = common::connect_shared(registry(Policy::per_minute(1).unwrap()), RedisConfig::default()).await;
+    // Not a test of timeouts: the 10 ms default fails on a loaded machine.
+    let config = RedisConfig { call_timeout: Duration::from_secs(2), ..RedisConfig::default() };
+    let limiter = common::connect_shared(registry(Policy::per_minute(1).unwrap()), config).await;
     let pool = limiter.pool();
     let key = format!("{}agree", common::unique_prefix());
     let sha: String = pool.script_load(GCRA_LUA).await.unwrap();

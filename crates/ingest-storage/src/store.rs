@@ -118,7 +118,29 @@ impl Store {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), Error> {
-        Migrator::up(&self.db, None).await.map_err(Error::Migrate)
+        Migrator::up(&self.db, None).await.map_err(Error::Migrate)?;
+        if self.backend == Backend::Sqlite {
+            self.refresh_sqlite_schema().await?;
+        }
+        Ok(())
+    }
+
+    /// A pooled SQLite connection that read the schema before a migration
+    /// keeps the old one until its next statement runs, and preparing an
+    /// upsert against it fails ("ON CONFLICT clause does not match any
+    /// PRIMARY KEY or UNIQUE constraint": the new unique index is unknown to
+    /// it). One statement on every idle connection makes each reload it.
+    async fn refresh_sqlite_schema(&self) -> Result<(), Error> {
+        let pool = self.db.get_sqlite_connection_pool();
+        let mut held = Vec::new();
+        while let Some(mut conn) = pool.try_acquire() {
+            sea_orm::sqlx::query("SELECT count(*) FROM sqlite_master")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| Error::Database(sea_orm::DbErr::Custom(format!("refreshing the schema: {e}"))))?;
+            held.push(conn);
+        }
+        Ok(())
     }
 
     /// Names of migrations not yet applied.

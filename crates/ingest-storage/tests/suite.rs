@@ -245,3 +245,37 @@ async fn migrations_are_idempotent(kind: Kind) {
 async fn exec(store: &Store, sql: &str) {
     store.connection().execute_unprepared(sql).await.unwrap();
 }
+
+/// Connections that read the (empty) schema before the migration must see
+/// the new unique indexes afterwards: upserts prepared on a stale connection
+/// fail with "ON CONFLICT clause does not match any … UNIQUE constraint".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_connections_opened_before_migrating_see_the_new_schema() {
+    let db = TestDatabase::sqlite();
+    let store = Store::connect(&db.config).await.unwrap();
+    let pool = store.connection().get_sqlite_connection_pool();
+    let mut warm = Vec::new();
+    for _ in 0..db.config.max_connections {
+        let mut conn = pool.acquire().await.unwrap();
+        sea_orm::sqlx::query("SELECT count(*) FROM sqlite_master").execute(&mut *conn).await.unwrap();
+        warm.push(conn);
+    }
+    drop(warm);
+    store.migrate().await.unwrap();
+    let upserts = (0..db.config.max_connections * 2).map(|i| {
+        let store = store.clone();
+        async move {
+            let letter = DeadLetter {
+                source: Source::Redis,
+                message_key: format!("k:{i}"),
+                payload: b"x".to_vec(),
+                error: "e".into(),
+            };
+            store.dead_letter(&letter).await
+        }
+    });
+    for result in futures::future::join_all(upserts).await {
+        result.unwrap();
+    }
+    assert_eq!(store.count_dead_letters(None).await.unwrap(), u64::from(db.config.max_connections) * 2);
+}
