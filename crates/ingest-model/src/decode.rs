@@ -72,7 +72,15 @@ pub struct BatchEnvelope<'a> {
 
 /// Reads a batch envelope; its records stay undecoded.
 pub fn batch(body: &[u8]) -> Result<BatchEnvelope<'_>, DocumentError> {
-    serde_json::from_slice(body).map_err(|e| DocumentError::from_json("batch envelope", e))
+    let whole: &RawValue = serde_json::from_slice(body).map_err(|e| DocumentError::from_json("batch envelope", e))?;
+    // serde would also take a struct from an array (`[batch_id, source, records]`).
+    if !whole.get().starts_with('{') {
+        return Err(DocumentError::Shape {
+            what: "batch envelope",
+            message: format!("must be a JSON object {{\"records\": […]}}, found {}", kind(whole)),
+        });
+    }
+    serde_json::from_str(whole.get()).map_err(|e| DocumentError::from_json("batch envelope", e))
 }
 
 /// Reads a stream message (SPEC §5): one record, `{"records": […]}`, or an

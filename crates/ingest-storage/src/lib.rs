@@ -18,5 +18,5 @@ mod writer;
 
 pub use config::{DatabaseConfig, SqliteSynchronous, WriterConfig};
 pub use error::Error;
-pub use store::{Backend, DeadLetter, Store};
+pub use store::{Backend, DeadLetter, DeadLetterFilter, Store, StoredDeadLetter};
 pub use writer::{Writer, WriterHandle};

@@ -64,4 +64,5 @@ pub(crate) enum DeadLetters {
     FirstSeenAt,
     LastSeenAt,
     DeliveryCount,
+    ReplayedAt,
 }

@@ -43,6 +43,31 @@ pub struct DeadLetter {
     pub error: String,
 }
 
+/// A dead letter as stored, for `ingestd dlq list|replay`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDeadLetter {
+    pub id: Uuid,
+    pub letter: DeadLetter,
+    pub first_seen_at: OffsetDateTime,
+    pub last_seen_at: OffsetDateTime,
+    /// How many times the message was dead-lettered (redeliveries, replays).
+    pub delivery_count: i64,
+    /// When a replay stored its records; replayed letters are kept, marked.
+    pub replayed_at: Option<OffsetDateTime>,
+}
+
+/// Which dead letters to list.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterFilter {
+    pub source: Option<Source>,
+    /// Only these ids (all when empty).
+    pub ids: Vec<Uuid>,
+    /// Also those already replayed.
+    pub include_replayed: bool,
+    /// At most this many, oldest first (no limit when `None`).
+    pub limit: Option<u64>,
+}
+
 /// Identity of a stored record.
 pub(crate) type Key = (String, Uuid);
 
@@ -300,6 +325,8 @@ impl Store {
             .on_conflict(
                 OnConflict::columns([DeadLetters::Source, DeadLetters::MessageKey])
                     .update_columns([DeadLetters::LastSeenAt, DeadLetters::Error])
+                    // Dead-lettered again: whatever a replay did, it is open again.
+                    .value(DeadLetters::ReplayedAt, Expr::cust("NULL"))
                     .value(
                         DeadLetters::DeliveryCount,
                         Expr::col((DeadLetters::Table, DeadLetters::DeliveryCount)).add(1),
@@ -322,6 +349,96 @@ impl Store {
             None => 0,
         };
         Ok(n as u64)
+    }
+
+    /// Dead letters matching `filter`, oldest first.
+    pub async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<StoredDeadLetter>, Error> {
+        let mut q = Query::select();
+        q.columns([
+            DeadLetters::Id,
+            DeadLetters::Source,
+            DeadLetters::MessageKey,
+            DeadLetters::Payload,
+            DeadLetters::Error,
+            DeadLetters::FirstSeenAt,
+            DeadLetters::LastSeenAt,
+            DeadLetters::DeliveryCount,
+            DeadLetters::ReplayedAt,
+        ])
+        .from(DeadLetters::Table)
+        .order_by(DeadLetters::FirstSeenAt, sea_orm::sea_query::Order::Asc)
+        .order_by(DeadLetters::Id, sea_orm::sea_query::Order::Asc);
+        if let Some(source) = filter.source {
+            q.and_where(Expr::col(DeadLetters::Source).eq(source.as_str()));
+        }
+        if !filter.ids.is_empty() {
+            q.and_where(Expr::col(DeadLetters::Id).is_in(filter.ids.iter().map(|id| self.uuid(*id))));
+        }
+        if !filter.include_replayed {
+            q.and_where(Expr::col(DeadLetters::ReplayedAt).is_null());
+        }
+        if let Some(limit) = filter.limit {
+            q.limit(limit);
+        }
+        let rows = self.db.query_all_raw(self.build(&q)).await?;
+        rows.iter().map(|row| self.dead_letter_row(row)).collect()
+    }
+
+    fn dead_letter_row(&self, row: &sea_orm::QueryResult) -> Result<StoredDeadLetter, Error> {
+        let source: String = row.try_get_by_index(1)?;
+        let source = match source.as_str() {
+            "http" => Source::Http,
+            "nats" => Source::Nats,
+            "redis" => Source::Redis,
+            other => return Err(sea_orm::DbErr::Type(format!("unknown dead-letter source {other:?}")).into()),
+        };
+        let (id, first_seen_at, last_seen_at, replayed_at) = match self.backend {
+            Backend::Postgres => (
+                row.try_get_by_index::<Uuid>(0)?,
+                row.try_get_by_index::<OffsetDateTime>(5)?,
+                row.try_get_by_index::<OffsetDateTime>(6)?,
+                row.try_get_by_index::<Option<OffsetDateTime>>(8)?,
+            ),
+            Backend::Sqlite => {
+                let id: String = row.try_get_by_index(0)?;
+                let time = |i: usize| -> Result<Option<OffsetDateTime>, Error> {
+                    let text: Option<String> = row.try_get_by_index(i)?;
+                    text.map(|t| OffsetDateTime::parse(&t, &Rfc3339).map_err(|e| sea_orm::DbErr::Type(e.to_string())))
+                        .transpose()
+                        .map_err(Error::from)
+                };
+                let missing = || Error::from(sea_orm::DbErr::Type("a dead letter without a timestamp".into()));
+                (
+                    Uuid::try_parse(&id).map_err(|e| sea_orm::DbErr::Type(e.to_string()))?,
+                    time(5)?.ok_or_else(missing)?,
+                    time(6)?.ok_or_else(missing)?,
+                    time(8)?,
+                )
+            }
+        };
+        Ok(StoredDeadLetter {
+            id,
+            letter: DeadLetter {
+                source,
+                message_key: row.try_get_by_index(2)?,
+                payload: row.try_get_by_index(3)?,
+                error: row.try_get_by_index(4)?,
+            },
+            first_seen_at,
+            last_seen_at,
+            delivery_count: row.try_get_by_index(7)?,
+            replayed_at,
+        })
+    }
+
+    /// Marks a dead letter replayed (its records are stored); it is kept.
+    pub async fn mark_replayed(&self, id: Uuid) -> Result<bool, Error> {
+        let mut q = Query::update();
+        q.table(DeadLetters::Table)
+            .value(DeadLetters::ReplayedAt, self.timestamp(OffsetDateTime::now_utc()))
+            .and_where(Expr::col(DeadLetters::Id).eq(self.uuid(id)));
+        let result = self.db.execute_raw(self.build(&q)).await?;
+        Ok(result.rows_affected() > 0)
     }
 
     /// Raw SQL access for tests and tooling.

@@ -7,6 +7,7 @@
 //! fails with a message naming what to start; it never passes silently.
 
 pub mod http;
+pub mod nats;
 pub mod redis;
 
 use model::{ModelInfo, Performance, TokenUsage, UsageRecord};

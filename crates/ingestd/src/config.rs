@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use http_edge::HttpConfig;
 pub use model::ValidationConfig;
+pub use nats_source::NatsConfig;
 pub use redis_source::RedisConsumerConfig;
 pub use source::RetryConfig;
 pub use storage::{DatabaseConfig, WriterConfig};
@@ -163,29 +164,6 @@ impl PolicyConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NatsConfig {
-    /// `NATS_URL`; setting it enables the NATS source.
-    pub url: String,
-    pub subject: String,
-    pub stream: String,
-    pub consumer: String,
-    pub fetch_batch: usize,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            url: String::new(),
-            subject: "llm.usage".into(),
-            stream: "LLM_USAGE".into(),
-            consumer: "ingestd".into(),
-            fetch_batch: 1000,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
@@ -309,9 +287,10 @@ impl Config {
         if self.rate_limit.redis_timeout_ms == 0 {
             return err("rate_limit.redis_timeout_ms", "must be at least 1".into());
         }
-        if !self.nats.url.is_empty() {
-            return err("nats.url", "the NATS source is not available in this version; unset NATS_URL".into());
+        if self.nats.enabled() {
+            self.nats.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         }
+        self.retry.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         if !self.redis.url.is_empty() && self.redis.consumer.enabled {
             if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
                 return err(
@@ -321,7 +300,6 @@ impl Config {
             }
             self.redis.consumer.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         }
-        self.retry.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         Ok(())
     }
 
@@ -425,6 +403,24 @@ mod tests {
     }
 
     #[test]
+    fn nats_url_enables_the_nats_source() {
+        assert!(!load(&[]).unwrap().nats.enabled());
+        let c = load(&[
+            ("NATS_URL", "nats://u:pw@127.0.0.1:4222"),
+            ("NATS_SUBJECT", "usage.in"),
+            ("INGESTD_NATS__BACKOFF_SECS", "[1, 5]"),
+        ])
+        .unwrap();
+        assert!(c.nats.enabled());
+        assert_eq!(
+            (c.nats.subject.as_str(), c.nats.stream.as_str(), c.nats.fetch_batch),
+            ("usage.in", "LLM_USAGE", 1000)
+        );
+        assert_eq!(c.nats.backoff_secs, [1, 5]);
+        assert!(c.to_masked_toml().contains("nats://u:***@127.0.0.1:4222"));
+    }
+
+    #[test]
     fn legacy_and_prefixed_environment() {
         let c = load(&[
             ("DATABASE_URL", "postgres://u:pw@db/x"),
@@ -456,7 +452,9 @@ mod tests {
             (&[("DATABASE_URL", "mysql://x")], "database.url"),
             (&[("INGESTD_LOG__FORMAT", "xml")], "log.format"),
             (&[("INGESTD_SERVER__MAX_BATCH_SIZE", "0")], "server.max_batch_size"),
-            (&[("NATS_URL", "nats://127.0.0.1:4222")], "nats.url"),
+            (&[("NATS_URL", "nats://127.0.0.1:4222"), ("INGESTD_NATS__FETCH_BATCH", "0")], "nats.fetch_batch"),
+            (&[("NATS_URL", "nats://127.0.0.1:4222"), ("NATS_SUBJECT", "a..b")], "nats.subject"),
+            (&[("INGESTD_NATS__NO_SUCH", "1")], "nats.no_such"),
             (&[("REDIS_URL", "http://127.0.0.1:6379")], "redis.url"),
             (
                 &[("REDIS_URL", "redis://127.0.0.1:6379"), ("INGESTD_REDIS__CONSUMER__READ_BATCH", "0")],

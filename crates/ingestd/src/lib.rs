@@ -7,6 +7,8 @@
 //! in-process on `127.0.0.1:0` this way.
 
 pub mod config;
+pub mod dlq;
+mod nats;
 mod redis;
 mod telemetry;
 
@@ -98,10 +100,12 @@ impl App {
                 Box::pin(async move { if open { Ok(()) } else { Err("the writer has stopped".to_owned()) } })
             })
         };
-        // Stream sources; stopped after HTTP has drained, before the writer.
+        // Stream sources: stopped after HTTP has drained, before the writer.
         let stop_sources = CancellationToken::new();
-        let sources: Vec<redis::Spawned> =
-            redis::spawn(&config, writer.handle(), &store, stop_sources.clone()).into_iter().collect();
+        let sources: Vec<nats::Spawned> = nats::spawn(&config, writer.handle(), &store, stop_sources.clone())
+            .into_iter()
+            .chain(redis::spawn(&config, writer.handle(), &store, stop_sources.clone()))
+            .collect();
         let mut readiness = vec![("storage", storage_check), ("writer", writer_check)];
         for (name, _, health) in &sources {
             let health = health.clone();
@@ -111,7 +115,8 @@ impl App {
             });
             readiness.push((*name, check));
         }
-        let source_gauges: Vec<_> = sources.iter().map(|(name, _, health)| (*name, health.clone())).collect();
+        let source_gauges: Vec<(&'static str, source::SourceHealth)> =
+            sources.iter().map(|(name, _, health)| (*name, health.clone())).collect();
         let metrics = telemetry::metrics_handle();
         let queue = writer.handle();
         let limiter_gauges = limiter.clone();

@@ -26,6 +26,11 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Dead letters of the stream sources: list them, replay them once fixed.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -37,6 +42,53 @@ enum Command {
 enum ConfigCommand {
     /// Validate the configuration and print the effective settings (secrets masked).
     Check,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters (open ones unless --all), oldest first.
+    List {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Include letters already replayed.
+        #[arg(long)]
+        all: bool,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// One JSON object per line, payload included.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-submit open dead letters; those whose records are now all stored are marked replayed.
+    Replay {
+        #[command(flatten)]
+        select: DlqSelect,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqSelect {
+    /// Only letters from this source.
+    #[arg(long, value_parser = ["nats", "redis"])]
+    source: Option<String>,
+    /// Only these letters (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<uuid::Uuid>,
+}
+
+impl DlqSelect {
+    fn filter(&self, include_replayed: bool, limit: Option<u64>) -> storage::DeadLetterFilter {
+        storage::DeadLetterFilter {
+            source: self
+                .source
+                .as_deref()
+                .map(|s| if s == "nats" { model::Source::Nats } else { model::Source::Redis }),
+            ids: self.ids.clone(),
+            include_replayed,
+            limit,
+        }
+    }
 }
 
 /// EX_USAGE: the configuration is invalid.
@@ -81,6 +133,25 @@ fn main() -> ExitCode {
                 serve(config).await
             }
             None => serve(config).await,
+            Some(Command::Dlq { command: DlqCommand::List { select, all, limit, json } }) => {
+                let out = ingestd::dlq::list(&config, &select.filter(all, limit), json).await?;
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{out}");
+                }
+                Ok(())
+            }
+            Some(Command::Dlq { command: DlqCommand::Replay { select } }) => {
+                let s = ingestd::dlq::replay(&config, &select.filter(false, None)).await?;
+                #[allow(clippy::print_stdout)]
+                {
+                    println!(
+                        "replayed {} dead letter(s) ({} records stored, {} already stored); {} still invalid",
+                        s.replayed, s.accepted, s.duplicates, s.still_invalid
+                    );
+                }
+                Ok(())
+            }
             Some(Command::Config { .. }) => Ok(()),
         }
     });

@@ -267,3 +267,20 @@ async fn an_unreachable_collector_does_not_slow_requests() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(sent.elapsed() < Duration::from_secs(15), "shutdown took {:?}", sent.elapsed());
 }
+
+#[test]
+fn dlq_commands_list_and_replay_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("dlq.db").display());
+    let run = |args: &[&str]| ingestd(dir.path()).env("DATABASE_URL", &url).args(args).output().unwrap();
+    assert!(run(&["migrate"]).status.success());
+    let out = run(&["dlq", "list", "--all"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("ID") && stdout.trim_end().ends_with("0 dead letter(s)"), "{stdout}");
+    let out = run(&["dlq", "replay", "--source", "nats"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 0 dead letter(s)"));
+    let out = run(&["dlq", "replay", "--source", "kafka"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown source is a usage error");
+}

@@ -1,0 +1,115 @@
+//! NATS with JetStream for the stream-source tests.
+//!
+//! [`url`] is the shared test server (`INGESTD_TEST_NATS_URL`, else the
+//! standard local port); tests isolate themselves with [`unique`] stream,
+//! subject and consumer names. A test that kills or restarts the server
+//! starts its own [`ThrowawayNats`] from the installed binary instead, so the
+//! shared server is never touched.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+pub const NATS_ENV: &str = "INGESTD_TEST_NATS_URL";
+const NATS_DEFAULT: &str = "nats://127.0.0.1:4222";
+
+/// The URL of the shared test NATS server (JetStream enabled). Panics, naming
+/// what to start, when nothing answers there.
+pub fn url() -> String {
+    let url = std::env::var(NATS_ENV).unwrap_or_else(|_| NATS_DEFAULT.to_owned());
+    let addr = url.trim_start_matches("nats://").rsplit('@').next().unwrap_or_default().to_owned();
+    if TcpStream::connect_timeout(&addr.parse().unwrap_or_else(|_| panic!("{NATS_ENV}={url}: not host:port")), SECOND)
+        .is_err()
+    {
+        panic!(
+            "cannot reach NATS at {url}; start `nats-server -js` (Debian/Ubuntu: `apt-get install nats-server`), \
+             set {NATS_ENV}, or run the suite with `cargo xtask test`"
+        );
+    }
+    url
+}
+
+/// `prefix` plus a fresh suffix, valid as a stream, consumer or subject token.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", &Uuid::now_v7().simple().to_string()[16..])
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A `nats-server -js` of the test's own, on a free port with its store in a
+/// temporary directory; killed when dropped.
+pub struct ThrowawayNats {
+    pub port: u16,
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ThrowawayNats {
+    /// Starts the server and waits until it accepts connections.
+    pub fn start() -> Self {
+        let binary = binary();
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("pick a free port").port();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let mut nats = ThrowawayNats { port, binary, dir, child: None };
+        nats.launch();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store directory, so
+    /// streams, consumers and their positions survive.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The port may still be held briefly by the previous process.
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("nats-server exited at start ({status}); is port {} taken?", self.port);
+            }
+            assert!(Instant::now() < deadline, "nats-server did not listen on {} within 20 s", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ThrowawayNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|p| p.is_file()))
+        .unwrap_or_default();
+    on_path.or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file())).unwrap_or_else(|| {
+        panic!("nats-server is not installed (Debian/Ubuntu: `apt-get install nats-server`); this test starts its own")
+    })
+}
