@@ -1,4 +1,4 @@
-//! `cargo xtask bench [writer|http|all]`; see docs/benchmarks.md.
+//! `cargo xtask bench [writer|http|redis|all]`; see docs/benchmarks.md.
 //!
 //! `http` builds the release binaries, then for each scenario starts a fresh
 //! `ingestd` (new SQLite file, `synchronous=FULL`) and, in the same run, the
@@ -17,11 +17,13 @@ pub fn run(args: &[String]) -> Result<()> {
     match what {
         "writer" => writer(),
         "http" => http(),
+        "redis" => redis(),
         "all" => {
             http()?;
+            redis()?;
             writer()
         }
-        other => bail!("unknown benchmark {other:?}; expected writer, http or all"),
+        other => bail!("unknown benchmark {other:?}; expected writer, http, redis or all"),
     }
 }
 
@@ -33,6 +35,60 @@ fn writer() -> Result<()> {
     if !cmd.status()?.success() {
         bail!("writer benchmark failed");
     }
+    Ok(())
+}
+
+/// The Redis Streams source: drain of a 200k-entry backlog against the
+/// writer alone on the same records, then p50/p99 add-to-commit at a steady
+/// 20k entries/s (`ingest-bench redis-drain`).
+fn redis() -> Result<()> {
+    let services = crate::services::Services::ensure()?;
+    crate::cargo(&["build", "--release", "-p", "ingest-bench", "--bin", "redis-drain"])?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let mut cmd = Command::new(Path::new(&target).join("release").join("redis-drain"));
+    services.apply(&mut cmd);
+    cmd.env("RUST_LOG", "warn");
+    let out = cmd.stderr(Stdio::inherit()).output().context("run redis-drain")?;
+    if !out.status.success() {
+        bail!("redis-drain failed");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("redis-drain output")?;
+    let get = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!("\nRedis Streams source, SQLite synchronous=FULL, {} entries of one record each", v["entries"]);
+    println!(
+        "{:<44} {:>12}",
+        "writer alone, 1000-record submissions, 1 in flight",
+        format!("{:.0} rows/s", get("writer_alone_1_in_flight"))
+    );
+    println!(
+        "{:<44} {:>12}",
+        "writer alone, 1000-record submissions, 4 in flight",
+        format!("{:.0} rows/s", get("writer_alone_4_in_flight"))
+    );
+    println!(
+        "{:<44} {:>12}",
+        "drain of the backlog (XREADGROUP → commit → XACK)",
+        format!("{:.0} entries/s", get("drain_per_sec"))
+    );
+    println!(
+        "{:<44} {:>12.3} / {:.3}",
+        "drain ÷ writer alone (1 / 4 in flight)",
+        get("drain_vs_writer_1"),
+        get("drain_vs_writer_4")
+    );
+    println!(
+        "{:<44} {:>12}",
+        "XADD of the backlog (pipelines of 5000)",
+        format!("{:.0} entries/s", get("xadd_per_sec"))
+    );
+    println!(
+        "steady {:.0} entries/s: add-to-commit p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} records)",
+        get("steady_rate"),
+        get("p50_ms"),
+        get("p99_ms"),
+        get("max_ms"),
+        v["steady_records"]
+    );
     Ok(())
 }
 
