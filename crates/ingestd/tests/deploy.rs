@@ -99,3 +99,32 @@ fn the_example_config_passes_config_check() {
     assert!(stdout.starts_with("# configuration is valid"), "{stdout}");
     assert!(stdout.contains("sqlite:///var/lib/ingestd/ingestd.db"), "{stdout}");
 }
+
+/// systemd's own checks of deploy/systemd/ingestd.service, with ExecStart
+/// pointing at this build: `verify` reports nothing (an unknown or misspelt
+/// key is a warning there, so any output fails), and `security --offline`
+/// rates the hardening at most 2.0 ("OK").
+#[cfg(target_os = "linux")]
+#[test]
+fn systemd_verifies_the_unit_and_rates_its_exposure_low() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(repo_root().join("deploy/systemd/ingestd.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/ingestd "));
+    let path = dir.path().join("ingestd.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/ingestd", BIN)).unwrap();
+    let analyze = |args: &[&str]| {
+        Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze is needed for this check (Debian/Ubuntu: apt-get install systemd)")
+    };
+    let out = analyze(&["verify"]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+    let out = analyze(&["security", "--offline=true", "--threshold=20"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let level = said.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_default();
+    assert!(out.status.success(), "exposure above 2.0: {level}\n{said}");
+    assert!(level.contains(" OK"), "{level}");
+}
