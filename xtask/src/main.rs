@@ -1,15 +1,24 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `test [ARGS…]`: the whole test suite, with PostgreSQL, Redis and NATS found
-//!   or started (see `services.rs`); extra arguments go to the test runner.
+//! - `test [--compose] [ARGS…]`: the whole test suite, with PostgreSQL, Redis
+//!   and NATS found or started (see `services.rs`); with `--compose`, started
+//!   in Docker from `deploy/compose.test.yml` instead (needs a running Docker
+//!   engine). Extra arguments go to the test runner.
 //! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`.
 //! - `bench [writer|http|all]`: benchmarks (see `docs/benchmarks.md`).
 //! - `migrate`: applies migrations to `DATABASE_URL` (same as `ingestd migrate`).
+//! - `dist`: a stripped release build packed as
+//!   `target/dist/ingestd-<version>-<target>.tar.gz` + `.sha256` (see `dist.rs`).
+//! - `release <version>`: bumps the version, moves `## Unreleased` in the
+//!   CHANGELOG under it, commits and tags. Publishes nothing.
 
 // A command-line tool: printing is its job.
 #![allow(clippy::print_stdout)]
 
 mod bench;
+#[cfg(test)]
+mod deploy_checks;
+mod dist;
 mod services;
 
 use std::process::{Command, ExitCode};
@@ -40,13 +49,31 @@ fn run() -> Result<()> {
         }
         "bench" => bench::run(&rest),
         "migrate" => cargo(&["run", "--release", "-p", "ingestd", "--", "migrate"]),
-        _ => bail!("usage: cargo xtask <test|ci|bench|migrate> [args…]"),
+        "dist" => dist::dist(&project_root()),
+        "release" => match rest.as_slice() {
+            [version] => dist::release(&project_root(), version.trim_start_matches('v'), &dist::today()),
+            _ => bail!("usage: cargo xtask release <version>"),
+        },
+        _ => bail!("usage: cargo xtask <test|ci|bench|migrate|dist|release> [args…]"),
     }
 }
 
 /// Runs the workspace's tests with every service they need.
 fn test(extra: &[String]) -> Result<()> {
-    let services = services::Services::ensure()?;
+    let (compose, extra) = match extra.split_first() {
+        Some((first, rest)) if first == "--compose" => (Some(Compose::up()?), rest),
+        _ => (None, extra),
+    };
+    let services = match &compose {
+        Some(_) => services::Services::given(Compose::ENV.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()),
+        None => services::Services::ensure().map_err(|e| {
+            if docker_works() {
+                e.context("a Docker engine runs here: `cargo xtask test --compose` starts the services in containers")
+            } else {
+                e
+            }
+        })?,
+    };
     let nextest = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     if nextest {
         // nextest does not run doc tests; run them first so the summary of
@@ -64,10 +91,51 @@ fn test(extra: &[String]) -> Result<()> {
     services.apply(&mut cmd);
     let status = cmd.status().context("run cargo")?;
     drop(services);
+    drop(compose);
     if !status.success() {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// `docker info` succeeds: a Docker engine answers (the client alone is not enough).
+fn docker_works() -> bool {
+    Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success())
+}
+
+/// The services of `deploy/compose.test.yml`, removed again when dropped.
+struct Compose;
+
+impl Compose {
+    const FILE: &str = "deploy/compose.test.yml";
+
+    fn up() -> Result<Self> {
+        if !docker_works() {
+            bail!("--compose needs a running Docker engine, and `docker info` failed");
+        }
+        let status = Command::new("docker")
+            .args(["compose", "-f", Self::FILE, "up", "--detach", "--wait"])
+            .status()
+            .context("run docker compose")?;
+        let compose = Compose;
+        if !status.success() {
+            bail!("`docker compose -f {} up --wait` failed", Self::FILE);
+        }
+        Ok(compose)
+    }
+
+    /// The URLs of the host ports published by `compose.test.yml`.
+    const ENV: &[(&str, &str)] = &[
+        ("INGESTD_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:55432/postgres"),
+        ("INGESTD_TEST_REDIS_URL", "redis://127.0.0.1:56379"),
+        ("INGESTD_TEST_NATS_URL", "nats://127.0.0.1:54222"),
+    ];
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["compose", "-f", Self::FILE, "down", "--volumes"]).status();
+    }
 }
 
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {

@@ -33,6 +33,14 @@ impl Services {
         Ok(s)
     }
 
+    /// Services started elsewhere (`cargo xtask test --compose`), named by their URLs.
+    pub fn given(env: Vec<(&'static str, String)>) -> Self {
+        for (k, v) in &env {
+            eprintln!("xtask: {k}={v}");
+        }
+        Services { env, children: Vec::new(), stop_commands: Vec::new(), _dirs: Vec::new() }
+    }
+
     pub fn apply(&self, cmd: &mut Command) {
         for (k, v) in &self.env {
             cmd.env(k, v);

@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use ingestd::{App, Config};
 
 #[derive(Parser)]
-#[command(name = "ingestd", version, about = "Ingests LLM usage records over HTTP and stores them durably")]
+#[command(
+    name = "ingestd",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("INGESTD_GIT_COMMIT"), ")"),
+    about = "Ingests LLM usage records over HTTP and stores them durably")]
 struct Cli {
     /// Configuration file (default: ./ingestd.toml when present).
     #[arg(long, global = true, value_name = "FILE")]
@@ -36,6 +39,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Ask the running service on server.bind for GET /health; exit 0 when it
+    /// answers 200 (a container HEALTHCHECK without curl or a shell).
+    Health,
 }
 
 #[derive(Subcommand)]
@@ -110,6 +116,15 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Health) = &cli.command {
+        return match health(&config.server.bind) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ingestd: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let telemetry = ingestd::init_logging(config.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -152,7 +167,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            Some(Command::Config { .. }) => Ok(()),
+            Some(Command::Config { .. } | Command::Health) => Ok(()),
         }
     });
     drop(runtime);
@@ -176,4 +191,44 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(&bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
     let app = App::build(config).await?;
     app.run(listener, ingestd::shutdown_signal()).await
+}
+
+/// `GET /health` over plain HTTP/1.0 on the configured address (a wildcard
+/// address is asked on loopback); Ok when the status is 200.
+fn health(bind: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    let mut addr: SocketAddr = bind.parse().map_err(|e| format!("server.bind {bind:?}: {e}"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < head.len() {
+        match stream.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) => return Err(format!("{addr}: {e}")),
+        }
+    }
+    let status_line = String::from_utf8_lossy(&head[..len]);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    match status_line.split(' ').nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!("{addr}/health answered {status_line:?}")),
+    }
 }
