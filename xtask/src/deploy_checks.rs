@@ -40,18 +40,10 @@ fn default_port() -> i64 {
     bind.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-/// `Config::load` must accept the configuration. Until the sources land,
-/// `main` refuses `nats.url` / `redis.url` with "not available in this
-/// version"; exactly that refusal is tolerated (and only for those keys).
+/// `Config::load` must accept the configuration (stream sources included).
 fn assert_config_passes(what: &str, file: Option<&Path>, env: &[(String, String)]) {
-    match Config::load(file, env) {
-        Ok(_) => {}
-        // until the sources land
-        Err(e)
-            if (e.0.starts_with("invalid configuration: nats.url: ")
-                || e.0.starts_with("invalid configuration: redis.url: "))
-                && e.0.contains("is not available in this version") => {}
-        Err(e) => panic!("{what} fails `ingestd config check`: {e}"),
+    if let Err(e) = Config::load(file, env) {
+        panic!("{what} fails `ingestd config check`: {e}");
     }
 }
 
