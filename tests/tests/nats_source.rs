@@ -68,4 +68,5 @@ async fn messages_published_to_nats_become_rows() {
     }
     let db = server.stop().await;
     drop(db);
+    js.delete_stream(&nats.stream).await.unwrap();
 }

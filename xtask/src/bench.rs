@@ -1,4 +1,4 @@
-//! `cargo xtask bench [writer|http|redis|all]`; see docs/benchmarks.md.
+//! `cargo xtask bench [writer|http|redis|nats|all]`; see docs/benchmarks.md.
 //!
 //! `http` builds the release binaries, then for each scenario starts a fresh
 //! `ingestd` (new SQLite file, `synchronous=FULL`) and, in the same run, the
@@ -18,12 +18,14 @@ pub fn run(args: &[String]) -> Result<()> {
         "writer" => writer(),
         "http" => http(),
         "redis" => redis(),
+        "nats" => nats(&args[1..]),
         "all" => {
             http()?;
             redis()?;
+            nats(&[])?;
             writer()
         }
-        other => bail!("unknown benchmark {other:?}; expected writer, http, redis or all"),
+        other => bail!("unknown benchmark {other:?}; expected writer, http, redis, nats or all"),
     }
 }
 
@@ -89,6 +91,22 @@ fn redis() -> Result<()> {
         get("max_ms"),
         v["steady_records"]
     );
+    Ok(())
+}
+
+/// `nats [messages] [steady-secs]`: the NATS source draining a backlog,
+/// against the writer alone in the same run, then publish-to-commit latency
+/// at a steady rate (`ingest-bench`'s `nats-backlog`).
+fn nats(args: &[String]) -> Result<()> {
+    crate::cargo(&["build", "--release", "-p", "ingest-bench", "--bin", "nats-backlog"])?;
+    let services = crate::services::Services::ensure()?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let mut cmd = Command::new(Path::new(&target).join("release").join("nats-backlog"));
+    cmd.args(args).env("RUST_LOG", "warn");
+    services.apply(&mut cmd);
+    if !cmd.status().context("run nats-backlog")?.success() {
+        bail!("NATS benchmark failed");
+    }
     Ok(())
 }
 

@@ -127,19 +127,41 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
             setup_backoff.reset();
             self.health.set_ok();
             let mut pending_at = Instant::now() - PENDING_EVERY;
-            while !shutdown.is_cancelled() {
+            // The fetch in hand, and the error that ended it, if any. The
+            // next fetch runs while the one in hand commits.
+            let (mut in_hand, mut fetch_error) = (Vec::new(), None);
+            loop {
                 if pending_at.elapsed() >= PENDING_EVERY {
                     pending_at = Instant::now();
                     if let Ok(info) = consumer.info().await {
                         metrics::gauge!("ingestd_nats_consumer_pending").set(info.num_pending as f64);
                     }
                 }
-                let (messages, fetch_error) = self.fetch(&consumer, &shutdown).await;
+                let (messages, error) = (std::mem::take(&mut in_hand), fetch_error.take());
+                if messages.is_empty() && error.is_none() {
+                    if shutdown.is_cancelled() {
+                        break 'setup;
+                    }
+                    (in_hand, fetch_error) = self.fetch(&consumer, &shutdown).await;
+                    if in_hand.is_empty() && fetch_error.is_none() {
+                        self.mark_ok(&client, &storage);
+                    }
+                    continue;
+                }
                 if !messages.is_empty() {
                     metrics::histogram!("ingestd_nats_fetch_batch_size").record(messages.len() as f64);
-                    self.handle(&messages, ack_wait, &mut storage, &shutdown).await?;
+                    let prefetch = error.is_none() && !shutdown.is_cancelled();
+                    let next = async {
+                        match prefetch {
+                            true => self.fetch(&consumer, &shutdown).await,
+                            false => (Vec::new(), None),
+                        }
+                    };
+                    let (handled, next) = tokio::join!(self.handle(&messages, ack_wait, &mut storage, &shutdown), next);
+                    handled?;
+                    (in_hand, fetch_error) = next;
                 }
-                if let Some(e) = fetch_error {
+                if let Some(e) = error {
                     // Disconnected, or the consumer changed under us: set up
                     // again once the client has reconnected.
                     tracing::warn!(error = %e, "NATS fetch failed");
@@ -149,9 +171,7 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
                     sleep(setup_backoff.next_delay(), &shutdown).await;
                     continue 'setup;
                 }
-                if !storage.exhausted() && client.connection_state() == async_nats::connection::State::Connected {
-                    self.health.set_ok();
-                }
+                self.mark_ok(&client, &storage);
             }
         }
         // Acks are queued in the client; send them before the connection goes.
@@ -160,6 +180,13 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
         }
         tracing::info!("NATS source stopped");
         Ok(())
+    }
+
+    /// Ready again: connected, and storage is not failing.
+    fn mark_ok(&self, client: &async_nats::Client, storage: &Backoff) {
+        if !storage.exhausted() && client.connection_state() == async_nats::connection::State::Connected {
+            self.health.set_ok();
+        }
     }
 
     /// Connects, retrying with backoff; `None` when shut down first. Once

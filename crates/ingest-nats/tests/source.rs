@@ -183,6 +183,21 @@ impl Harness {
     }
 }
 
+impl Drop for Harness {
+    /// Deletes the test's stream (and with it the consumer) from the server.
+    fn drop(&mut self) {
+        let (url, stream) = (self.config.url.clone(), self.config.stream.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let client = tokio::time::timeout(Duration::from_secs(2), async_nats::connect(url)).await.ok()?.ok()?;
+                jetstream::new(client).delete_stream(stream).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
 fn retry() -> RetryConfig {
     RetryConfig { max_retries: 2, initial_delay_ms: 50, max_delay_ms: 500, backoff_multiplier: 2.0 }
 }
