@@ -9,8 +9,10 @@
 //! exponential delay (`[retry]`), and the loop waits as long before fetching
 //! again. Nothing is acked that is not committed, so a crash, a lost
 //! connection or a lost ack only ever causes a redelivery, and a redelivery
-//! derives the same record ids (`stream:sequence`, index), so it stores
-//! nothing twice.
+//! derives the same record ids (`stream:sequence@published-ms`, index), so
+//! it stores nothing twice. The publish time makes those ids time-ordered
+//! UUID v8 (cheap for the unique index) and keeps a re-created stream's
+//! reused sequence numbers from matching old rows.
 //!
 //! What it deliberately does not do: create or change anything on an existing
 //! stream or consumer (they are used as they are; mismatches that matter are
@@ -349,7 +351,8 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
         for message in messages {
             match message.info() {
                 Ok(info) => {
-                    keys.push(format!("{}:{}", info.stream, info.stream_sequence));
+                    let published_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+                    keys.push(source::nats_key(info.stream, info.stream_sequence, published_ms));
                     redelivered += u64::from(info.delivered > 1);
                 }
                 // Not a JetStream message (cannot happen on a pull consumer).
@@ -363,7 +366,7 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
             .iter()
             .zip(&keys)
             .filter(|(_, key)| !key.is_empty())
-            .map(|(m, key)| Incoming { key, unix_ms: None, payload: &m.payload })
+            .map(|(m, key)| Incoming { key, unix_ms: source::key_unix_ms(Source::Nats, key), payload: &m.payload })
             .collect();
 
         // Keep the server from redelivering while a slow commit runs.

@@ -22,13 +22,14 @@ impl DeadLetterSink for Store {
 /// One message of a fetch.
 #[derive(Clone, Copy, Debug)]
 pub struct Incoming<'a> {
-    /// The message's identity at its source: NATS `stream:sequence`, Redis
-    /// `key:entry-id`. Derived record ids and dead letters are keyed by it.
+    /// The message's identity at its source: NATS `stream:sequence@ms`
+    /// ([`nats_key`]), Redis `key:entry-id`. Derived record ids and dead letters are keyed by it.
     pub key: &'a str,
     /// When the message entered the stream (milliseconds since the epoch),
     /// when the source knows it *from the message itself*, so that every
-    /// redelivery sees the same value: the Redis entry id's time part. It
-    /// makes derived ids time-ordered (see [`record_id`]).
+    /// redelivery sees the same value: the Redis entry id's time part, the
+    /// JetStream publish time. Always `key_unix_ms(source, key)`. It makes
+    /// derived ids time-ordered (see [`record_id`]).
     pub unix_ms: Option<u64>,
     pub payload: &'a [u8],
 }
@@ -89,14 +90,24 @@ pub fn entry_id_ms(entry_id: &str) -> Option<u64> {
 }
 
 /// The [`Incoming::unix_ms`] of a message of `source` whose key is `key`:
-/// the entry id's time for Redis (`<stream key>:<ms>-<seq>`), none for NATS.
-/// Sources and `ingestd dlq replay` both use it, so a replayed message
-/// derives the same ids as its first delivery did.
+/// the entry id's time for Redis (`<stream key>:<ms>-<seq>`), the publish
+/// time for NATS (`<stream>:<sequence>@<published ms>`). Sources and
+/// `ingestd dlq replay` both use it, so a replayed message derives the same
+/// ids as its first delivery did.
 pub fn key_unix_ms(source: Source, key: &str) -> Option<u64> {
     match source {
         Source::Redis => key.rsplit_once(':').and_then(|(_, id)| entry_id_ms(id)),
-        _ => None,
+        Source::Nats => key.rsplit_once('@').and_then(|(_, ms)| ms.parse().ok()),
+        Source::Http => None,
     }
+}
+
+/// The key of a JetStream message: stream, stream sequence, and the time the
+/// server stored it (stable across redeliveries). The time makes derived ids
+/// time-ordered, and keeps a sequence number reused by a re-created stream
+/// from mapping new messages onto old rows.
+pub fn nats_key(stream: &str, sequence: u64, published_unix_ms: u64) -> String {
+    format!("{stream}:{sequence}@{published_unix_ms}")
 }
 
 /// Decodes, validates and stores a batch of messages as one submission, and
@@ -335,6 +346,9 @@ mod tests {
         assert_eq!(key_unix_ms(Source::Redis, "llm:usage:1700000000000-3"), Some(1_700_000_000_000));
         assert_eq!(key_unix_ms(Source::Redis, "llm:usage:garbage"), None);
         assert_eq!(key_unix_ms(Source::Nats, "LLM_USAGE:42"), None);
+        let key = nats_key("LLM_USAGE", 42, 1_700_000_000_123);
+        assert_eq!(key, "LLM_USAGE:42@1700000000123");
+        assert_eq!(key_unix_ms(Source::Nats, &key), Some(1_700_000_000_123));
         assert_eq!(entry_id_ms("5-0"), Some(5));
     }
 }

@@ -24,6 +24,6 @@ mod batch;
 mod health;
 
 pub use backoff::{Backoff, RetryConfig};
-pub use batch::{BatchReport, DeadLetterSink, Fate, Incoming, entry_id_ms, key_unix_ms, process, record_id};
+pub use batch::{BatchReport, DeadLetterSink, Fate, Incoming, entry_id_ms, key_unix_ms, nats_key, process, record_id};
 pub use health::SourceHealth;
 pub use storage::DeadLetter;

@@ -3,7 +3,8 @@
 //! (default `nats://127.0.0.1:4222`).
 //!
 //! For each id shape (records without `request_id`, so the source derives
-//! UUID v5 ids; records with a client v7 id):
+//! time-ordered UUID v8 ids from stream, sequence and publish time; records
+//! with a client v7 id):
 //! 1. publishes a backlog of `messages` single-record messages to a fresh stream;
 //! 2. *writer alone*: the same records (same ids), decoded beforehand,
 //!    committed by a fresh SQLite writer in 1000-record submissions, from one
@@ -53,7 +54,7 @@ async fn main() -> Result<()> {
         let drain = bench.drain(messages).await?;
         println!(
             "{:<28} {:>12.0} {:>14.0} {:>14.0} {:>16.0} {:>7.3} {:>7.3}",
-            if client_ids { "client v7 request_id" } else { "derived v5 (no request_id)" },
+            if client_ids { "client v7 request_id" } else { "derived v8 (no request_id)" },
             published,
             alone1,
             alone8,
@@ -157,11 +158,19 @@ impl Bench {
         let writer = Writer::spawn(store, WriterConfig::default());
         let ingestor = Ingestor::new(writer.handle(), ValidationConfig::default());
         let mut records = Vec::with_capacity(payloads.len());
+        let epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         for (i, payload) in payloads.iter().enumerate() {
             // A fresh stream numbers its messages from 1.
             let raw = model::decode::stream_message(payload.as_bytes())?;
-            let key = format!("{}:{}", self.config.stream, i + 1);
-            for r in ingestor.decode(&raw, |i| source::record_id(Source::Nats, &key, None, i)) {
+            // The source keys messages with their publish time too: the same
+            // shape of ids (time-ordered v8), 100 messages per millisecond.
+            let published_ms = epoch_ms + i as u64 / 100;
+            let key = source::nats_key(&self.config.stream, i as u64 + 1, published_ms);
+            let unix_ms = source::key_unix_ms(Source::Nats, &key);
+            for r in ingestor.decode(&raw, |i| source::record_id(Source::Nats, &key, unix_ms, i)) {
                 records.push(r.map_err(|e| anyhow::anyhow!("invalid benchmark record: {e:?}"))?);
             }
         }
