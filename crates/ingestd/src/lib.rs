@@ -102,7 +102,7 @@ impl App {
         };
         // Stream sources: stopped after HTTP has drained, before the writer.
         let stop_sources = CancellationToken::new();
-        let sources: Vec<nats::Spawned> = nats::spawn(&config, writer.handle(), &store, stop_sources.clone())
+        let sources: Vec<Spawned> = nats::spawn(&config, writer.handle(), &store, stop_sources.clone())
             .into_iter()
             .chain(redis::spawn(&config, writer.handle(), &store, stop_sources.clone()))
             .collect();
@@ -166,6 +166,9 @@ impl App {
         Ok(())
     }
 }
+
+/// A running stream source: its name (readiness, metrics), task and health.
+type Spawned = (&'static str, tokio::task::JoinHandle<Result<()>>, source::SourceHealth);
 
 /// How often idle rate-limit keys are dropped (inserts also sweep, amortised).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);

@@ -1,25 +1,20 @@
 //! Builds and spawns the Redis Streams source when `redis.url` is set and
 //! `redis.consumer.enabled`.
 
-use anyhow::Result;
 use model::Ingestor;
 use redis_source::RedisSource;
 use source::SourceHealth;
 use storage::{Store, WriterHandle};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
-
-/// The running source: (readiness name, task, health).
-pub(crate) type Spawned = (&'static str, JoinHandle<Result<()>>, SourceHealth);
 
 pub(crate) fn spawn(
     config: &Config,
     writer: WriterHandle,
     store: &Store,
     shutdown: CancellationToken,
-) -> Option<Spawned> {
+) -> Option<crate::Spawned> {
     let redis = &config.redis;
     if redis.url.is_empty() || !redis.consumer.enabled {
         return None;
