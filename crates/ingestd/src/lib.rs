@@ -100,7 +100,7 @@ impl App {
                 Box::pin(async move { if open { Ok(()) } else { Err("the writer has stopped".to_owned()) } })
             })
         };
-        // Stream sources: stopped after HTTP has drained, before the writer.
+        // Stream sources: they stop when shutdown begins, before the writer.
         let stop_sources = CancellationToken::new();
         let sources: Vec<Spawned> = nats::spawn(&config, writer.handle(), &store, stop_sources.clone())
             .into_iter()
@@ -147,14 +147,21 @@ impl App {
             limiter,
         });
         tracing::info!(addr = %listener.local_addr()?, version = VERSION, "ingestd listening");
-        http_edge::serve(listener, state, shutdown).await?;
+        // On shutdown the sources stop fetching at once and finish their batch
+        // in hand while HTTP drains; the writer outlives both.
+        let stop_on_shutdown = stop_sources.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stop_on_shutdown.cancel();
+        };
+        let served = http_edge::serve(listener, state, shutdown).await;
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }
         stop_sources.cancel();
-        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(config.server.shutdown_grace_secs);
         for (name, task, _) in sources {
-            match tokio::time::timeout(grace, task).await {
+            match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => tracing::error!(source = name, error = format!("{e:#}"), "stream source failed"),
                 Ok(Err(e)) => tracing::error!(source = name, error = %e, "stream source task failed"),
@@ -162,6 +169,7 @@ impl App {
             }
         }
         writer.shutdown().await;
+        served?;
         tracing::info!("ingestd stopped");
         Ok(())
     }
