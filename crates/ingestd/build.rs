@@ -1,4 +1,4 @@
-//! Sets `INGESTD_GIT_COMMIT` for `ingestd --version`: the variable itself when
+//! Sets `BUILD_GIT_COMMIT` for `ingestd --version`: the variable itself when
 //! the build environment sets it (container and tarball builds without `.git`),
 //! else `git rev-parse --short HEAD`, else "unknown".
 
@@ -13,8 +13,8 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-env-changed=INGESTD_GIT_COMMIT");
-    let from_env = std::env::var("INGESTD_GIT_COMMIT").ok().filter(|v| !v.trim().is_empty());
+    println!("cargo:rerun-if-env-changed=BUILD_GIT_COMMIT");
+    let from_env = std::env::var("BUILD_GIT_COMMIT").ok().filter(|v| !v.trim().is_empty());
     let commit = match from_env {
         Some(commit) => commit,
         None => {
@@ -30,7 +30,7 @@ fn main() {
             git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
         }
     };
-    println!("cargo:rustc-env=INGESTD_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
 }
 
 fn watch(path: Option<String>) {

@@ -226,6 +226,8 @@ impl Config {
         for (name, value) in env {
             let key = match LEGACY_ENV.iter().find(|(legacy, _)| legacy == name) {
                 Some((_, key)) => key.to_string(),
+                // `INGESTD_TEST_*` belongs to the test suite (service URLs).
+                None if name.starts_with("INGESTD_TEST_") => continue,
                 None => match name.strip_prefix("INGESTD_") {
                     Some(rest) => rest.to_ascii_lowercase().replace("__", "."),
                     None => continue,
@@ -418,6 +420,24 @@ mod tests {
         );
         assert_eq!(c.nats.backoff_secs, [1, 5]);
         assert!(c.to_masked_toml().contains("nats://u:***@127.0.0.1:4222"));
+    }
+
+    #[test]
+    fn test_suite_and_build_script_variables_are_not_settings() {
+        // `cargo run` exports the build script's `rustc-env` variables to the
+        // binary: one named INGESTD_* made every `cargo run` exit 64.
+        let script = include_str!("../build.rs");
+        let exported: Vec<&str> = script
+            .lines()
+            .filter_map(|l| l.split("cargo:rustc-env=").nth(1))
+            .filter_map(|rest| rest.split('=').next())
+            .collect();
+        assert!(!exported.is_empty(), "the build script exports the commit");
+        let mut env: Vec<(String, String)> = exported.iter().map(|n| (n.to_string(), "x".into())).collect();
+        env.push(("INGESTD_TEST_POSTGRES_URL".into(), "postgres://postgres@127.0.0.1/postgres".into()));
+        assert_eq!(Config::load(None, &env).map_err(|e| e.0), Ok(Config::default()));
+        let typo = [("INGESTD_SERVER__BND".to_owned(), "x".to_owned())];
+        assert!(Config::load(None, &typo).is_err(), "other unknown INGESTD_ names are still refused");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use ingestd::{App, Config};
 #[derive(Parser)]
 #[command(
     name = "ingestd",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("INGESTD_GIT_COMMIT"), ")"),
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILD_GIT_COMMIT"), ")"),
     about = "Ingests LLM usage records over HTTP and stores them durably")]
 struct Cli {
     /// Configuration file (default: ./ingestd.toml when present).
