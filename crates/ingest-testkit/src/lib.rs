@@ -9,6 +9,7 @@
 pub mod http;
 pub mod nats;
 pub mod redis;
+mod throwaway;
 
 use model::{ModelInfo, Performance, TokenUsage, UsageRecord};
 use sea_orm::{ConnectionTrait, Database};

@@ -6,12 +6,14 @@
 //! starts its own [`ThrowawayNats`] from the installed binary instead, so the
 //! shared server is never touched.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use uuid::Uuid;
+
+use crate::throwaway::Throwaway;
 
 pub const NATS_ENV: &str = "INGESTD_TEST_NATS_URL";
 const NATS_DEFAULT: &str = "nats://127.0.0.1:4222";
@@ -43,20 +45,18 @@ const SECOND: Duration = Duration::from_secs(1);
 /// temporary directory; killed when dropped.
 pub struct ThrowawayNats {
     pub port: u16,
-    binary: PathBuf,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    server: Throwaway,
 }
 
 impl ThrowawayNats {
     /// Starts the server and waits until it accepts connections.
     pub fn start() -> Self {
-        let binary = binary();
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("pick a free port").port();
-        let dir = tempfile::tempdir().expect("create a temporary directory");
-        let mut nats = ThrowawayNats { port, binary, dir, child: None };
-        nats.launch();
-        nats
+        let server = Throwaway::start("nats-server", |port, dir| {
+            let mut cmd = Command::new(binary());
+            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir);
+            cmd
+        });
+        ThrowawayNats { port: server.port, server }
     }
 
     pub fn url(&self) -> String {
@@ -65,43 +65,13 @@ impl ThrowawayNats {
 
     /// Kills the server (SIGKILL: no clean shutdown).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.kill();
     }
 
     /// Starts it again on the same port with the same store directory, so
     /// streams, consumers and their positions survive.
     pub fn restart(&mut self) {
-        self.kill();
-        self.launch();
-    }
-
-    fn launch(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", self.binary.display()));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        // The port may still be held briefly by the previous process.
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("nats-server exited at start ({status}); is port {} taken?", self.port);
-            }
-            assert!(Instant::now() < deadline, "nats-server did not listen on {} within 20 s", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ThrowawayNats {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.restart();
     }
 }
 

@@ -1,12 +1,13 @@
 //! Redis for tests: the shared server's URL, unique key names, and a
 //! throwaway `redis-server` a test may kill and restart.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
 
 use uuid::Uuid;
+
+use crate::throwaway::Throwaway;
 
 pub const REDIS_ENV: &str = "INGESTD_TEST_REDIS_URL";
 const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
@@ -44,17 +45,24 @@ pub fn unique(prefix: &str) -> String {
 /// [`kill`]: ThrowawayRedis::kill
 pub struct ThrowawayRedis {
     pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    server: Throwaway,
 }
 
 impl ThrowawayRedis {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let dir = tempfile::tempdir().expect("create a temporary directory");
-        let mut redis = ThrowawayRedis { port, dir, child: None };
-        redis.spawn();
-        redis
+        let server = Throwaway::start("redis-server", |port, dir| {
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(dir).args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ]);
+            cmd
+        });
+        ThrowawayRedis { port: server.port, server }
     }
 
     pub fn url(&self) -> String {
@@ -63,41 +71,11 @@ impl ThrowawayRedis {
 
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.kill();
     }
 
     /// Starts the server again on the same port and data directory (kills it first if running).
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    fn spawn(&mut self) {
-        let dir: PathBuf = self.dir.path().into();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--dir"])
-            .arg(&dir)
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}); install it (Debian/Ubuntu: `apt-get install redis-server`)")
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on port {} within 10 s", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ThrowawayRedis {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.restart();
     }
 }
