@@ -403,18 +403,39 @@ async fn full_writer_queue_is_503_at_once() {
 
 #[tokio::test]
 async fn graceful_stop_answers_requests_in_flight() {
-    let server = sqlite(|c| c.writer.linger_ms = 300).await;
+    let server = sqlite(|c| c.database.busy_timeout_ms = 30_000).await;
+    // Hold SQLite's write lock so the request stays in flight, whatever the
+    // machine's load, until the test lets it go.
+    let blocker = Store::connect(&server.db.config).await.unwrap();
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let txn = blocker.connection().begin().await.unwrap();
+    txn.execute_unprepared("INSERT INTO dead_letters (id, source, message_key, payload, error, first_seen_at, last_seen_at, delivery_count) VALUES ('x', 'http', 'k', x'00', 'e', 'now', 'now', 1)").await.unwrap();
     let addr = server.addr;
     let in_flight = tokio::spawn(async move {
         let mut c = Client::connect(addr).await.unwrap();
         c.post_json("/v1/usage", &record_json("org-g", 0)).await.status
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The writer holds the record: the request is in the service.
+    let mut probe = server.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&probe.get("/metrics").await.body).contains("ingestd_writer_queue_depth 1") {
+        assert!(std::time::Instant::now() < deadline, "the request never reached the writer");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(probe);
     let store = server.store.clone();
-    server.stop().await;
+    let stopping = tokio::spawn(server.stop());
+    // Shutdown has begun once the listener is gone; only then may the commit go on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Client::connect(addr).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still accepting after stop");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!in_flight.is_finished(), "answered before the commit could happen");
+    txn.rollback().await.unwrap();
     assert_eq!(in_flight.await.unwrap(), 200);
+    stopping.await.unwrap();
     assert_eq!(store.count_records(Some("org-g")).await.unwrap(), 1);
-    assert!(Client::connect(addr).await.is_err(), "still accepting after stop");
 }
 
 /// Writes raw bytes, then reads until the server closes the connection.
