@@ -152,6 +152,7 @@ fn http() -> Result<()> {
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("INGESTD_DATABASE__SQLITE_SYNCHRONOUS", "full")
             .env("INGESTD_RATE_LIMIT__ENABLED", s.limiter.to_string())
+            .env("INGESTD_AUTH__MODE", "none")
             .env("INGESTD_RATE_LIMIT__DEFAULT__PER_MINUTE", "60000000")
             .env("RUST_LOG", "warn");
         let ours = measure(&bin, ingestd, port, s, secs).context("ingestd")?;

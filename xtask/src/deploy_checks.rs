@@ -246,7 +246,7 @@ fn release_bumps_commits_and_tags_in_a_clone() {
 fn example_config_passes_config_check_with_and_without_the_stream_sources() {
     let path = root().join("deploy/ingestd.toml");
     let config = Config::load(Some(&path), &[]).unwrap_or_else(|e| panic!("deploy/ingestd.toml: {e}"));
-    assert_eq!(config.auth.mode, ingestd::config::AuthMode::None);
+    assert_eq!(config.auth.mode, ingestd::config::AuthMode::ApiKey);
     assert_eq!(config.server.bind, defaults().server.bind);
     // With the commented-out stream URLs switched on.
     let text = read("deploy/ingestd.toml");

@@ -42,6 +42,24 @@ pub enum ApiError {
     InvalidOrganizationHeader { rule: String },
     #[error("the rate limiter is unavailable; retry shortly")]
     RateLimiterUnavailable,
+    #[error("this endpoint needs an API key: send the header Authorization: Bearer <key>")]
+    MissingApiKey,
+    #[error("the Authorization header must be \"Bearer <key>\"")]
+    MalformedAuthorization,
+    #[error("malformed API key: {reason}")]
+    MalformedApiKey { reason: String },
+    #[error("unknown or revoked API key")]
+    UnknownApiKey,
+    #[error("invalid signature: {reason}")]
+    InvalidSignature { reason: String },
+    #[error("this endpoint needs an admin key")]
+    AdminScopeRequired,
+    #[error("header idempotency-key {rule}")]
+    InvalidIdempotencyKey { rule: &'static str },
+    #[error("invalid request: {message}")]
+    InvalidRequest { message: String },
+    #[error("{what} not found")]
+    ResourceNotFound { what: String },
 }
 
 impl ApiError {
@@ -53,7 +71,16 @@ impl ApiError {
             | EmptyBatch { .. }
             | BadEncoding { .. }
             | BodyRead
-            | InvalidOrganizationHeader { .. } => StatusCode::BAD_REQUEST,
+            | InvalidOrganizationHeader { .. }
+            | InvalidIdempotencyKey { .. }
+            | InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            MissingApiKey
+            | MalformedAuthorization
+            | MalformedApiKey { .. }
+            | UnknownApiKey
+            | InvalidSignature { .. } => StatusCode::UNAUTHORIZED,
+            AdminScopeRequired => StatusCode::FORBIDDEN,
+            ResourceNotFound { .. } => StatusCode::NOT_FOUND,
             BodyTooLarge { .. } | BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType { .. } | UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotFound { .. } => StatusCode::NOT_FOUND,
@@ -85,6 +112,15 @@ impl ApiError {
             Timeout { .. } => "timeout",
             InvalidOrganizationHeader { .. } => "invalid_organization_header",
             RateLimiterUnavailable => "rate_limiter_unavailable",
+            MissingApiKey => "missing_api_key",
+            MalformedAuthorization => "malformed_authorization",
+            MalformedApiKey { .. } => "malformed_api_key",
+            UnknownApiKey => "unknown_api_key",
+            InvalidSignature { .. } => "invalid_signature",
+            AdminScopeRequired => "admin_scope_required",
+            InvalidIdempotencyKey { .. } => "invalid_idempotency_key",
+            InvalidRequest { .. } => "invalid_request",
+            ResourceNotFound { .. } => "not_found",
         }
     }
 
@@ -105,6 +141,11 @@ impl ApiError {
         let mut response = json_response(self.status(), &body);
         if let Some(secs) = self.retry_after() {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status() == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ingestd\""));
         }
         if let ApiError::MethodNotAllowed { allow, .. } = self {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));

@@ -5,7 +5,7 @@
 //! `POST /v1/usage/batch`, `GET /metrics`, `GET /openapi.json`.
 //!
 //! The stack, outermost first: request id (`x-request-id`, generated when
-//! absent, echoed) → tracing span → CORS → authentication seam →
+//! absent, echoed) → tracing span → CORS → API key ([`auth`]) →
 //! rate limit per organization ([`ratelimit`], before the body is read) → load
 //! shedding over a concurrency limit → the router, where each handler runs
 //! under the request timeout. Bodies are read with a byte limit and
@@ -17,6 +17,8 @@
 //! `Retry-After`. This crate stores nothing itself: it calls
 //! [`model::Ingestor`], generic over [`model::RecordSink`].
 
+pub mod admin;
+pub mod auth;
 mod body;
 mod config;
 mod error;
@@ -24,6 +26,8 @@ pub mod ratelimit;
 mod routes;
 mod server;
 
+pub use admin::{Admin, AdminError, CreatedKey, KeyView, NewKey};
+pub use auth::AuthLayer;
 pub use config::HttpConfig;
 pub use error::ApiError;
 pub use ratelimit::{Organization, RateLimitLayer};

@@ -3,11 +3,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use auth::Principal;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use model::{ErrorCode, IngestReport, IngestionResponse, RecordOutcome, RecordSink, Source, decode, ids};
+use model::decode::Rejected;
+use model::{
+    ErrorCode, FieldError, IngestReport, IngestionResponse, RecordOutcome, RecordSink, Source, UsageRecord, decode, ids,
+};
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -33,8 +37,17 @@ pub(crate) async fn handle<S: RecordSink>(state: Arc<AppState<S>>, req: Request<
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let route = ROUTES.iter().find(|(p, _)| *p == path);
-    let label = route.map_or("other", |(p, _)| *p);
+    let label = route.map_or(if path.starts_with("/admin/") { "admin" } else { "other" }, |(p, _)| *p);
     let response = match route {
+        None if path.starts_with("/admin/") && state.admin.is_some() => {
+            let timeout = Duration::from_secs(state.config.request_timeout_secs);
+            let admin = state.admin.as_deref().expect("checked above");
+            match tokio::time::timeout(timeout, crate::admin::dispatch(admin, req)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => e.into_response(),
+                Err(_) => ApiError::Timeout { secs: state.config.request_timeout_secs }.into_response(),
+            }
+        }
         None => ApiError::NotFound { path }.into_response(),
         Some((_, allow)) if req.method().as_str() != *allow && !(req.method() == Method::HEAD && *allow == "GET") => {
             ApiError::MethodNotAllowed { method: req.method().to_string(), allow }.into_response()
@@ -117,13 +130,25 @@ async fn ingest<S: RecordSink>(state: &AppState<S>, req: Request<Incoming>, kind
     let limit = state.config.max_body_bytes;
     body::check_headers(req.headers(), limit)?;
     let (parts, incoming) = req.into_parts();
+    // Set by the API-key layer; absent with `auth.mode = "none"`.
+    let principal = parts.extensions.get::<Arc<Principal>>().cloned();
+    let idempotency = idempotency_key(&parts.headers, principal.as_deref())?;
     let bytes = body::read(&parts.headers, incoming, limit).await?;
+    if let Some(secret) = principal.as_ref().and_then(|p| p.signing_secret.as_ref()) {
+        verify_signature(secret, &parts.headers, &bytes)?;
+    }
 
+    // Records without a `request_id`: with an idempotency key, an id derived
+    // from it, so a retried request maps to the same rows; else a fresh v7.
+    let default_id = |i: usize, record: &UsageRecord| match &idempotency {
+        Some((kind, key)) => idempotent_id(kind, key, record, i),
+        None => ids::generate(),
+    };
     // Decoding borrows the body; it is finished before the first await below.
-    let (response_id, decoded) = match kind {
+    let (response_id, mut decoded) = match kind {
         Kind::Single => {
             let raw = decode::single(&bytes)?;
-            let decoded = state.ingestor.decode(&[raw], |_| ids::generate());
+            let decoded = state.ingestor.decode_with(&[raw], default_id);
             let id = match &decoded[0] {
                 Ok(r) => Some(r.request_id),
                 Err(rejected) => rejected.request_id,
@@ -138,17 +163,96 @@ async fn ingest<S: RecordSink>(state: &AppState<S>, req: Request<Incoming>, kind
                 n if n > max => return Err(ApiError::BatchTooLarge { count: n, max }),
                 _ => {}
             }
-            let decoded = state.ingestor.decode(&envelope.records, |_| ids::generate());
+            let decoded = state.ingestor.decode_with(&envelope.records, default_id);
             (envelope.batch_id.unwrap_or_else(ids::generate), decoded)
         }
     };
     drop(bytes);
+    if let Some(principal) = &principal {
+        forbid_foreign_records(principal, &mut decoded);
+    }
 
     let report = state.ingestor.store(decoded, Source::Http).await?;
     count_records(&report);
     let status = status_for(&report, kind);
     let body = IngestionResponse::new(response_id, &report, OffsetDateTime::now_utc());
     Ok(json_response(status, &body))
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request's idempotency key: `Idempotency-Key`, else a signed
+/// request's `webhook-id`; with the header it came from.
+fn idempotency_key(
+    headers: &http::HeaderMap,
+    principal: Option<&Principal>,
+) -> Result<Option<(&'static str, String)>, ApiError> {
+    if let Some(value) = headers.get(IDEMPOTENCY_KEY) {
+        let invalid = |rule| ApiError::InvalidIdempotencyKey { rule };
+        let key = value.to_str().map_err(|_| invalid("must be visible ASCII"))?.trim();
+        if key.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        if key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(invalid("must be at most 255 characters"));
+        }
+        return Ok(Some((IDEMPOTENCY_KEY, key.to_owned())));
+    }
+    if principal.is_some_and(|p| p.signing_secret.is_some())
+        && let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok())
+    {
+        return Ok(Some(("webhook-id", id.trim().to_owned())));
+    }
+    Ok(None)
+}
+
+/// The id of the record at `index` of a request with an idempotency key:
+/// a UUID v8 whose first 48 bits are the record's own timestamp (so ids stay
+/// roughly time-ordered, as v7 ids are) and the rest a hash of the
+/// organization, the key and the index.
+fn idempotent_id(header: &str, key: &str, record: &UsageRecord, index: usize) -> uuid::Uuid {
+    let ms = u64::try_from(record.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let index = index.to_string();
+    ids::derived_ordered(
+        ms,
+        &[b"http", header.as_bytes(), record.organization_id.as_bytes(), key.as_bytes(), index.as_bytes()],
+    )
+}
+
+fn verify_signature(secret: &auth::SigningSecret, headers: &http::HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = auth::webhook::Headers {
+        id: text("webhook-id"),
+        timestamp: text("webhook-timestamp"),
+        signature: text("webhook-signature"),
+    };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    secret.verify(&signed, body, now).map_err(|e| {
+        metrics::counter!("ingestd_auth_failures_total", "code" => "invalid_signature").increment(1);
+        ApiError::InvalidSignature { reason: e.to_string() }
+    })
+}
+
+/// An organization key writes only its own organization's records: the
+/// others are rejected one by one (`organization_forbidden`).
+fn forbid_foreign_records(principal: &Principal, decoded: &mut [Result<UsageRecord, Rejected>]) {
+    for item in decoded.iter_mut() {
+        if let Ok(record) = item
+            && !principal.may_write(&record.organization_id)
+        {
+            let message = format!(
+                "this API key writes only for organization {:?}, not {:?}",
+                principal.organization.as_deref().unwrap_or(""),
+                record.organization_id
+            );
+            *item = Err(Rejected {
+                request_id: Some(record.request_id),
+                errors: vec![FieldError::new("organization_id", ErrorCode::OrganizationForbidden, message)],
+            });
+        }
+    }
 }
 
 /// SPEC §2: 200 all stored (duplicates included); 207 some stored, some
@@ -196,11 +300,14 @@ mod tests {
             .collect();
         documented.sort();
         let mut served: Vec<(&str, String)> = ROUTES.iter().map(|(p, m)| (*p, m.to_string())).collect();
+        for (p, methods) in crate::admin::ADMIN_ROUTES {
+            served.extend(methods.split(", ").map(|m| (*p, m.to_owned())));
+        }
         served.sort();
         assert_eq!(documented, served);
         for path in ["/v1/usage", "/v1/usage/batch"] {
             let responses = doc["paths"][path]["post"]["responses"].as_object().unwrap();
-            for status in ["200", "400", "403", "413", "415", "422", "503"] {
+            for status in ["200", "400", "401", "403", "413", "415", "422", "503"] {
                 assert!(responses.contains_key(status), "{path} does not document {status}");
             }
         }

@@ -21,8 +21,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::admin::Admin;
+use crate::auth::AuthLayer;
 use crate::ratelimit::RateLimitLayer;
 use crate::{ApiError, HttpConfig, routes};
+use auth::KeyRing;
 
 /// A readiness probe of one component: `Ok` when it is usable.
 pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
@@ -39,6 +42,11 @@ pub struct AppState<S> {
     /// Checks each ingestion request's organization (SPEC §4); `None`: no
     /// limiting and no rate-limit headers.
     pub limiter: Option<Arc<Limiter>>,
+    /// The keys accepted (SPEC §3); `None` with `auth.mode = "none"`:
+    /// nothing is checked and records of any organization are taken.
+    pub keys: Option<Arc<KeyRing>>,
+    /// Serves `/admin/v1/…`; `None`: those routes are 404.
+    pub admin: Option<Arc<dyn Admin>>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -55,8 +63,17 @@ pub async fn serve<S: RecordSink>(
         let origins: Vec<_> = config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([http::Method::GET, http::Method::POST])
-            .allow_headers([http::header::CONTENT_TYPE, http::header::CONTENT_ENCODING, http::header::AUTHORIZATION])
+            .allow_methods([http::Method::GET, http::Method::POST, http::Method::PUT, http::Method::DELETE])
+            .allow_headers([
+                http::header::CONTENT_TYPE,
+                http::header::CONTENT_ENCODING,
+                http::header::AUTHORIZATION,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("x-organization-id"),
+                HeaderName::from_static("webhook-id"),
+                HeaderName::from_static("webhook-timestamp"),
+                HeaderName::from_static("webhook-signature"),
+            ])
     });
     let handler = {
         let state = state.clone();
@@ -73,9 +90,9 @@ pub async fn serve<S: RecordSink>(
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .option_layer(cors)
-        // Authentication seam: the API-key layer goes here (SPEC §3) and puts
-        // the caller's `Organization` in the request extensions; with
-        // `auth.mode = "none"` there is nothing to check.
+        // API keys (SPEC §3): the caller's `Principal` and rate-limit
+        // `Organization` go into the request's extensions.
+        .option_layer(state.keys.clone().map(AuthLayer::new))
         .option_layer(state.limiter.clone().map(RateLimitLayer::new))
         .map_result(shed_to_503)
         .load_shed()

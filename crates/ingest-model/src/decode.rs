@@ -132,13 +132,24 @@ pub fn stream_message(body: &[u8]) -> Result<Vec<&RawValue>, DocumentError> {
 /// Decodes and validates one record. `default_id` is called only when the
 /// record has no `request_id`.
 pub fn record(raw: &RawValue, ctx: &Context, default_id: impl FnOnce() -> Uuid) -> Result<UsageRecord, Rejected> {
+    record_with(raw, ctx, |_| default_id())
+}
+
+/// [`record`], where the id of a record without one may depend on the
+/// record's other fields (its organization, its timestamp): an
+/// `Idempotency-Key` derives ids from both.
+pub fn record_with(
+    raw: &RawValue,
+    ctx: &Context,
+    default_id: impl FnOnce(&UsageRecord) -> Uuid,
+) -> Result<UsageRecord, Rejected> {
     let mut d = Decoder { errors: Vec::new(), failed: Vec::new() };
     let Some(fields) = d.object::<RawRecord<'_>>("", raw) else {
         return Err(Rejected { request_id: None, errors: d.errors });
     };
     let request_id = fields.request_id.and_then(|v| d.uuid("request_id", v));
-    let record = UsageRecord {
-        request_id: request_id.unwrap_or_else(default_id),
+    let mut record = UsageRecord {
+        request_id: request_id.unwrap_or(Uuid::nil()),
         timestamp: d.required("timestamp", fields.timestamp, Decoder::timestamp).unwrap_or(ctx.now),
         provider: d
             .required("provider", fields.provider, Decoder::string)
@@ -163,6 +174,9 @@ pub fn record(raw: &RawValue, ctx: &Context, default_id: impl FnOnce() -> Uuid) 
         tags: d.optional("tags", fields.tags, Decoder::tags).unwrap_or_default(),
         metadata: d.optional("metadata", fields.metadata, Decoder::metadata),
     };
+    if request_id.is_none() {
+        record.request_id = default_id(&record);
+    }
     let mut errors = d.errors;
     errors.extend(validate::validate(&record, ctx, &d.failed));
     if errors.is_empty() { Ok(record) } else { Err(Rejected { request_id, errors }) }

@@ -100,8 +100,18 @@ impl<S: RecordSink> Ingestor<S> {
         raw: &[&RawValue],
         mut default_id: impl FnMut(usize) -> Uuid,
     ) -> Vec<Result<UsageRecord, Rejected>> {
+        self.decode_with(raw, |i, _| default_id(i))
+    }
+
+    /// [`decode`](Self::decode), where the default id may depend on the
+    /// decoded record (see [`decode::record_with`]).
+    pub fn decode_with(
+        &self,
+        raw: &[&RawValue],
+        mut default_id: impl FnMut(usize, &UsageRecord) -> Uuid,
+    ) -> Vec<Result<UsageRecord, Rejected>> {
         let ctx = Context::new(&self.validation, OffsetDateTime::now_utc());
-        raw.iter().enumerate().map(|(i, r)| decode::record(r, &ctx, || default_id(i))).collect()
+        raw.iter().enumerate().map(|(i, r)| decode::record_with(r, &ctx, |rec| default_id(i, rec))).collect()
     }
 
     /// Stores the valid records of `decoded` as one submission and reports

@@ -10,12 +10,14 @@
 //!
 //! This crate knows nothing of HTTP or streams.
 
+mod admin;
 mod config;
 mod error;
 mod schema;
 mod store;
 mod writer;
 
+pub use admin::{ApiKeyRow, OrgRateLimit};
 pub use config::{DatabaseConfig, SqliteSynchronous, WriterConfig};
 pub use error::Error;
 pub use store::{Backend, DeadLetter, DeadLetterFilter, Store, StoredDeadLetter};

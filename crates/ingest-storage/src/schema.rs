@@ -66,3 +66,26 @@ pub(crate) enum DeadLetters {
     DeliveryCount,
     ReplayedAt,
 }
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum ApiKeys {
+    Table,
+    Id,
+    Scope,
+    OrganizationId,
+    Label,
+    KeyDigest,
+    SigningSecret,
+    CreatedAt,
+    RevokedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum OrgRateLimits {
+    Table,
+    OrganizationId,
+    MaxRequests,
+    WindowMs,
+    BurstSize,
+    UpdatedAt,
+}

@@ -278,7 +278,7 @@ impl Store {
     }
 
     /// UUIDs: `uuid` on PostgreSQL, canonical lower-case text on SQLite.
-    fn uuid(&self, id: Uuid) -> Value {
+    pub(crate) fn uuid(&self, id: Uuid) -> Value {
         match self.backend {
             Backend::Postgres => Value::Uuid(Some(id)),
             Backend::Sqlite => Value::String(Some(id.hyphenated().to_string())),
@@ -286,7 +286,7 @@ impl Store {
     }
 
     /// Timestamps: `timestamptz` on PostgreSQL, RFC 3339 UTC text on SQLite.
-    fn timestamp(&self, t: OffsetDateTime) -> Value {
+    pub(crate) fn timestamp(&self, t: OffsetDateTime) -> Value {
         match self.backend {
             Backend::Postgres => Value::TimeDateTimeWithTimeZone(Some(t)),
             Backend::Sqlite => Value::String(Some(
@@ -303,12 +303,36 @@ impl Store {
         }
     }
 
-    fn build(&self, stmt: &impl QueryStatementWriter) -> Statement {
+    pub(crate) fn build(&self, stmt: &impl QueryStatementWriter) -> Statement {
         let (sql, values) = match self.backend {
             Backend::Postgres => stmt.build(PostgresQueryBuilder),
             Backend::Sqlite => stmt.build(SqliteQueryBuilder),
         };
         Statement::from_sql_and_values(self.db_backend(), sql, values)
+    }
+
+    /// A UUID column of `row`, whichever backend.
+    pub(crate) fn get_uuid(&self, row: &sea_orm::QueryResult, i: usize) -> Result<Uuid, Error> {
+        match self.backend {
+            Backend::Postgres => Ok(row.try_get_by_index::<Uuid>(i)?),
+            Backend::Sqlite => {
+                let text: String = row.try_get_by_index(i)?;
+                Ok(Uuid::try_parse(&text).map_err(|e| sea_orm::DbErr::Type(e.to_string()))?)
+            }
+        }
+    }
+
+    /// A nullable timestamp column of `row`, whichever backend.
+    pub(crate) fn get_time(&self, row: &sea_orm::QueryResult, i: usize) -> Result<Option<OffsetDateTime>, Error> {
+        match self.backend {
+            Backend::Postgres => Ok(row.try_get_by_index::<Option<OffsetDateTime>>(i)?),
+            Backend::Sqlite => {
+                let text: Option<String> = row.try_get_by_index(i)?;
+                text.map(|t| OffsetDateTime::parse(&t, &Rfc3339).map_err(|e| sea_orm::DbErr::Type(e.to_string())))
+                    .transpose()
+                    .map_err(Error::from)
+            }
+        }
     }
 
     fn db_backend(&self) -> DbBackend {

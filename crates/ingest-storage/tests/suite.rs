@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ingest_storage::{DeadLetter, Store, Writer, WriterConfig};
+use ingest_storage::{ApiKeyRow, DeadLetter, OrgRateLimit, Store, Writer, WriterConfig};
 use model::{RecordSink, SinkError, Source, StoreOutcome};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use testkit::{Kind, TestDatabase, record};
@@ -21,6 +21,9 @@ testkit::on_every_backend!(
     columns_are_typed_for_people,
     dead_letters_are_upserted,
     migrations_are_idempotent,
+    api_keys_are_stored_listed_and_revoked,
+    only_the_first_key_is_created_on_an_empty_table,
+    org_rate_limits_are_upserted_and_removed,
 );
 
 async fn setup(kind: Kind, config: WriterConfig) -> (TestDatabase, Store, Writer) {
@@ -278,4 +281,67 @@ async fn sqlite_connections_opened_before_migrating_see_the_new_schema() {
         result.unwrap();
     }
     assert_eq!(store.count_dead_letters(None).await.unwrap(), u64::from(db.config.max_connections) * 2);
+}
+
+fn key_row(scope: &str, org: Option<&str>, digest: u8) -> ApiKeyRow {
+    // Whole seconds: both backends give back exactly what was stored.
+    let now = time::OffsetDateTime::from_unix_timestamp(time::OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+    ApiKeyRow {
+        id: uuid::Uuid::now_v7(),
+        scope: scope.to_owned(),
+        organization_id: org.map(str::to_owned),
+        label: Some(format!("label {digest}")),
+        digest: vec![digest; 32],
+        signing_secret: digest.is_multiple_of(2).then(|| "whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0".to_owned()),
+        created_at: now,
+        revoked_at: None,
+    }
+}
+
+async fn api_keys_are_stored_listed_and_revoked(kind: Kind) {
+    let db = TestDatabase::new(kind).await;
+    let store = db.store().await;
+    let a = key_row("org", Some("org-a"), 1);
+    let b = key_row("service", None, 2);
+    store.insert_api_key(&a).await.unwrap();
+    store.insert_api_key(&b).await.unwrap();
+    assert_eq!(store.list_api_keys(false).await.unwrap(), [a.clone(), b.clone()]);
+    // The digest is unique: the same key cannot be stored twice.
+    assert!(store.insert_api_key(&ApiKeyRow { id: uuid::Uuid::now_v7(), ..a.clone() }).await.is_err());
+    assert!(store.revoke_api_key(a.id).await.unwrap());
+    assert!(!store.revoke_api_key(a.id).await.unwrap(), "revoked twice");
+    assert!(!store.revoke_api_key(uuid::Uuid::now_v7()).await.unwrap(), "unknown key");
+    assert_eq!(store.list_api_keys(false).await.unwrap(), std::slice::from_ref(&b));
+    let all = store.list_api_keys(true).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].revoked_at.is_some());
+}
+
+async fn only_the_first_key_is_created_on_an_empty_table(kind: Kind) {
+    let db = TestDatabase::new(kind).await;
+    let store = db.store().await;
+    let first = key_row("service", None, 3);
+    assert!(store.insert_first_api_key(&first).await.unwrap());
+    assert!(!store.insert_first_api_key(&key_row("service", None, 4)).await.unwrap());
+    assert_eq!(store.list_api_keys(true).await.unwrap(), [first]);
+}
+
+async fn org_rate_limits_are_upserted_and_removed(kind: Kind) {
+    let db = TestDatabase::new(kind).await;
+    let store = db.store().await;
+    let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let mut limit = OrgRateLimit {
+        organization_id: "org-a".into(),
+        max_requests: 10,
+        window_ms: 60_000,
+        burst_size: 1,
+        updated_at: now,
+    };
+    store.set_org_rate_limit(&limit).await.unwrap();
+    limit.max_requests = 20;
+    store.set_org_rate_limit(&limit).await.unwrap();
+    assert_eq!(store.list_org_rate_limits().await.unwrap(), [limit]);
+    assert!(store.remove_org_rate_limit("org-a").await.unwrap());
+    assert!(!store.remove_org_rate_limit("org-a").await.unwrap());
+    assert!(store.list_org_rate_limits().await.unwrap().is_empty());
 }

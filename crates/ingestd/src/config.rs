@@ -43,11 +43,11 @@ pub struct AuthConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
-    /// No authentication (local development). The only mode of this version:
-    /// API keys arrive with the tenancy work and will become the default.
+    /// Every `/v1/…` and `/admin/…` request presents an API key (SPEC §3).
     #[default]
-    None,
     ApiKey,
+    /// No authentication (local development); logged as a warning at every start.
+    None,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -275,9 +275,6 @@ impl Config {
         }
         if self.writer.queue_capacity == 0 || self.writer.max_batch_rows == 0 {
             return err("writer", "queue_capacity and max_batch_rows must be at least 1".into());
-        }
-        if self.auth.mode == AuthMode::ApiKey {
-            return err("auth.mode", "\"api_key\" is not available in this version; use \"none\"".into());
         }
         self.rate_limit.default.to_policy("rate_limit.default")?;
         for (org, policy) in &self.rate_limit.orgs {

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dlq;
+pub mod keys;
 mod nats;
 mod redis;
 mod telemetry;
@@ -35,6 +36,10 @@ pub struct App {
     store: Store,
     writer: Writer,
     limiter: Option<Arc<Limiter>>,
+    /// With `auth.mode = "api_key"`.
+    keys: Option<keys::Keys>,
+    limits: keys::RateLimits,
+    first_key: Option<keys::NewApiKey>,
 }
 
 impl App {
@@ -54,12 +59,38 @@ impl App {
                 pending.join(", ")
             );
         }
-        let limiter = match config.rate_limit.enabled {
-            true => Some(Arc::new(build_limiter(&config).await?)),
-            false => None,
+        let configured = configured_policies(&config)?;
+        let (limiter, registry) = match config.rate_limit.enabled {
+            true => {
+                let (limiter, registry) = build_limiter(&config, &configured).await?;
+                (Some(Arc::new(limiter)), Some(registry))
+            }
+            false => (None, None),
+        };
+        let limits = keys::RateLimits::new(store.clone(), registry, configured);
+        limits.refresh().await.context("reading runtime rate limits")?;
+        let (keys, first_key) = match config.auth.mode {
+            config::AuthMode::ApiKey => {
+                let keys = keys::Keys::new(store.clone(), Arc::new(auth::KeyRing::new()));
+                keys.refresh().await.context("reading API keys")?;
+                let first = keys.bootstrap().await?;
+                (Some(keys), first)
+            }
+            config::AuthMode::None => (None, None),
         };
         let writer = Writer::spawn(store.clone(), config.writer.clone());
-        Ok(App { config, store, writer, limiter })
+        Ok(App { config, store, writer, limiter, keys, limits, first_key })
+    }
+
+    /// The service key created because the database had none: show it once.
+    /// `None` when keys existed already (or `auth.mode = "none"`).
+    pub fn take_first_key(&mut self) -> Option<keys::NewApiKey> {
+        self.first_key.take()
+    }
+
+    /// The keys this process accepts (`auth.mode = "api_key"`).
+    pub fn keys(&self) -> Option<&keys::Keys> {
+        self.keys.as_ref()
     }
 
     /// The rate limiter in front of ingestion, when `rate_limit.enabled`.
@@ -74,7 +105,8 @@ impl App {
     /// Serves until `shutdown` resolves; then finishes in-flight requests
     /// (up to `server.shutdown_grace_secs`) and commits everything queued.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let App { config, store, writer, limiter } = self;
+        let App { config, store, writer, limiter, keys, limits, first_key: _ } = self;
+        let refresh = keys::spawn_refresh(keys.clone(), limits.clone());
         let sweeper = limiter.clone().map(|limiter| {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -145,6 +177,12 @@ impl App {
             }),
             version: VERSION,
             limiter,
+            keys: keys.as_ref().map(|k| k.ring().clone()),
+            admin: Some(Arc::new(keys::AdminApi {
+                // With auth off the admin API is as open as everything else.
+                keys: keys.clone().unwrap_or_else(|| keys::Keys::new(store.clone(), Arc::new(auth::KeyRing::new()))),
+                limits,
+            })),
         });
         tracing::info!(addr = %listener.local_addr()?, version = VERSION, "ingestd listening");
         // On shutdown the sources stop fetching at once and finish their batch
@@ -158,6 +196,7 @@ impl App {
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }
+        refresh.abort();
         stop_sources.cancel();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(config.server.shutdown_grace_secs);
         for (name, task, _) in sources {
@@ -181,14 +220,28 @@ type Spawned = (&'static str, tokio::task::JoinHandle<Result<()>>, source::Sourc
 /// How often idle rate-limit keys are dropped (inserts also sweep, amortised).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// The limiter `rate_limit` describes, with its per-organization overrides.
-async fn build_limiter(config: &Config) -> Result<Limiter> {
+/// `[rate_limit.orgs]` as policies.
+fn configured_policies(config: &Config) -> Result<std::collections::BTreeMap<String, ratelimit::Policy>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (org, policy) in &config.rate_limit.orgs {
+        out.insert(org.clone(), policy.to_policy(&format!("rate_limit.orgs.{org:?}"))?);
+    }
+    Ok(out)
+}
+
+/// The limiter `rate_limit` describes, with its per-organization overrides,
+/// and its policy registry (which runtime policies update).
+async fn build_limiter(
+    config: &Config,
+    configured: &std::collections::BTreeMap<String, ratelimit::Policy>,
+) -> Result<(Limiter, Arc<PolicyRegistry>)> {
     let rl = &config.rate_limit;
     let registry = Arc::new(PolicyRegistry::new(rl.default.to_policy("rate_limit.default")?));
-    for (org, policy) in &rl.orgs {
-        registry.set_override(org, policy.to_policy(&format!("rate_limit.orgs.{org:?}"))?);
+    for (org, policy) in configured {
+        registry.set_override(org, *policy);
     }
-    Ok(match rl.backend {
+    let shared = registry.clone();
+    let limiter = match rl.backend {
         config::RateLimitBackend::Memory => Limiter::Memory(MemoryLimiter::new(registry)),
         config::RateLimitBackend::Redis => {
             let settings = ratelimit::redis::RedisConfig {
@@ -205,7 +258,8 @@ async fn build_limiter(config: &Config) -> Result<Limiter> {
                 .with_context(|| format!("rate-limit backend redis at {}", config::mask_url(&config.redis.url)))?;
             Limiter::Redis(Box::new(limiter))
         }
-    })
+    };
+    Ok((limiter, shared))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

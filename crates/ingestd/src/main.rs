@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// API keys: create, list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -48,6 +53,37 @@ enum Command {
 enum ConfigCommand {
     /// Validate the configuration and print the effective settings (secrets masked).
     Check,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is printed once, as the last line.
+    Create {
+        /// A key that writes only this organization's records.
+        #[arg(long, value_name = "ORG", required_unless_present_any = ["service", "admin"])]
+        org: Option<String>,
+        /// A key that writes for any organization (a trusted gateway).
+        #[arg(long, conflicts_with_all = ["org", "admin"])]
+        service: bool,
+        /// A key for the admin API (/admin/v1/…).
+        #[arg(long, conflicts_with_all = ["org", "service"])]
+        admin: bool,
+        /// A note for people (shown by `keys list`).
+        #[arg(long)]
+        label: Option<String>,
+        /// Also create a signing secret: requests with this key must then be
+        /// signed (Standard Webhooks).
+        #[arg(long)]
+        signing_secret: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key; every running ingestd refuses it within 5 seconds.
+    Revoke { id: uuid::Uuid },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +203,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Some(Command::Keys { command }) => keys(&config, command).await,
             Some(Command::Config { .. } | Command::Health) => Ok(()),
         }
     });
@@ -189,8 +226,84 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let bind = config.server.bind.clone();
     let listener =
         tokio::net::TcpListener::bind(&bind).await.map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}"))?;
-    let app = App::build(config).await?;
+    let mut app = App::build(config).await?;
+    if let Some(first) = app.take_first_key() {
+        // Printed, never logged: logs are kept and shipped.
+        #[allow(clippy::print_stdout)]
+        {
+            println!(
+                "ingestd: first start, no API keys: created a service key (shown once; keep it, more with `ingestd keys create`). Send it as `Authorization: Bearer <key>`:\n{}",
+                first.key
+            );
+        }
+        tracing::info!(key_id = %first.row.id, "created the first API key (a service key); it was printed on stdout");
+    }
     app.run(listener, ingestd::shutdown_signal()).await
+}
+
+async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let store = storage::Store::connect(&config.database).await?;
+    let pending = store.pending_migrations().await?;
+    anyhow::ensure!(
+        pending.is_empty(),
+        "the database needs migrations ({}); run `ingestd migrate`",
+        pending.join(", ")
+    );
+    let keys = ingestd::keys::Keys::new(store, std::sync::Arc::new(auth::KeyRing::new()));
+    #[allow(clippy::print_stdout)]
+    match command {
+        KeysCommand::Create { org, service, admin, label, signing_secret } => {
+            let scope = match (service, admin) {
+                (true, _) => auth::Scope::Service,
+                (_, true) => auth::Scope::Admin,
+                _ => auth::Scope::Org,
+            };
+            let new = keys.create(scope, org, label, signing_secret).await?;
+            let whom = match &new.row.organization_id {
+                Some(org) => format!(" for organization {org:?}"),
+                None => String::new(),
+            };
+            println!("created {scope} key {}{whom}; the key is shown once, below", new.row.id);
+            if let Some(secret) = &new.signing_secret {
+                println!("signing secret (shown once; requests must be signed with it): {}", secret.expose());
+            }
+            println!("{}", new.key);
+        }
+        KeysCommand::List { json } => {
+            let rows = keys.list(true).await?;
+            if json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(&ingestd::keys::key_view(row))?);
+                }
+            } else {
+                println!(
+                    "{:<36}  {:<7}  {:<20}  {:<20}  {:<20}  LABEL",
+                    "ID", "SCOPE", "ORGANIZATION", "CREATED", "REVOKED"
+                );
+                for row in &rows {
+                    let v = ingestd::keys::key_view(row);
+                    let mut label = v.label.unwrap_or_default();
+                    if v.signed {
+                        label.push_str(" [signed]");
+                    }
+                    println!(
+                        "{:<36}  {:<7}  {:<20}  {:<20}  {:<20}  {}",
+                        v.id,
+                        v.scope,
+                        v.organization_id.unwrap_or_else(|| "-".into()),
+                        v.created_at,
+                        v.revoked_at.unwrap_or_else(|| "-".into()),
+                        label.trim()
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            anyhow::ensure!(keys.revoke(id).await?, "no active key {id} (unknown, or revoked already)");
+            println!("revoked key {id}; running ingestd processes refuse it within 5 seconds");
+        }
+    }
+    Ok(())
 }
 
 /// `GET /health` over plain HTTP/1.0 on the configured address (a wildcard

@@ -88,6 +88,10 @@ fn start(dir: &std::path::Path, db_url: &str) -> Running {
 fn start_with(dir: &std::path::Path, db_url: &str, env: &[(&str, &str)]) -> Running {
     let addr = free_addr();
     let child = ingestd(dir)
+        // These tests are about other things (unless `env` says otherwise);
+        // tests/tests/auth.rs and `first_start_prints_a_service_key…` below
+        // cover API keys.
+        .env("INGESTD_AUTH__MODE", "none")
         .envs(env.iter().copied())
         .env("DATABASE_URL", db_url)
         .env("BIND_ADDR", addr.to_string())
@@ -96,6 +100,11 @@ fn start_with(dir: &std::path::Path, db_url: &str, env: &[(&str, &str)]) -> Runn
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    listening(child, addr)
+}
+
+/// Waits until the child listens on `addr`.
+fn listening(child: Child, addr: SocketAddr) -> Running {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "ingestd did not start listening");
@@ -175,13 +184,16 @@ async fn sigterm_under_load_loses_no_acknowledged_record() {
     assert!(lost.is_empty(), "{} acknowledged records lost, e.g. {:?}", lost.len(), lost.first());
 }
 
-/// Stops with SIGTERM and returns (exit code, stderr).
+/// Stops with SIGTERM and returns (exit code, stdout when piped + stderr).
 fn terminate(mut running: Running) -> (Option<i32>, String) {
     assert!(Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap().success());
     let status = running.child.wait().unwrap();
-    let mut stderr = String::new();
-    running.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    (status.code(), stderr)
+    let mut output = String::new();
+    if let Some(mut stdout) = running.child.stdout.take() {
+        stdout.read_to_string(&mut output).unwrap();
+    }
+    running.child.stderr.take().unwrap().read_to_string(&mut output).unwrap();
+    (status.code(), output)
 }
 
 type Received = Arc<std::sync::Mutex<Vec<(String, String, bytes::Bytes)>>>;
@@ -283,4 +295,90 @@ fn dlq_commands_list_and_replay_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 0 dead letter(s)"));
     let out = run(&["dlq", "replay", "--source", "kafka"]);
     assert_eq!(out.status.code(), Some(2), "an unknown source is a usage error");
+}
+
+#[test]
+fn keys_commands_create_list_and_revoke_and_the_key_is_the_last_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
+    let run = |args: &[&str]| ingestd(dir.path()).env("DATABASE_URL", &url).args(args).output().unwrap();
+    assert!(run(&["migrate"]).status.success());
+    let out = run(&["keys", "create", "--org", "acme", "--label", "eu gateway", "--signing-secret"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let key = stdout.lines().last().unwrap().to_owned();
+    assert!(key.starts_with("ingestd_") && key.len() == 57, "{stdout}");
+    assert!(stdout.contains("whsec_"), "the signing secret is shown once: {stdout}");
+    let out = run(&["keys", "create", "--service"]);
+    assert!(out.status.success());
+    let service = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().to_owned();
+    assert_ne!(service, key);
+    // An org key needs --org; scopes exclude each other.
+    assert_eq!(run(&["keys", "create"]).status.code(), Some(2));
+    assert_eq!(run(&["keys", "create", "--org", "a", "--admin"]).status.code(), Some(2));
+
+    let out = run(&["keys", "list", "--json"]);
+    assert!(out.status.success());
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<serde_json::Value> = listed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0]["scope"].as_str(), rows[0]["organization_id"].as_str()), (Some("org"), Some("acme")));
+    assert_eq!((rows[0]["label"].as_str(), rows[0]["signed"].as_bool()), (Some("eu gateway"), Some(true)));
+    assert!(!listed.contains(&key) && !listed.contains("whsec_"), "list never shows a secret");
+    let table = String::from_utf8_lossy(&run(&["keys", "list"]).stdout).into_owned();
+    assert!(table.starts_with("ID") && table.contains("acme") && !table.contains(&key), "{table}");
+
+    let id = rows[0]["id"].as_str().unwrap();
+    let out = run(&["keys", "revoke", id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = run(&["keys", "revoke", id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no active key"));
+    let out = run(&["keys", "list", "--json"]);
+    let revoked: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert!(revoked["revoked_at"].is_string());
+}
+
+#[tokio::test]
+async fn first_start_prints_a_service_key_on_stdout_and_warns_when_auth_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("first.db").display());
+    let addr = free_addr();
+    let child = ingestd(dir.path())
+        .env("DATABASE_URL", &url)
+        .env("BIND_ADDR", addr.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let running = listening(child, addr);
+    let mut client = Client::connect(addr).await.unwrap();
+    assert_eq!(client.post_json("/v1/usage", &record_json("org-1", 0)).await.status, 401);
+    let (status, output) = terminate(running);
+    assert_eq!(status, Some(0), "{output}");
+    let key = output
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .find(|w| w.starts_with("ingestd_") && w.len() == 57)
+        .unwrap_or_else(|| panic!("no key printed: {output}"))
+        .to_owned();
+    assert!(output.contains("Authorization: Bearer"), "the hint says how to use it: {output}");
+    // The key was printed, not logged: only one occurrence, on stdout.
+    assert_eq!(output.matches(&key).count(), 1, "{output}");
+
+    // With the key the same database accepts writes; auth off warns.
+    let running = start_with(dir.path(), &url, &[("INGESTD_AUTH__MODE", "api_key")]);
+    let mut client = Client::connect(running.addr).await.unwrap();
+    let bearer = format!("Bearer {key}");
+    let body = serde_json::to_vec(&record_json("org-1", 1)).unwrap();
+    let reply = client
+        .send("POST", "/v1/usage", &[("content-type", "application/json"), ("authorization", &bearer)], body)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let (_, output) = terminate(running);
+    assert!(!output.contains("ingestd_"), "no second key, and no key in the logs: {output}");
+    let running = start(dir.path(), &url);
+    let (_, output) = terminate(running);
+    assert!(output.contains("auth.mode = \"none\""), "{output}");
 }

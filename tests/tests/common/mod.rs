@@ -1,5 +1,7 @@
 //! The whole service in-process on a real socket, for black-box tests.
 
+#![allow(dead_code)] // each test binary uses its own part of this
+
 use std::net::SocketAddr;
 
 use ingestd::{App, Config};
@@ -11,9 +13,50 @@ use tokio::sync::oneshot;
 pub struct Server {
     pub addr: SocketAddr,
     pub store: Store,
+    /// The service key printed at first start (`auth.mode = "api_key"` on an
+    /// empty database).
+    pub first_key: Option<String>,
+    /// The keys the process accepts (`auth.mode = "api_key"`).
+    pub keys: Option<ingestd::keys::Keys>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub db: TestDatabase,
+}
+
+/// Another ingestd process on the same database (for "every process within
+/// 5 s" tests).
+pub struct Peer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+struct Started {
+    addr: SocketAddr,
+    store: Store,
+    first_key: Option<String>,
+    keys: Option<ingestd::keys::Keys>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(db: &TestDatabase, edit: impl FnOnce(&mut Config)) -> Started {
+    let mut config = Config { database: db.config.clone(), ..Config::default() };
+    config.server.bind = "127.0.0.1:0".into();
+    // Most suites are about other things; tests/tests/auth.rs turns keys on.
+    config.auth.mode = ingestd::config::AuthMode::None;
+    edit(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut app = App::build(config).await.expect("build the app");
+    let first_key = app.take_first_key().map(|k| k.key);
+    let keys = app.keys().cloned();
+    let store = app.store().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(listener, async move {
+        let _ = stopped.await;
+    }));
+    Started { addr, store, first_key, keys, stop, task }
 }
 
 impl Server {
@@ -22,18 +65,22 @@ impl Server {
     }
 
     pub async fn start_on(db: TestDatabase, edit: impl FnOnce(&mut Config)) -> Server {
-        let mut config = Config { database: db.config.clone(), ..Config::default() };
-        config.server.bind = "127.0.0.1:0".into();
-        edit(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = App::build(config).await.expect("build the app");
-        let store = app.store().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(listener, async move {
-            let _ = stopped.await;
-        }));
-        Server { addr, store, stop: Some(stop), task, db }
+        let s = start(&db, edit).await;
+        Server {
+            addr: s.addr,
+            store: s.store,
+            first_key: s.first_key,
+            keys: s.keys,
+            stop: Some(s.stop),
+            task: s.task,
+            db,
+        }
+    }
+
+    /// A second process on this server's database.
+    pub async fn peer(&self, edit: impl FnOnce(&mut Config)) -> Peer {
+        let s = start(&self.db, edit).await;
+        Peer { addr: s.addr, stop: Some(s.stop), task: s.task }
     }
 
     pub async fn client(&self) -> Client {
@@ -48,5 +95,16 @@ impl Server {
 
     pub async fn count(&self, org: &str) -> u64 {
         self.store.count_records(Some(org)).await.unwrap()
+    }
+}
+
+impl Peer {
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await.unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
     }
 }

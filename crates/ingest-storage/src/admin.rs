@@ -1,0 +1,203 @@
+//! API keys and runtime rate-limit policies: the small tables the admin API
+//! and `ingestd keys` manage, and every process reads every few seconds.
+
+use sea_orm::ConnectionTrait;
+use sea_orm::Value;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Order, Query};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::schema::{ApiKeys, OrgRateLimits};
+use crate::{Error, Store};
+
+/// An API key as stored: never the key itself, only its SHA-256 digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub id: Uuid,
+    /// `org`, `service` or `admin`.
+    pub scope: String,
+    pub organization_id: Option<String>,
+    pub label: Option<String>,
+    pub digest: Vec<u8>,
+    /// `whsec_…`: kept as is, since verifying an HMAC needs the secret.
+    pub signing_secret: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A rate-limit policy set at runtime for one organization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrgRateLimit {
+    pub organization_id: String,
+    pub max_requests: u64,
+    pub window_ms: u64,
+    pub burst_size: u64,
+    pub updated_at: OffsetDateTime,
+}
+
+const KEY_COLUMNS: [ApiKeys; 8] = [
+    ApiKeys::Id,
+    ApiKeys::Scope,
+    ApiKeys::OrganizationId,
+    ApiKeys::Label,
+    ApiKeys::KeyDigest,
+    ApiKeys::SigningSecret,
+    ApiKeys::CreatedAt,
+    ApiKeys::RevokedAt,
+];
+
+impl Store {
+    /// Stores a new key.
+    pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), Error> {
+        let mut q = Query::insert();
+        q.into_table(ApiKeys::Table).columns(KEY_COLUMNS).values_panic(self.key_values(key));
+        self.connection().execute_raw(self.build(&q)).await?;
+        Ok(())
+    }
+
+    /// Stores `key` only when there is no key at all (revoked ones count);
+    /// whether it was stored. For the first start: of several processes
+    /// starting together, one creates the key.
+    pub async fn insert_first_api_key(&self, key: &ApiKeyRow) -> Result<bool, Error> {
+        let mut none = Query::select();
+        none.expr(Expr::val(1)).from(ApiKeys::Table);
+        let mut select = Query::select();
+        for v in self.key_values(key) {
+            select.expr(v);
+        }
+        // `INSERT … SELECT <values> WHERE NOT EXISTS (SELECT 1 FROM api_keys)`
+        select.and_where(Expr::exists(none).not());
+        let mut q = Query::insert();
+        q.into_table(ApiKeys::Table)
+            .columns(KEY_COLUMNS)
+            .select_from(select)
+            .map_err(|e| sea_orm::DbErr::Custom(e.to_string()))?;
+        let stmt = self.build(&q);
+        let result = self.connection().execute_raw(stmt).await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Every key, oldest first; revoked ones only when asked.
+    pub async fn list_api_keys(&self, include_revoked: bool) -> Result<Vec<ApiKeyRow>, Error> {
+        let mut q = Query::select();
+        q.columns(KEY_COLUMNS)
+            .from(ApiKeys::Table)
+            .order_by(ApiKeys::CreatedAt, Order::Asc)
+            .order_by(ApiKeys::Id, Order::Asc);
+        if !include_revoked {
+            q.and_where(Expr::col(ApiKeys::RevokedAt).is_null());
+        }
+        let rows = self.connection().query_all_raw(self.build(&q)).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ApiKeyRow {
+                    id: self.get_uuid(row, 0)?,
+                    scope: row.try_get_by_index(1)?,
+                    organization_id: row.try_get_by_index(2)?,
+                    label: row.try_get_by_index(3)?,
+                    digest: row.try_get_by_index(4)?,
+                    signing_secret: row.try_get_by_index(5)?,
+                    created_at: self
+                        .get_time(row, 6)?
+                        .ok_or_else(|| Error::from(sea_orm::DbErr::Type("a key without created_at".into())))?,
+                    revoked_at: self.get_time(row, 7)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes a key; false when there is no such key or it was revoked already.
+    pub async fn revoke_api_key(&self, id: Uuid) -> Result<bool, Error> {
+        let mut q = Query::update();
+        q.table(ApiKeys::Table)
+            .value(ApiKeys::RevokedAt, self.timestamp(OffsetDateTime::now_utc()))
+            .and_where(Expr::col(ApiKeys::Id).eq(self.uuid(id)))
+            .and_where(Expr::col(ApiKeys::RevokedAt).is_null());
+        Ok(self.connection().execute_raw(self.build(&q)).await?.rows_affected() > 0)
+    }
+
+    fn key_values(&self, key: &ApiKeyRow) -> [sea_orm::sea_query::SimpleExpr; 8] {
+        [
+            self.uuid(key.id).into(),
+            key.scope.clone().into(),
+            key.organization_id.clone().into(),
+            key.label.clone().into(),
+            Value::Bytes(Some(key.digest.clone())).into(),
+            key.signing_secret.clone().into(),
+            self.timestamp(key.created_at).into(),
+            match key.revoked_at {
+                Some(t) => self.timestamp(t).into(),
+                None => Expr::cust("NULL"),
+            },
+        ]
+    }
+
+    /// Sets (or replaces) an organization's runtime policy.
+    pub async fn set_org_rate_limit(&self, limit: &OrgRateLimit) -> Result<(), Error> {
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut q = Query::insert();
+        q.into_table(OrgRateLimits::Table)
+            .columns([
+                OrgRateLimits::OrganizationId,
+                OrgRateLimits::MaxRequests,
+                OrgRateLimits::WindowMs,
+                OrgRateLimits::BurstSize,
+                OrgRateLimits::UpdatedAt,
+            ])
+            .values_panic([
+                limit.organization_id.clone().into(),
+                as_i64(limit.max_requests).into(),
+                as_i64(limit.window_ms).into(),
+                as_i64(limit.burst_size).into(),
+                self.timestamp(limit.updated_at).into(),
+            ])
+            .on_conflict(
+                OnConflict::column(OrgRateLimits::OrganizationId)
+                    .update_columns([
+                        OrgRateLimits::MaxRequests,
+                        OrgRateLimits::WindowMs,
+                        OrgRateLimits::BurstSize,
+                        OrgRateLimits::UpdatedAt,
+                    ])
+                    .to_owned(),
+            );
+        self.connection().execute_raw(self.build(&q)).await?;
+        Ok(())
+    }
+
+    /// Removes an organization's runtime policy; whether there was one.
+    pub async fn remove_org_rate_limit(&self, organization_id: &str) -> Result<bool, Error> {
+        let mut q = Query::delete();
+        q.from_table(OrgRateLimits::Table).and_where(Expr::col(OrgRateLimits::OrganizationId).eq(organization_id));
+        Ok(self.connection().execute_raw(self.build(&q)).await?.rows_affected() > 0)
+    }
+
+    /// Every runtime policy.
+    pub async fn list_org_rate_limits(&self) -> Result<Vec<OrgRateLimit>, Error> {
+        let mut q = Query::select();
+        q.columns([
+            OrgRateLimits::OrganizationId,
+            OrgRateLimits::MaxRequests,
+            OrgRateLimits::WindowMs,
+            OrgRateLimits::BurstSize,
+            OrgRateLimits::UpdatedAt,
+        ])
+        .from(OrgRateLimits::Table)
+        .order_by(OrgRateLimits::OrganizationId, Order::Asc);
+        let rows = self.connection().query_all_raw(self.build(&q)).await?;
+        let as_u64 = |n: i64| u64::try_from(n).unwrap_or(0);
+        rows.iter()
+            .map(|row| {
+                Ok(OrgRateLimit {
+                    organization_id: row.try_get_by_index(0)?,
+                    max_requests: as_u64(row.try_get_by_index(1)?),
+                    window_ms: as_u64(row.try_get_by_index(2)?),
+                    burst_size: as_u64(row.try_get_by_index(3)?),
+                    updated_at: self
+                        .get_time(row, 4)?
+                        .ok_or_else(|| Error::from(sea_orm::DbErr::Type("a policy without updated_at".into())))?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,371 @@
+//! API keys and runtime rate-limit policies: what `ingestd keys …` and the
+//! admin API do, and how every process keeps up with the database.
+//!
+//! Every [`REFRESH`] each process re-reads the active keys and the runtime
+//! policies, so a key revoked anywhere stops working everywhere within
+//! 2 s (+ one query), inside the 5 s SPEC allows; the process that revokes
+//! or sets applies it at once. While the database cannot be read the last
+//! keys read stay in force (and ingestion, needing the database, fails anyway).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use auth::{KeyRing, Principal, Scope, SigningSecret};
+use http_edge::admin::{AdminError, AdminFuture};
+use http_edge::{Admin, CreatedKey, KeyView, NewKey};
+use ratelimit::{Policy, PolicyRegistry};
+use storage::{ApiKeyRow, OrgRateLimit, Store};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::config::PolicyConfig;
+
+/// How often each process re-reads keys and runtime policies.
+pub const REFRESH: Duration = Duration::from_secs(2);
+
+/// Longest organization id, as for records.
+const MAX_ORGANIZATION_LEN: usize = 256;
+
+/// A key just created: the only time its secret exists outside the caller.
+#[derive(Debug)]
+pub struct NewApiKey {
+    pub row: ApiKeyRow,
+    pub key: String,
+    pub signing_secret: Option<SigningSecret>,
+}
+
+/// Creates, lists and revokes keys; keeps a [`KeyRing`] in step.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    store: Store,
+    ring: Arc<KeyRing>,
+}
+
+impl Keys {
+    pub fn new(store: Store, ring: Arc<KeyRing>) -> Keys {
+        Keys { store, ring }
+    }
+
+    pub fn ring(&self) -> &Arc<KeyRing> {
+        &self.ring
+    }
+
+    /// Creates a key. An `org` key needs `organization`; the others must not have one.
+    pub async fn create(
+        &self,
+        scope: Scope,
+        organization: Option<String>,
+        label: Option<String>,
+        signing_secret: bool,
+    ) -> Result<NewApiKey> {
+        let new = new_key(scope, organization, label, signing_secret)?;
+        self.store.insert_api_key(&new.row).await.context("storing the key")?;
+        if let Some(principal) = principal(&new.row) {
+            self.ring.insert(digest_of(&new.row), principal);
+        }
+        Ok(new)
+    }
+
+    /// On a database without any key (revoked ones count): creates a service
+    /// key and returns it, to be shown once. Of several processes starting
+    /// together one creates it.
+    pub async fn bootstrap(&self) -> Result<Option<NewApiKey>> {
+        let new = new_key(Scope::Service, None, Some("created at first start".to_owned()), false)?;
+        if !self.store.insert_first_api_key(&new.row).await.context("creating the first key")? {
+            return Ok(None);
+        }
+        if let Some(principal) = principal(&new.row) {
+            self.ring.insert(digest_of(&new.row), principal);
+        }
+        Ok(Some(new))
+    }
+
+    pub async fn list(&self, include_revoked: bool) -> Result<Vec<ApiKeyRow>> {
+        Ok(self.store.list_api_keys(include_revoked).await?)
+    }
+
+    /// Whether an active key was revoked.
+    pub async fn revoke(&self, id: Uuid) -> Result<bool> {
+        let revoked = self.store.revoke_api_key(id).await?;
+        self.ring.remove(id);
+        Ok(revoked)
+    }
+
+    /// Re-reads the active keys into the ring; how many there are.
+    pub async fn refresh(&self) -> Result<usize> {
+        let rows = self.store.list_api_keys(false).await?;
+        let keys: Vec<_> = rows.iter().filter_map(|row| Some((digest_of(row), principal(row)?))).collect();
+        let n = keys.len();
+        self.ring.replace(keys);
+        Ok(n)
+    }
+}
+
+fn new_key(scope: Scope, organization: Option<String>, label: Option<String>, signed: bool) -> Result<NewApiKey> {
+    match (scope, &organization) {
+        (Scope::Org, None) => bail!("an org key needs an organization (--org ORG)"),
+        (Scope::Org, Some(org)) => {
+            if org.is_empty() || org.len() > MAX_ORGANIZATION_LEN || org.chars().any(char::is_control) {
+                bail!("the organization must be 1 to 256 bytes without control characters");
+            }
+        }
+        (_, Some(_)) => bail!("a {scope} key is not bound to an organization; leave the organization out"),
+        (_, None) => {}
+    }
+    let key = auth::key::generate();
+    let signing_secret = signed.then(SigningSecret::generate);
+    let row = ApiKeyRow {
+        id: Uuid::now_v7(),
+        scope: scope.as_str().to_owned(),
+        organization_id: organization,
+        label,
+        digest: auth::key::digest(&key).to_vec(),
+        signing_secret: signing_secret.as_ref().map(|s| s.expose().to_owned()),
+        created_at: OffsetDateTime::now_utc(),
+        revoked_at: None,
+    };
+    Ok(NewApiKey { row, key, signing_secret })
+}
+
+fn digest_of(row: &ApiKeyRow) -> auth::Digest {
+    let mut digest = [0u8; 32];
+    if row.digest.len() == 32 {
+        digest.copy_from_slice(&row.digest);
+    }
+    digest
+}
+
+/// The principal of a stored key; `None` (and an error logged) for a row
+/// that does not make sense, which then authenticates nothing.
+fn principal(row: &ApiKeyRow) -> Option<Principal> {
+    let broken = |why: &str| {
+        tracing::error!(key_id = %row.id, why, "ignoring a malformed api_keys row");
+        None
+    };
+    let Some(scope) = Scope::parse(&row.scope) else { return broken("unknown scope") };
+    if row.digest.len() != 32 {
+        return broken("digest is not 32 bytes");
+    }
+    if scope == Scope::Org && row.organization_id.is_none() {
+        return broken("org key without an organization");
+    }
+    let signing_secret = match &row.signing_secret {
+        None => None,
+        Some(text) => match SigningSecret::parse(text) {
+            Ok(secret) => Some(secret),
+            Err(_) => return broken("malformed signing secret"),
+        },
+    };
+    Some(Principal { key_id: row.id, scope, organization: row.organization_id.clone(), signing_secret })
+}
+
+/// Runtime per-organization policies (admin API), over the configured ones.
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    store: Store,
+    /// The limiter's registry; `None` when rate limiting is disabled (the
+    /// policies are still stored, for when it is enabled).
+    registry: Option<Arc<PolicyRegistry>>,
+    configured: BTreeMap<String, Policy>,
+}
+
+impl RateLimits {
+    pub fn new(store: Store, registry: Option<Arc<PolicyRegistry>>, configured: BTreeMap<String, Policy>) -> Self {
+        RateLimits { store, registry, configured }
+    }
+
+    /// Re-reads the runtime policies and applies them (a runtime policy wins
+    /// over a configured one; removing it restores the configured one).
+    pub async fn refresh(&self) -> Result<()> {
+        let Some(registry) = &self.registry else { return Ok(()) };
+        let mut wanted = self.configured.clone();
+        for row in self.store.list_org_rate_limits().await? {
+            match policy_of(&row) {
+                Ok(policy) => {
+                    wanted.insert(row.organization_id, policy);
+                }
+                Err(e) => tracing::error!(organization = row.organization_id, error = %e, "ignoring a stored policy"),
+            }
+        }
+        for (org, _) in registry.overrides() {
+            if !wanted.contains_key(&org) {
+                registry.remove_override(&org);
+            }
+        }
+        for (org, policy) in wanted {
+            if registry.override_for(&org) != Some(policy) {
+                registry.set_override(&org, policy);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets an organization's runtime policy.
+    pub async fn set(&self, org: &str, policy: Policy) -> Result<()> {
+        let row = OrgRateLimit {
+            organization_id: org.to_owned(),
+            max_requests: policy.max_requests(),
+            window_ms: u64::try_from(policy.window().as_millis()).unwrap_or(u64::MAX),
+            burst_size: policy.burst_size(),
+            updated_at: OffsetDateTime::now_utc(),
+        };
+        self.store.set_org_rate_limit(&row).await?;
+        if let Some(registry) = &self.registry {
+            registry.set_override(org, policy);
+        }
+        Ok(())
+    }
+
+    /// Removes an organization's runtime policy; whether there was one.
+    pub async fn remove(&self, org: &str) -> Result<bool> {
+        let removed = self.store.remove_org_rate_limit(org).await?;
+        if let Some(registry) = &self.registry {
+            match self.configured.get(org) {
+                Some(policy) => {
+                    registry.set_override(org, *policy);
+                }
+                None => {
+                    registry.remove_override(org);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The policy in force for `org` and where it comes from.
+    pub async fn view(&self, org: &str, default: Option<Policy>) -> Result<serde_json::Value> {
+        let runtime = self.store.list_org_rate_limits().await?.into_iter().find(|r| r.organization_id == org);
+        let (source, policy) = match (&runtime, self.configured.get(org)) {
+            (Some(row), _) => ("runtime", Some(policy_of(row)?)),
+            (None, Some(p)) => ("config", Some(*p)),
+            (None, None) => ("default", default),
+        };
+        let mut view = serde_json::json!({ "organization_id": org, "source": source });
+        if let Some(p) = policy {
+            view["max_requests"] = p.max_requests().into();
+            view["window_secs"] = p.window().as_secs_f64().into();
+            view["burst_size"] = p.burst_size().into();
+            view["capacity"] = p.capacity().into();
+        }
+        view["enforced"] = self.registry.is_some().into();
+        Ok(view)
+    }
+}
+
+fn policy_of(row: &OrgRateLimit) -> Result<Policy> {
+    Ok(Policy::new(row.max_requests, Duration::from_millis(row.window_ms), row.burst_size)?)
+}
+
+/// Keeps `keys` and `limits` in step with the database until the task is aborted.
+pub fn spawn_refresh(keys: Option<Keys>, limits: RateLimits) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Some(keys) = &keys
+                && let Err(e) = keys.refresh().await
+            {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not re-read API keys; the last ones read stay in force"
+                );
+            }
+            if let Err(e) = limits.refresh().await {
+                tracing::warn!(error = format!("{e:#}"), "could not re-read runtime rate limits");
+            }
+        }
+    })
+}
+
+/// The admin API over [`Keys`] and [`RateLimits`].
+pub struct AdminApi {
+    pub keys: Keys,
+    pub limits: RateLimits,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// How a key is shown: never its secret.
+pub fn key_view(row: &ApiKeyRow) -> KeyView {
+    KeyView {
+        id: row.id,
+        scope: row.scope.clone(),
+        organization_id: row.organization_id.clone(),
+        label: row.label.clone(),
+        signed: row.signing_secret.is_some(),
+        created_at: rfc3339(row.created_at),
+        revoked_at: row.revoked_at.map(rfc3339),
+    }
+}
+
+fn unavailable(e: anyhow::Error) -> AdminError {
+    tracing::warn!(error = format!("{e:#}"), "admin request failed");
+    AdminError::Unavailable
+}
+
+impl Admin for AdminApi {
+    fn list_keys(&self) -> AdminFuture<'_, Vec<KeyView>> {
+        Box::pin(async move { Ok(self.keys.list(true).await.map_err(unavailable)?.iter().map(key_view).collect()) })
+    }
+
+    fn create_key(&self, request: NewKey) -> AdminFuture<'_, CreatedKey> {
+        Box::pin(async move {
+            let scope = Scope::parse(&request.scope).ok_or_else(|| {
+                AdminError::Invalid(format!("scope {:?} is not one of \"org\", \"service\", \"admin\"", request.scope))
+            })?;
+            // Refused before touching storage, with the reason.
+            new_key(scope, request.organization_id.clone(), None, false)
+                .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            let new = self
+                .keys
+                .create(scope, request.organization_id, request.label, request.signing_secret)
+                .await
+                .map_err(unavailable)?;
+            tracing::info!(key_id = %new.row.id, scope = %scope, "API key created through the admin API");
+            Ok(CreatedKey {
+                key: key_view(&new.row),
+                api_key: new.key,
+                signing_secret: new.signing_secret.map(|s| s.expose().to_owned()),
+            })
+        })
+    }
+
+    fn revoke_key(&self, id: Uuid) -> AdminFuture<'_, bool> {
+        Box::pin(async move {
+            let revoked = self.keys.revoke(id).await.map_err(unavailable)?;
+            if revoked {
+                tracing::info!(key_id = %id, "API key revoked through the admin API");
+            }
+            Ok(revoked)
+        })
+    }
+
+    fn rate_limit(&self, org: String) -> AdminFuture<'_, serde_json::Value> {
+        Box::pin(async move {
+            let default = self.limits.registry.as_ref().map(|r| r.default_policy());
+            self.limits.view(&org, default).await.map_err(unavailable)
+        })
+    }
+
+    fn set_rate_limit(&self, org: String, body: serde_json::Value) -> AdminFuture<'_, serde_json::Value> {
+        Box::pin(async move {
+            let config: PolicyConfig = serde_json::from_value(body).map_err(|e| AdminError::Invalid(e.to_string()))?;
+            let policy = config.to_policy("body").map_err(|e| AdminError::Invalid(e.0))?;
+            self.limits.set(&org, policy).await.map_err(unavailable)?;
+            tracing::info!(organization = org, "runtime rate limit set through the admin API");
+            let default = self.limits.registry.as_ref().map(|r| r.default_policy());
+            self.limits.view(&org, default).await.map_err(unavailable)
+        })
+    }
+
+    fn remove_rate_limit(&self, org: String) -> AdminFuture<'_, bool> {
+        Box::pin(async move { self.limits.remove(&org).await.map_err(unavailable) })
+    }
+}
