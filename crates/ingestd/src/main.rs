@@ -241,6 +241,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     app.run(listener, ingestd::shutdown_signal()).await
 }
 
+/// An RFC 3339 time to whole seconds, for the table (`2026-11-27T08:24:47Z`).
+fn seconds(rfc3339: &str) -> String {
+    match rfc3339.get(..19) {
+        Some(head) => format!("{head}Z"),
+        None => rfc3339.to_owned(),
+    }
+}
+
 async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let store = storage::Store::connect(&config.database).await?;
     let pending = store.pending_migrations().await?;
@@ -291,8 +299,8 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
                         v.id,
                         v.scope,
                         v.organization_id.unwrap_or_else(|| "-".into()),
-                        v.created_at,
-                        v.revoked_at.unwrap_or_else(|| "-".into()),
+                        seconds(&v.created_at),
+                        v.revoked_at.as_deref().map_or_else(|| "-".into(), seconds),
                         label.trim()
                     );
                 }
