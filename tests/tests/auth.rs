@@ -236,6 +236,11 @@ async fn an_idempotency_key_makes_a_retried_request_store_once() {
     let twice = post(&mut c, "/v1/usage", &key, &idem, &single).await;
     assert_eq!(once.json()["request_id"], twice.json()["request_id"]);
     assert_eq!(twice.json()["duplicates"], 1);
+    // Two keys of one organization picking the same idempotency key are two requests.
+    let other = create_key(&server, auth::Scope::Org, Some("org-i"), false).await.key;
+    let same_key = post(&mut c, "/v1/usage/batch", &other, &idem, &batch).await;
+    assert_eq!(same_key.json()["accepted"], 2);
+    assert_eq!(server.count("org-i").await, 9);
     let long = "k".repeat(256);
     let reply = post(&mut c, "/v1/usage", &key, &[("idempotency-key", &long)], &single).await;
     assert_eq!((reply.status.as_u16(), reply.json()["code"].as_str()), (400, Some("invalid_idempotency_key")));
@@ -285,13 +290,30 @@ async fn signed_keys_need_a_valid_standard_webhooks_signature() {
         assert_eq!(reply.status, 401);
         assert!(reply.json()["error"].as_str().unwrap().contains("at most 300 s"), "{:?}", reply.json());
     }
-    // Rotation: an old secret's signature beside the current one.
+    // A replay with an added Idempotency-Key (not covered by the signature)
+    // still maps onto the same rows: signed requests use webhook-id only.
+    let bearer = format!("Bearer {key}");
+    let ts = now.to_string();
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", bearer.as_str()),
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", ts.as_str()),
+        ("webhook-signature", sig.as_str()),
+        ("idempotency-key", "made-up-by-an-attacker"),
+    ];
+    let tampered = c.send("POST", "/v1/usage/batch", &headers, body.clone()).await.unwrap();
+    assert_eq!((tampered.status.as_u16(), tampered.json()["duplicates"].as_u64()), (200, Some(1)));
+    assert_eq!(server.count("org-s").await, 1);
+    // Rotation: an old secret's signature beside the current one, in either order.
     let old = auth::SigningSecret::generate();
-    let both = format!("{} {}", old.sign("msg_4", now, &body), secret.sign("msg_4", now, &body));
+    for (i, id) in ["msg_4", "msg_4b"].into_iter().enumerate() {
+        let body4 = serde_json::to_vec(&json!({ "records": [without_request_id("org-s", 4 + i as u64)] })).unwrap();
+        let (a, b) = (old.sign(id, now, &body4), secret.sign(id, now, &body4));
+        let header = if i == 0 { format!("{a} {b}") } else { format!("{b} {a}") };
+        assert_eq!(signed_post(&mut c, &key, id, now, &header, &body4).await.status, 200, "{header}");
+    }
     let body4 = serde_json::to_vec(&json!({ "records": [without_request_id("org-s", 4)] })).unwrap();
-    let both4 = format!("{} {}", old.sign("msg_4", now, &body4), secret.sign("msg_4", now, &body4));
-    assert_ne!(both, both4);
-    assert_eq!(signed_post(&mut c, &key, "msg_4", now, &both4, &body4).await.status, 200);
     // Only the old secret: refused; and the message never shows the expected value.
     let reply = signed_post(&mut c, &key, "msg_5", now, &old.sign("msg_5", now, &body4), &body4).await;
     assert_eq!(reply.status, 401);
@@ -300,7 +322,7 @@ async fn signed_keys_need_a_valid_standard_webhooks_signature() {
     // No signature headers at all.
     let unsigned = post(&mut c, "/v1/usage/batch", &key, &[], &json!({ "records": [record_json("org-s", 6)] })).await;
     assert_eq!((unsigned.status.as_u16(), unsigned.json()["code"].as_str()), (401, Some("invalid_signature")));
-    assert_eq!(server.count("org-s").await, 2);
+    assert_eq!(server.count("org-s").await, 3);
     server.stop().await;
 }
 
@@ -310,6 +332,10 @@ async fn admin_endpoints_need_an_admin_key_and_manage_keys_and_limits() {
         with_keys(c);
         c.rate_limit.default =
             PolicyConfig { max_requests: Some(1000), window_secs: Some(3600), ..PolicyConfig::default() };
+        c.rate_limit.orgs.insert(
+            "org-x".into(),
+            PolicyConfig { max_requests: Some(500), window_secs: Some(3600), ..PolicyConfig::default() },
+        );
     })
     .await;
     let service = server.first_key.clone().unwrap();
@@ -360,8 +386,15 @@ async fn admin_endpoints_need_an_admin_key_and_manage_keys_and_limits() {
     assert_eq!(got.json()["max_requests"], 2);
     assert_eq!(admin(&mut c, "DELETE", "/admin/v1/orgs/org-x/rate-limit", &admin_key, None).await.status, 204);
     assert_eq!(admin(&mut c, "DELETE", "/admin/v1/orgs/org-x/rate-limit", &admin_key, None).await.status, 404);
+    // Back to the configured override, and enforced again.
     let got = admin(&mut c, "GET", "/admin/v1/orgs/org-x/rate-limit", &admin_key, None).await;
+    assert_eq!((got.json()["source"].as_str(), got.json()["max_requests"].as_u64()), (Some("config"), Some(500)));
+    let reply = post(&mut c, "/v1/usage", &org, &[], &record_json("org-x", 7)).await;
+    assert_eq!(reply.header("x-ratelimit-limit"), Some("500"));
+    let got = admin(&mut c, "GET", "/admin/v1/orgs/org-q/rate-limit", &admin_key, None).await;
     assert_eq!((got.json()["source"].as_str(), got.json()["max_requests"].as_u64()), (Some("default"), Some(1000)));
+    let bad = admin(&mut c, "GET", "/admin/v1/orgs/%01/rate-limit", &admin_key, None).await;
+    assert_eq!(bad.status, 400);
     // Persisted and carried to a running second process by its refresh.
     let y = create_key(&server, auth::Scope::Org, Some("org-y"), false).await.key;
     let peer = server
@@ -438,6 +471,8 @@ async fn no_plaintext_key_in_the_database_file_or_the_logs() {
     assert!(!bytes.is_empty(), "read the database file {file}");
     let logs = captured.0.lock().unwrap().clone();
     assert!(logs.windows(7).any(|w| w == b"request"), "the capture saw the service's logs");
+    let secret = signed.signing_secret.as_ref().unwrap().expose().to_owned();
+    assert!(!logs.windows(secret.len()).any(|w| w == secret.as_bytes()), "a signing secret in the logs");
     for key in [&first, &signed.key, &admin_key, &via_api] {
         let needle = key.as_bytes();
         assert!(!bytes.windows(needle.len()).any(|w| w == needle), "a plaintext key in the database file");
@@ -447,4 +482,20 @@ async fn no_plaintext_key_in_the_database_file_or_the_logs() {
         assert!(bytes.windows(32).any(|w| w == digest), "the key's digest is stored");
     }
     drop(db);
+}
+
+#[tokio::test]
+async fn with_auth_off_there_is_no_admin_api() {
+    let server = Server::start(Kind::Sqlite, |_| {}).await;
+    let mut c = server.client().await;
+    let reply = c
+        .send("POST", "/admin/v1/keys", &[("content-type", "application/json")], r#"{"scope":"admin"}"#)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 404);
+    assert_eq!(c.get("/admin/v1/orgs/a/rate-limit").await.status, 404);
+    assert!(server.store.list_api_keys(true).await.unwrap().is_empty());
+    // Records of any organization are taken.
+    assert_eq!(c.post_json("/v1/usage", &record_json("org-any", 0)).await.status, 200);
+    server.stop().await;
 }

@@ -90,13 +90,19 @@ pub struct NewKey {
 }
 
 /// A new key: the only time its secret is shown.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: KeyView,
     pub api_key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_secret: Option<String>,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey").field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -129,6 +135,11 @@ pub(crate) async fn dispatch(admin: &dyn Admin, req: Request<Incoming>) -> Resul
         }
         ["admin", "v1", "orgs", org, "rate-limit"] => {
             let org = percent_decode(org)?;
+            if org.is_empty() || org.len() > 256 || org.chars().any(char::is_control) {
+                return Err(ApiError::InvalidRequest {
+                    message: "the organization must be 1 to 256 bytes without control characters".into(),
+                });
+            }
             match method {
                 Method::GET => Ok(json_response(StatusCode::OK, &admin.rate_limit(org).await?)),
                 Method::PUT => {
@@ -181,7 +192,8 @@ fn percent_decode(segment: &str) -> Result<String, ApiError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            let hex = hex.and_then(|h| std::str::from_utf8(h).ok());
             let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| ApiError::InvalidRequest {
                 message: "the organization in the path has a bad %-escape".into(),
             })?;
@@ -207,5 +219,6 @@ mod tests {
         assert!(percent_decode("bad%zz").is_err());
         assert!(percent_decode("cut%2").is_err());
         assert!(percent_decode("%ff").is_err());
+        assert!(percent_decode("%+f").is_err());
     }
 }

@@ -130,8 +130,12 @@ async fn ingest<S: RecordSink>(state: &AppState<S>, req: Request<Incoming>, kind
     let limit = state.config.max_body_bytes;
     body::check_headers(req.headers(), limit)?;
     let (parts, incoming) = req.into_parts();
-    // Set by the API-key layer; absent with `auth.mode = "none"`.
+    // Set by the API-key layer; absent with `auth.mode = "none"`. With keys
+    // on, a request without one never gets here; should it, it is refused.
     let principal = parts.extensions.get::<Arc<Principal>>().cloned();
+    if state.keys.is_some() && principal.is_none() {
+        return Err(ApiError::MissingApiKey);
+    }
     let idempotency = idempotency_key(&parts.headers, principal.as_deref())?;
     let bytes = body::read(&parts.headers, incoming, limit).await?;
     if let Some(secret) = principal.as_ref().and_then(|p| p.signing_secret.as_ref()) {
@@ -140,8 +144,9 @@ async fn ingest<S: RecordSink>(state: &AppState<S>, req: Request<Incoming>, kind
 
     // Records without a `request_id`: with an idempotency key, an id derived
     // from it, so a retried request maps to the same rows; else a fresh v7.
+    let caller = principal.as_ref().map(|p| p.key_id.to_string()).unwrap_or_default();
     let default_id = |i: usize, record: &UsageRecord| match &idempotency {
-        Some((kind, key)) => idempotent_id(kind, key, record, i),
+        Some((kind, key)) => idempotent_id(kind, &caller, key, record, i),
         None => ids::generate(),
     };
     // Decoding borrows the body; it is finished before the first await below.
@@ -183,12 +188,21 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-/// The request's idempotency key: `Idempotency-Key`, else a signed
-/// request's `webhook-id`; with the header it came from.
+/// The request's idempotency key, with the header it came from: a signed
+/// request's `webhook-id` (covered by the signature, unlike any other
+/// header, so a replayed request cannot be made to look new); otherwise
+/// `Idempotency-Key`.
 fn idempotency_key(
     headers: &http::HeaderMap,
     principal: Option<&Principal>,
 ) -> Result<Option<(&'static str, String)>, ApiError> {
+    if principal.is_some_and(|p| p.signing_secret.is_some()) {
+        // Verified before any record is decoded; absent → 401 there.
+        return Ok(headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|id| ("webhook-id", id.trim().to_owned())));
+    }
     if let Some(value) = headers.get(IDEMPOTENCY_KEY) {
         let invalid = |rule| ApiError::InvalidIdempotencyKey { rule };
         let key = value.to_str().map_err(|_| invalid("must be visible ASCII"))?.trim();
@@ -200,24 +214,28 @@ fn idempotency_key(
         }
         return Ok(Some((IDEMPOTENCY_KEY, key.to_owned())));
     }
-    if principal.is_some_and(|p| p.signing_secret.is_some())
-        && let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok())
-    {
-        return Ok(Some(("webhook-id", id.trim().to_owned())));
-    }
     Ok(None)
 }
 
 /// The id of the record at `index` of a request with an idempotency key:
 /// a UUID v8 whose first 48 bits are the record's own timestamp (so ids stay
 /// roughly time-ordered, as v7 ids are) and the rest a hash of the
-/// organization, the key and the index.
-fn idempotent_id(header: &str, key: &str, record: &UsageRecord, index: usize) -> uuid::Uuid {
+/// organization, the calling API key's id (empty with auth off), the
+/// idempotency key and the index. The API key's id keeps two clients of one
+/// organization that happen to pick the same idempotency key apart.
+fn idempotent_id(header: &str, caller: &str, key: &str, record: &UsageRecord, index: usize) -> uuid::Uuid {
     let ms = u64::try_from(record.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     let index = index.to_string();
     ids::derived_ordered(
         ms,
-        &[b"http", header.as_bytes(), record.organization_id.as_bytes(), key.as_bytes(), index.as_bytes()],
+        &[
+            b"http",
+            header.as_bytes(),
+            record.organization_id.as_bytes(),
+            caller.as_bytes(),
+            key.as_bytes(),
+            index.as_bytes(),
+        ],
     )
 }
 

@@ -1,9 +1,9 @@
 //! API keys and runtime rate-limit policies: the small tables the admin API
 //! and `ingestd keys` manage, and every process reads every few seconds.
 
-use sea_orm::ConnectionTrait;
 use sea_orm::Value;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Order, Query};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -11,7 +11,8 @@ use crate::schema::{ApiKeys, OrgRateLimits};
 use crate::{Error, Store};
 
 /// An API key as stored: never the key itself, only its SHA-256 digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` leaves out the digest and the signing secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ApiKeyRow {
     pub id: Uuid,
     /// `org`, `service` or `admin`.
@@ -23,6 +24,20 @@ pub struct ApiKeyRow {
     pub signing_secret: Option<String>,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl std::fmt::Debug for ApiKeyRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyRow")
+            .field("id", &self.id)
+            .field("scope", &self.scope)
+            .field("organization_id", &self.organization_id)
+            .field("label", &self.label)
+            .field("signed", &self.signing_secret.is_some())
+            .field("created_at", &self.created_at)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A rate-limit policy set at runtime for one organization.
@@ -73,7 +88,15 @@ impl Store {
             .select_from(select)
             .map_err(|e| sea_orm::DbErr::Custom(e.to_string()))?;
         let stmt = self.build(&q);
-        let result = self.connection().execute_raw(stmt).await?;
+        // SQLite runs the statement under its one write lock; PostgreSQL's
+        // READ COMMITTED would let two transactions both see no key, so they
+        // take turns on an advisory lock first.
+        let txn = self.connection().begin().await?;
+        if self.backend() == crate::Backend::Postgres {
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7283910055)").await?;
+        }
+        let result = txn.execute_raw(stmt).await?;
+        txn.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 

@@ -324,6 +324,21 @@ async fn only_the_first_key_is_created_on_an_empty_table(kind: Kind) {
     assert!(store.insert_first_api_key(&first).await.unwrap());
     assert!(!store.insert_first_api_key(&key_row("service", None, 4)).await.unwrap());
     assert_eq!(store.list_api_keys(true).await.unwrap(), [first]);
+    // Several processes starting together on an empty database: one key.
+    let db = TestDatabase::new(kind).await;
+    let stores: Vec<Store> = futures::future::join_all((0..6).map(|_| Store::connect(&db.config)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    stores[0].migrate().await.unwrap();
+    let created =
+        futures::future::join_all(stores.iter().enumerate().map(|(i, s)| async move {
+            s.insert_first_api_key(&key_row("service", None, 10 + i as u8)).await.unwrap()
+        }))
+        .await;
+    assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
+    assert_eq!(stores[0].list_api_keys(true).await.unwrap().len(), 1);
 }
 
 async fn org_rate_limits_are_upserted_and_removed(kind: Kind) {

@@ -30,23 +30,34 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 const MAX_ORGANIZATION_LEN: usize = 256;
 
 /// A key just created: the only time its secret exists outside the caller.
-#[derive(Debug)]
+/// `Debug` shows neither secret.
 pub struct NewApiKey {
     pub row: ApiKeyRow,
     pub key: String,
     pub signing_secret: Option<SigningSecret>,
 }
 
+impl std::fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiKey").field("row", &self.row).finish_non_exhaustive()
+    }
+}
+
 /// Creates, lists and revokes keys; keeps a [`KeyRing`] in step.
+///
+/// A change made here and a refresh never interleave (`lock`): otherwise a
+/// refresh that read the table just before a revocation could put the key
+/// back for one interval.
 #[derive(Clone, Debug)]
 pub struct Keys {
     store: Store,
     ring: Arc<KeyRing>,
+    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Keys {
     pub fn new(store: Store, ring: Arc<KeyRing>) -> Keys {
-        Keys { store, ring }
+        Keys { store, ring, lock: Arc::default() }
     }
 
     pub fn ring(&self) -> &Arc<KeyRing> {
@@ -62,6 +73,7 @@ impl Keys {
         signing_secret: bool,
     ) -> Result<NewApiKey> {
         let new = new_key(scope, organization, label, signing_secret)?;
+        let _changing = self.lock.lock().await;
         self.store.insert_api_key(&new.row).await.context("storing the key")?;
         if let Some(principal) = principal(&new.row) {
             self.ring.insert(digest_of(&new.row), principal);
@@ -74,6 +86,7 @@ impl Keys {
     /// together one creates it.
     pub async fn bootstrap(&self) -> Result<Option<NewApiKey>> {
         let new = new_key(Scope::Service, None, Some("created at first start".to_owned()), false)?;
+        let _changing = self.lock.lock().await;
         if !self.store.insert_first_api_key(&new.row).await.context("creating the first key")? {
             return Ok(None);
         }
@@ -89,6 +102,7 @@ impl Keys {
 
     /// Whether an active key was revoked.
     pub async fn revoke(&self, id: Uuid) -> Result<bool> {
+        let _changing = self.lock.lock().await;
         let revoked = self.store.revoke_api_key(id).await?;
         self.ring.remove(id);
         Ok(revoked)
@@ -96,6 +110,7 @@ impl Keys {
 
     /// Re-reads the active keys into the ring; how many there are.
     pub async fn refresh(&self) -> Result<usize> {
+        let _reading = self.lock.lock().await;
         let rows = self.store.list_api_keys(false).await?;
         let keys: Vec<_> = rows.iter().filter_map(|row| Some((digest_of(row), principal(row)?))).collect();
         let n = keys.len();
@@ -163,8 +178,10 @@ fn principal(row: &ApiKeyRow) -> Option<Principal> {
 }
 
 /// Runtime per-organization policies (admin API), over the configured ones.
+/// Changes and refreshes never interleave, as for [`Keys`].
 #[derive(Clone, Debug)]
 pub struct RateLimits {
+    lock: Arc<tokio::sync::Mutex<()>>,
     store: Store,
     /// The limiter's registry; `None` when rate limiting is disabled (the
     /// policies are still stored, for when it is enabled).
@@ -174,13 +191,14 @@ pub struct RateLimits {
 
 impl RateLimits {
     pub fn new(store: Store, registry: Option<Arc<PolicyRegistry>>, configured: BTreeMap<String, Policy>) -> Self {
-        RateLimits { store, registry, configured }
+        RateLimits { lock: Arc::default(), store, registry, configured }
     }
 
     /// Re-reads the runtime policies and applies them (a runtime policy wins
     /// over a configured one; removing it restores the configured one).
     pub async fn refresh(&self) -> Result<()> {
         let Some(registry) = &self.registry else { return Ok(()) };
+        let _reading = self.lock.lock().await;
         let mut wanted = self.configured.clone();
         for row in self.store.list_org_rate_limits().await? {
             match policy_of(&row) {
@@ -212,6 +230,7 @@ impl RateLimits {
             burst_size: policy.burst_size(),
             updated_at: OffsetDateTime::now_utc(),
         };
+        let _changing = self.lock.lock().await;
         self.store.set_org_rate_limit(&row).await?;
         if let Some(registry) = &self.registry {
             registry.set_override(org, policy);
@@ -221,6 +240,7 @@ impl RateLimits {
 
     /// Removes an organization's runtime policy; whether there was one.
     pub async fn remove(&self, org: &str) -> Result<bool> {
+        let _changing = self.lock.lock().await;
         let removed = self.store.remove_org_rate_limit(org).await?;
         if let Some(registry) = &self.registry {
             match self.configured.get(org) {

@@ -178,11 +178,9 @@ impl App {
             version: VERSION,
             limiter,
             keys: keys.as_ref().map(|k| k.ring().clone()),
-            admin: Some(Arc::new(keys::AdminApi {
-                // With auth off the admin API is as open as everything else.
-                keys: keys.clone().unwrap_or_else(|| keys::Keys::new(store.clone(), Arc::new(auth::KeyRing::new()))),
-                limits,
-            })),
+            // Without keys there is no admin: an open admin API would let
+            // anyone mint keys that outlive `auth.mode = "none"`.
+            admin: keys.clone().map(|keys| Arc::new(keys::AdminApi { keys, limits }) as Arc<dyn http_edge::Admin>),
         });
         tracing::info!(addr = %listener.local_addr()?, version = VERSION, "ingestd listening");
         // On shutdown the sources stop fetching at once and finish their batch

@@ -221,7 +221,9 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     if config.auth.mode == ingestd::config::AuthMode::None {
-        tracing::warn!("auth.mode = \"none\": anyone who can reach this port can write records");
+        tracing::warn!(
+            "auth.mode = \"none\": anyone who can reach this port can write records for any organization; the admin API is off"
+        );
     }
     let bind = config.server.bind.clone();
     let listener =
