@@ -4,8 +4,11 @@
 //!   and NATS found or started (see `services.rs`); with `--compose`, started
 //!   in Docker from `deploy/compose.test.yml` instead (needs a running Docker
 //!   engine). Extra arguments go to the test runner.
-//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then `test`.
+//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, `test`, then
+//!   `chaos --quick`.
 //! - `bench [writer|http|all]`: benchmarks (see `docs/benchmarks.md`).
+//! - `chaos [--quick] [--only 1,3]`: fault scenarios against the release
+//!   binary (`crates/ingest-chaos`; results in `docs/reliability.md`).
 //! - `migrate`: applies migrations to `DATABASE_URL` (same as `ingestd migrate`).
 //! - `dist`: a stripped release build packed as
 //!   `target/dist/ingestd-<version>-<target>.tar.gz` + `.sha256` (see `dist.rs`).
@@ -45,16 +48,18 @@ fn run() -> Result<()> {
         "ci" => {
             cargo(&["fmt", "--all", "--", "--check"]).context("cargo fmt --check (run `cargo fmt --all`)")?;
             cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
-            test(&rest)
+            test(&rest)?;
+            chaos(&["--quick".to_owned()])
         }
         "bench" => bench::run(&rest),
+        "chaos" => chaos(&rest),
         "migrate" => cargo(&["run", "--release", "-p", "ingestd", "--", "migrate"]),
         "dist" => dist::dist(&project_root()),
         "release" => match rest.as_slice() {
             [version] => dist::release(&project_root(), version.trim_start_matches('v'), &dist::today()),
             _ => bail!("usage: cargo xtask release <version>"),
         },
-        _ => bail!("usage: cargo xtask <test|ci|bench|migrate|dist|release> [args…]"),
+        _ => bail!("usage: cargo xtask <test|ci|bench|chaos|migrate|dist|release> [args…]"),
     }
 }
 
@@ -94,6 +99,23 @@ fn test(extra: &[String]) -> Result<()> {
     drop(compose);
     if !status.success() {
         bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// Builds the release binaries and runs the fault scenarios; fails when any
+/// acknowledged record was lost, duplicated, or a scenario's check failed.
+fn chaos(args: &[String]) -> Result<()> {
+    cargo(&["build", "--release", "-p", "ingestd", "-p", "ingest-chaos"])?;
+    let bin = dist::target_dir(&project_root())?.join("release");
+    let status = Command::new(bin.join("ingest-chaos"))
+        .arg("--ingestd")
+        .arg(bin.join("ingestd"))
+        .args(args)
+        .status()
+        .context("run ingest-chaos")?;
+    if !status.success() {
+        bail!("chaos scenarios failed");
     }
     Ok(())
 }

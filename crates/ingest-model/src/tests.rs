@@ -31,6 +31,53 @@ fn valid() -> Value {
     })
 }
 
+/// Every field path of [`valid`], and `""` for the whole record.
+const FIELD_PATHS: &[&str] = &[
+    "",
+    "request_id",
+    "timestamp",
+    "provider",
+    "model",
+    "model.name",
+    "model.version",
+    "model.context_window",
+    "organization_id",
+    "project_id",
+    "user_id",
+    "usage",
+    "usage.prompt_tokens",
+    "usage.completion_tokens",
+    "usage.total_tokens",
+    "usage.cached_tokens",
+    "usage.reasoning_tokens",
+    "performance",
+    "performance.latency_ms",
+    "performance.time_to_first_token_ms",
+    "tags",
+    "metadata",
+];
+
+/// Any JSON value, nested up to 4 deep, with values near the valid ones.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_filter("JSON has no NaN or infinity", |f| f.is_finite()).prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        Just(Value::from("2026-01-01T11:59:00Z")),
+        Just(Value::from("0192f8a0-7b5c-7cc4-9d1e-3f2a1b0c9d8e")),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(".{0,10}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
 fn decode_value(v: &Value) -> Result<UsageRecord, decode::Rejected> {
     let text = serde_json::to_string(v).unwrap();
     let raw: &RawValue = serde_json::from_str(&text).unwrap();
@@ -321,6 +368,43 @@ proptest! {
             .into_iter().map(|e| e.code).collect();
         prop_assert_eq!(codes.contains(&ErrorCode::CachedExceedsPrompt), cached > p);
         prop_assert_eq!(codes.contains(&ErrorCode::ReasoningExceedsCompletion), reasoning > c);
+    }
+
+    /// Any field of a valid record (or the record itself) replaced by any
+    /// JSON value: accepted, or rejected with at least one coded field error
+    /// naming a field of the record, never a panic. Also inside a batch.
+    #[test]
+    fn any_json_in_any_field_is_accepted_or_rejected_with_field_errors(
+        path in proptest::sample::select(FIELD_PATHS),
+        value in any_json(),
+    ) {
+        let mut v = valid();
+        if path.is_empty() {
+            v = value;
+        } else {
+            let (parent, leaf) = match path.rsplit_once('.') {
+                Some((p, l)) => (v.pointer_mut(&format!("/{}", p.replace('.', "/"))), l),
+                None => (Some(&mut v), path),
+            };
+            if let Some(Value::Object(map)) = parent {
+                map.insert(leaf.to_owned(), value);
+            }
+        }
+        match decode_value(&v) {
+            Ok(record) => prop_assert!(!record.organization_id.is_empty()),
+            Err(rejected) => {
+                prop_assert!(!rejected.errors.is_empty());
+                for e in &rejected.errors {
+                    prop_assert_eq!(ErrorCode::from_code(e.code.as_str()), Some(e.code));
+                    let top = e.field.split(['.', '[']).next().unwrap_or("");
+                    prop_assert!(top.is_empty() || valid().get(top).is_some(), "unknown field {:?}", e.field);
+                }
+            }
+        }
+        let batch = serde_json::to_vec(&json!({ "records": [v.clone(), valid()] })).unwrap();
+        let envelope = decode::batch(&batch).unwrap();
+        prop_assert_eq!(envelope.records.len(), 2);
+        prop_assert!(decode::record(envelope.records[1], &ctx(), Uuid::nil).is_ok());
     }
 
     #[test]

@@ -6,9 +6,17 @@
 //! one transaction and only then answers each submitter with the outcome of
 //! each of its records. A database error fails every submission of the batch:
 //! nothing of it is reported stored.
+//!
+//! When a commit fails and the database does not answer a ping either, the
+//! writer marks storage *down*: new submissions, and those already queued,
+//! fail at once with [`SinkError::Unavailable`] (HTTP: 503 with
+//! `Retry-After`) instead of each waiting out the pool's connect timeout. A
+//! probe pings every [`PROBE_EVERY`] and marks storage up again as soon as it
+//! answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use model::{RecordSink, SinkError, Source, StoreOutcome, UsageRecord};
@@ -21,6 +29,11 @@ use crate::{Store, WriterConfig};
 
 /// A pause in arrivals this long ends the linger early (see `Worker::collect`).
 const ARRIVAL_GAP: Duration = Duration::from_micros(200);
+
+/// How often a down database is pinged.
+pub const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// A ping slower than this counts as no answer.
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
 
 type Reply = oneshot::Sender<Result<Vec<StoreOutcome>, SinkError>>;
 
@@ -39,6 +52,8 @@ pub struct WriterHandle {
     space: Arc<Semaphore>,
     capacity: usize,
     stop: Arc<watch::Sender<bool>>,
+    /// Storage is known to be unreachable (see the module documentation).
+    down: Arc<AtomicBool>,
 }
 
 /// The running writer task.
@@ -54,8 +69,15 @@ impl Writer {
         let capacity = config.queue_capacity.max(1);
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
-        let handle = WriterHandle { tx, space: Arc::new(Semaphore::new(capacity)), capacity, stop: Arc::new(stop) };
+        let handle = WriterHandle {
+            tx,
+            space: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            stop: Arc::new(stop),
+            down: Arc::new(AtomicBool::new(false)),
+        };
         let worker = Worker {
+            down: handle.down.clone(),
             store,
             rx,
             stopped,
@@ -93,12 +115,20 @@ impl WriterHandle {
         !self.tx.is_closed() && !*self.stop.borrow()
     }
 
+    /// Whether storage is known to be unreachable right now.
+    pub fn storage_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
     async fn submit(&self, records: Vec<UsageRecord>, source: Source) -> Result<Vec<StoreOutcome>, SinkError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         if *self.stop.borrow() {
             return Err(SinkError::Closed);
+        }
+        if self.storage_down() {
+            return Err(SinkError::Unavailable(Box::new(StorageDown)));
         }
         // A submission larger than the whole queue still goes through alone.
         let need = u32::try_from(records.len().min(self.capacity)).unwrap_or(u32::MAX);
@@ -121,6 +151,7 @@ impl RecordSink for WriterHandle {
 }
 
 struct Worker {
+    down: Arc<AtomicBool>,
     store: Store,
     rx: mpsc::UnboundedReceiver<Job>,
     stopped: watch::Receiver<bool>,
@@ -191,6 +222,12 @@ impl Worker {
             }
         }
 
+        if self.down.load(Ordering::Acquire) {
+            for job in batch {
+                let _ = job.reply.send(Err(SinkError::Unavailable(Box::new(StorageDown))));
+            }
+            return;
+        }
         let started = Instant::now();
         let result = self.store.insert_new(&unique, OffsetDateTime::now_utc()).await;
         let elapsed = started.elapsed();
@@ -205,6 +242,9 @@ impl Worker {
             Err(e) => {
                 metrics::counter!("ingestd_writer_commits_total", "result" => "error").increment(1);
                 tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), rows = total, "commit failed");
+                // Before answering, so a caller that sees the failure also
+                // sees storage marked down when it is.
+                self.check_reachable().await;
                 let shared: Arc<crate::Error> = Arc::new(e);
                 for job in batch {
                     let _ = job.reply.send(Err(SinkError::Unavailable(Box::new(SharedError(shared.clone())))));
@@ -213,6 +253,43 @@ impl Worker {
         }
     }
 }
+
+impl Worker {
+    /// After a failed commit: when the database does not answer a ping
+    /// either, marks storage down and probes until it answers again.
+    async fn check_reachable(&self) {
+        if ping(&self.store).await {
+            return;
+        }
+        if self.down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!("storage is down: refusing writes until it answers again");
+        metrics::gauge!("ingestd_storage_down").set(1.0);
+        let (store, down) = (self.store.clone(), self.down.clone());
+        tokio::spawn(async move {
+            let since = Instant::now();
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                if ping(&store).await {
+                    down.store(false, Ordering::Release);
+                    metrics::gauge!("ingestd_storage_down").set(0.0);
+                    tracing::info!(down_secs = since.elapsed().as_secs_f64(), "storage answers again");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn ping(store: &Store) -> bool {
+    matches!(tokio::time::timeout(PING_TIMEOUT, store.ping()).await, Ok(Ok(())))
+}
+
+/// The reason of a submission refused while storage is down.
+#[derive(Debug, thiserror::Error)]
+#[error("storage is down (the database does not answer); retry shortly")]
+struct StorageDown;
 
 fn answer(batch: Vec<Job>, inserted: &std::collections::HashSet<Key>) {
     let mut seen: HashMap<(String, uuid::Uuid), ()> = HashMap::new();

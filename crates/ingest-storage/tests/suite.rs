@@ -360,3 +360,32 @@ async fn org_rate_limits_are_upserted_and_removed(kind: Kind) {
     assert!(!store.remove_org_rate_limit("org-a").await.unwrap());
     assert!(store.list_org_rate_limits().await.unwrap().is_empty());
 }
+
+/// A database that stops answering: the first commit fails (after the pool's
+/// connect timeout), then every submission fails at once until a probe finds
+/// the database again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_fails_writes_at_once_until_it_answers() {
+    let db = TestDatabase::new(Kind::Postgres).await;
+    let store = db.store().await;
+    let writer = Writer::spawn(store.clone(), WriterConfig::default());
+    let sink = writer.handle();
+    sink.store(vec![record("org", 0)], Source::Http).await.unwrap();
+    let name = db.config.url.rsplit('/').next().unwrap().to_owned();
+    let admin = sea_orm::Database::connect(testkit::postgres_admin_url()).await.unwrap();
+    admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
+    assert!(matches!(sink.store(vec![record("org", 1)], Source::Http).await, Err(SinkError::Unavailable(_))));
+    assert!(sink.storage_down());
+    let asked = std::time::Instant::now();
+    assert!(matches!(sink.store(vec![record("org", 2)], Source::Http).await, Err(SinkError::Unavailable(_))));
+    assert!(asked.elapsed() < Duration::from_millis(100), "took {:?} to refuse", asked.elapsed());
+    // Back: the probe notices within a few of its intervals.
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+    Store::connect(&db.config).await.unwrap().migrate().await.unwrap();
+    let back = std::time::Instant::now();
+    while sink.storage_down() {
+        assert!(back.elapsed() < Duration::from_secs(5), "still down 5 s after the database returned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sink.store(vec![record("org", 3)], Source::Http).await.unwrap(), [I]);
+}

@@ -1,0 +1,15 @@
+//! The machinery of `cargo xtask chaos` (see `src/main.rs` for the
+//! scenarios): the real `ingestd` binary as a child process, throwaway
+//! PostgreSQL, a load generator that keeps a ledger of every record it sent
+//! and every record acknowledged, and the check of the ledger against the
+//! database, in the manner of Jepsen's queue checker: attempted,
+//! acknowledged, stored, lost (acknowledged, not stored), duplicated (stored
+//! twice), unexpected (stored, never sent).
+
+pub mod ledger;
+pub mod load;
+pub mod procs;
+
+pub use ledger::{Ledger, Verdict};
+pub use load::{Load, LoadReport};
+pub use procs::{Ingestd, Postgres};

@@ -1,0 +1,151 @@
+//! Closed-loop writers that log every request with its times and outcome.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use testkit::http::Client;
+use uuid::Uuid;
+
+use crate::Ledger;
+
+/// How one request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Status {
+        code: u16,
+        retry_after: bool,
+    },
+    /// Connection refused, reset, closed, or no answer within 10 s.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub started: Instant,
+    pub ended: Instant,
+    pub outcome: Outcome,
+}
+
+/// Writers running against one address.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Event>>>,
+}
+
+/// Every request of a run.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub events: Vec<Event>,
+}
+
+impl Load {
+    /// `workers` writers, each sending one request at a time: half single
+    /// records, half batches of 2 to 10, every record with a fresh id.
+    /// `pause` between requests (zero: as fast as answers come).
+    pub fn start(addr: SocketAddr, workers: usize, ledger: Arc<Ledger>, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..workers)
+            .map(|w| {
+                let stop = stop.clone();
+                let ledger = ledger.clone();
+                tokio::spawn(async move { worker(addr, w as u64, ledger, stop, pause).await })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    pub async fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut events = Vec::new();
+        for t in self.tasks {
+            events.extend(t.await.unwrap_or_default());
+        }
+        events.sort_by_key(|e| e.started);
+        LoadReport { events }
+    }
+}
+
+async fn worker(addr: SocketAddr, w: u64, ledger: Arc<Ledger>, stop: Arc<AtomicBool>, pause: Duration) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut client: Option<Client> = None;
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let started = Instant::now();
+        let c = match client.as_mut() {
+            Some(c) => c,
+            None => match Client::connect(addr).await {
+                Ok(c) => client.insert(c),
+                Err(_) => {
+                    events.push(Event { started, ended: Instant::now(), outcome: Outcome::Failed });
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let records: Vec<serde_json::Value> = (0..if n.is_multiple_of(2) { 1 } else { 2 + n % 9 })
+            .map(|i| testkit::record_json("org-chaos", w * 1000 + i))
+            .collect();
+        let ids: Vec<Uuid> =
+            records.iter().filter_map(|r| r["request_id"].as_str().and_then(|s| Uuid::try_parse(s).ok())).collect();
+        ledger.attempt(&ids);
+        let (path, body) = match records.len() {
+            1 => ("/v1/usage", records[0].clone()),
+            _ => ("/v1/usage/batch", json!({ "records": records })),
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(10), c.post_json_checked(path, &body)).await;
+        let outcome = match sent {
+            Ok(Ok((code, retry_after))) => {
+                if code == 200 {
+                    ledger.ack(&ids);
+                }
+                Outcome::Status { code, retry_after }
+            }
+            _ => {
+                client = None;
+                Outcome::Failed
+            }
+        };
+        events.push(Event { started, ended: Instant::now(), outcome });
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    events
+}
+
+impl LoadReport {
+    /// Requests by status code (`0`: failed without an answer).
+    pub fn by_status(&self) -> BTreeMap<u16, usize> {
+        let mut out = BTreeMap::new();
+        for e in &self.events {
+            let code = match e.outcome {
+                Outcome::Status { code, .. } => code,
+                Outcome::Failed => 0,
+            };
+            *out.entry(code).or_default() += 1;
+        }
+        out
+    }
+
+    pub fn between(&self, from: Instant, to: Instant) -> impl Iterator<Item = &Event> {
+        self.events.iter().filter(move |e| e.started >= from && e.started < to)
+    }
+}
+
+/// `post_json` that reports a broken connection instead of panicking.
+trait PostChecked {
+    async fn post_json_checked(&mut self, path: &str, body: &serde_json::Value) -> Result<(u16, bool), ()>;
+}
+
+impl PostChecked for Client {
+    async fn post_json_checked(&mut self, path: &str, body: &serde_json::Value) -> Result<(u16, bool), ()> {
+        let bytes = serde_json::to_vec(body).map_err(|_| ())?;
+        let reply = self.send("POST", path, &[("content-type", "application/json")], bytes).await.map_err(|_| ())?;
+        Ok((reply.status.as_u16(), reply.header("retry-after").is_some()))
+    }
+}

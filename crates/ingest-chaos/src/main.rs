@@ -1,0 +1,390 @@
+//! `chaos --ingestd PATH [--quick] [--only 1,3]`: fault scenarios against the
+//! real ingestd binary; run through `cargo xtask chaos`, which builds it.
+//!
+//! Each scenario keeps a ledger of every record sent and every record
+//! acknowledged, then compares it with the database. The table shows
+//! attempted / acknowledged / stored / lost / duplicated / unexpected plus the
+//! scenario's own figures; the exit code is 1 when any lost, duplicated or
+//! unexpected count is above zero or a scenario's own check failed.
+//!
+//! 1. SIGKILL at random moments under mixed single/batch load, N cycles.
+//! 2. SIGTERM under load: no request already started fails, exit 0 within
+//!    the grace period, nothing acknowledged lost.
+//! 3. PostgreSQL stopped under load: only 503 + Retry-After during the
+//!    outage, `/health/ready` says storage is down, recovery within 5 s.
+//! 7. Overload: 3× the measured capacity, open loop: the excess is shed
+//!    with 503 (never another error), peak memory stays bounded, nothing
+//!    acknowledged lost; latencies of 200s and 503s are reported.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ingest_chaos::load::Outcome;
+use ingest_chaos::procs::free_port;
+use ingest_chaos::{Ingestd, Ledger, Load, Postgres, Verdict};
+
+struct Args {
+    ingestd: PathBuf,
+    quick: bool,
+    only: Option<Vec<u32>>,
+}
+
+struct Row {
+    scenario: &'static str,
+    verdict: Verdict,
+    figures: String,
+    /// The scenario's own checks that failed.
+    failures: Vec<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("chaos: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn parse() -> Result<Args> {
+    let mut args = Args { ingestd: PathBuf::new(), quick: false, only: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--ingestd" => args.ingestd = it.next().context("--ingestd PATH")?.into(),
+            "--quick" => args.quick = true,
+            "--only" => {
+                let list = it.next().context("--only 1,3")?;
+                args.only = Some(list.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?);
+            }
+            other => bail!("unknown argument {other:?}; usage: chaos --ingestd PATH [--quick] [--only 1,3]"),
+        }
+    }
+    anyhow::ensure!(args.ingestd.is_file(), "--ingestd {} is not a file", args.ingestd.display());
+    Ok(args)
+}
+
+fn run() -> Result<bool> {
+    let args = parse()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let work = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    let wanted = |n: u32| args.only.as_ref().is_none_or(|o| o.contains(&n));
+    type Scenario = for<'a> fn(
+        &'a Args,
+        &'a std::path::Path,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Row>> + 'a>>;
+    let scenarios: [(u32, Scenario); 4] = [
+        (1, |a, d| Box::pin(sigkill_cycles(a, d))),
+        (2, |a, d| Box::pin(sigterm_under_load(a, d))),
+        (3, |a, d| Box::pin(storage_outage(a, d))),
+        (7, |a, d| Box::pin(overload(a, d))),
+    ];
+    for (n, scenario) in scenarios {
+        if !wanted(n) {
+            continue;
+        }
+        let dir = work.path().join(format!("s{n}"));
+        std::fs::create_dir_all(&dir)?;
+        println!("chaos: scenario {n}…");
+        let started = Instant::now();
+        let row = rt.block_on(scenario(&args, &dir)).with_context(|| format!("scenario {n}"))?;
+        println!("chaos: scenario {n} done in {:.1} s", started.elapsed().as_secs_f64());
+        rows.push(row);
+    }
+    print_table(&rows);
+    let ok = rows.iter().all(|r| r.verdict.clean() && r.failures.is_empty());
+    if !ok {
+        println!("\nchaos: FAILED (logs kept in {})", work.keep().display());
+    }
+    Ok(ok)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n| scenario | attempted | acknowledged | stored | lost | duplicated | unexpected | figures | verdict |\n|---|---:|---:|---:|---:|---:|---:|---|---|"
+    );
+    for r in rows {
+        let v = &r.verdict;
+        let verdict = if v.clean() && r.failures.is_empty() { "ok".to_owned() } else { r.failures.join("; ") };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            v.attempted,
+            v.acknowledged,
+            v.stored,
+            v.lost,
+            v.duplicated,
+            v.unexpected,
+            r.figures,
+            if verdict.is_empty() { "FAILED: lost/duplicated/unexpected".to_owned() } else { verdict }
+        );
+    }
+}
+
+fn sqlite_url(dir: &std::path::Path) -> (String, Vec<(&'static str, String)>) {
+    let url = format!("sqlite://{}?mode=rwc", dir.join("chaos.db").display());
+    (url.clone(), vec![("DATABASE_URL", url)])
+}
+
+/// A pseudo-random duration in `[lo, hi)` ms (no crate needed for this).
+fn jitter(lo: u64, hi: u64) -> Duration {
+    let nanos = u64::from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos(),
+    );
+    Duration::from_millis(lo + nanos.wrapping_mul(2_654_435_761) % (hi - lo))
+}
+
+/// 1: SIGKILL at random moments while 8 writers send single records and
+/// batches; restart; repeat.
+async fn sigkill_cycles(args: &Args, dir: &std::path::Path) -> Result<Row> {
+    let cycles = if args.quick { 5 } else { 20 };
+    let (url, env) = sqlite_url(dir);
+    let ledger = Arc::new(Ledger::default());
+    let port = free_port()?;
+    let log = dir.join("ingestd.log");
+    let mut failed_requests = 0;
+    for _ in 0..cycles {
+        let ingestd = Ingestd::start(&args.ingestd, port, &env, &log)?;
+        let load = Load::start(ingestd.addr, 8, ledger.clone(), Duration::ZERO);
+        tokio::time::sleep(jitter(300, 1500)).await;
+        ingestd.kill()?;
+        let report = load.stop().await;
+        failed_requests += report.by_status().get(&0).copied().unwrap_or(0);
+    }
+    let verdict = ledger.verify(&url).await?;
+    let mut failures = Vec::new();
+    if verdict.acknowledged == 0 {
+        failures.push("nothing was acknowledged".to_owned());
+    }
+    Ok(Row {
+        scenario: "1 SIGKILL under load",
+        verdict,
+        figures: format!("{cycles} kills; {failed_requests} requests cut off (not acknowledged, retried as new)"),
+        failures,
+    })
+}
+
+/// 2: SIGTERM while 16 writers send; requests started before the signal must
+/// all be answered; the process exits 0 within the grace period.
+async fn sigterm_under_load(args: &Args, dir: &std::path::Path) -> Result<Row> {
+    let (url, mut env) = sqlite_url(dir);
+    let grace = 10;
+    env.push(("INGESTD_SERVER__SHUTDOWN_GRACE_SECS", grace.to_string()));
+    let ledger = Arc::new(Ledger::default());
+    let rounds = if args.quick { 2 } else { 5 };
+    let mut started_then_failed = 0;
+    let mut exits = Vec::new();
+    let mut worst = Duration::ZERO;
+    let mut in_flight_at_signal = 0;
+    for _ in 0..rounds {
+        let ingestd = Ingestd::start(&args.ingestd, free_port()?, &env, &dir.join("ingestd.log"))?;
+        let load = Load::start(ingestd.addr, 16, ledger.clone(), Duration::ZERO);
+        tokio::time::sleep(jitter(1000, 2000)).await;
+        let signalled = Instant::now();
+        let (status, took) = tokio::task::spawn_blocking(move || ingestd.terminate(Duration::from_secs(60))).await??;
+        let exited = Instant::now();
+        let report = load.stop().await;
+        // Started before SIGTERM: must have an answer, whatever the status.
+        for e in report.events.iter().filter(|e| e.started < signalled) {
+            if e.ended > signalled {
+                in_flight_at_signal += 1;
+            }
+            if e.outcome == Outcome::Failed {
+                started_then_failed += 1;
+            }
+        }
+        let _ = exited;
+        exits.push(status.code().unwrap_or(-1));
+        worst = worst.max(took);
+    }
+    let verdict = ledger.verify(&url).await?;
+    let mut failures = Vec::new();
+    if started_then_failed > 0 {
+        failures.push(format!("{started_then_failed} requests started before SIGTERM got no answer"));
+    }
+    if exits.iter().any(|&c| c != 0) {
+        failures.push(format!("exit codes {exits:?}"));
+    }
+    if worst > Duration::from_secs(grace) {
+        failures.push(format!("took {worst:?} to exit (grace {grace} s)"));
+    }
+    Ok(Row {
+        scenario: "2 SIGTERM under load",
+        verdict,
+        figures: format!(
+            "{rounds} stops; {in_flight_at_signal} requests in flight at the signal; slowest exit {:.2} s; exit codes {exits:?}",
+            worst.as_secs_f64()
+        ),
+        failures,
+    })
+}
+
+/// 3: PostgreSQL stopped under load for a while, then started again.
+async fn storage_outage(args: &Args, dir: &std::path::Path) -> Result<Row> {
+    let outage = Duration::from_secs(if args.quick { 8 } else { 30 });
+    let mut pg = tokio::task::spawn_blocking(Postgres::start).await??;
+    let url = pg.url();
+    let env = vec![("DATABASE_URL", url.clone())];
+    let ingestd = Ingestd::start(&args.ingestd, free_port()?, &env, &dir.join("ingestd.log"))?;
+    let ledger = Arc::new(Ledger::default());
+    let load = Load::start(ingestd.addr, 8, ledger.clone(), Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pg_handle = tokio::task::spawn_blocking(move || pg.stop().map(|()| pg));
+    let mut pg = pg_handle.await??;
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut probe = testkit::http::Client::connect(ingestd.addr).await?;
+    let ready = probe.get("/health/ready").await;
+    let ready_says_down = ready.status == 503 && ready.json()["components"]["storage"]["status"] == "down";
+    tokio::time::sleep(outage.saturating_sub(Duration::from_millis(500))).await;
+    let restarting = Instant::now();
+    let pg_handle = tokio::task::spawn_blocking(move || pg.start_again().map(|()| pg));
+    let _pg = pg_handle.await??;
+    let up = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let report = load.stop().await;
+    drop(ingestd);
+    // During the outage: started after the stop, answered before the restart began.
+    let during: Vec<_> = report.between(down, restarting).filter(|e| e.ended < restarting).collect();
+    let ok_during = during.iter().filter(|e| matches!(e.outcome, Outcome::Status { code: 200..=299, .. })).count();
+    let not_503 =
+        during.iter().filter(|e| !matches!(e.outcome, Outcome::Status { code: 503, retry_after: true })).count();
+    let recovered = report
+        .events
+        .iter()
+        .filter(|e| e.started >= restarting && matches!(e.outcome, Outcome::Status { code: 200, .. }))
+        .map(|e| e.ended.saturating_duration_since(up))
+        .min();
+    let verdict = ledger.verify(&url).await?;
+    let mut failures = Vec::new();
+    if ok_during > 0 {
+        failures.push(format!("{ok_during} 2xx during the outage"));
+    }
+    if not_503 > 0 {
+        failures.push(format!("{not_503} answers during the outage were not 503 with Retry-After"));
+    }
+    if !ready_says_down {
+        failures.push(format!("/health/ready during the outage: {} {:?}", ready.status, ready.json()));
+    }
+    match recovered {
+        Some(t) if t <= Duration::from_secs(5) => {}
+        other => failures.push(format!("recovery took {other:?} (limit 5 s)")),
+    }
+    Ok(Row {
+        scenario: "3 PostgreSQL outage",
+        verdict,
+        figures: format!(
+            "{:.0} s outage; {} requests during it: {} × 503+Retry-After; ready said storage down: {ready_says_down}; first 200 {:.2} s after the restart",
+            outage.as_secs_f64(),
+            during.len(),
+            during.len() - not_503,
+            recovered.map_or(f64::NAN, |d| d.as_secs_f64())
+        ),
+        failures,
+    })
+}
+
+/// 7: measure capacity with a closed loop, then offer 3× that rate open
+/// loop (each request on its own task, at most 4096 outstanding).
+async fn overload(args: &Args, dir: &std::path::Path) -> Result<Row> {
+    let (url, mut env) = sqlite_url(dir);
+    env.push(("INGESTD_SERVER__MAX_CONCURRENT_REQUESTS", "256".to_owned()));
+    let ingestd = Ingestd::start(&args.ingestd, free_port()?, &env, &dir.join("ingestd.log"))?;
+    let ledger = Arc::new(Ledger::default());
+    let secs = if args.quick { 3 } else { 10 };
+    let load = Load::start(ingestd.addr, 32, ledger.clone(), Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let calm = load.stop().await;
+    let capacity = calm.by_status().get(&200).copied().unwrap_or(0) as f64 / secs as f64;
+    let rss_calm = ingestd.peak_rss_kib().unwrap_or(0);
+
+    // Open loop at 3× capacity: arrivals do not wait for answers.
+    let rate = (capacity * 3.0).max(1.0);
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let permits = Arc::new(tokio::sync::Semaphore::new(4096));
+    let addr = ingestd.addr;
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    let mut next = start;
+    let mut dropped_at_client = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        next += gap;
+        tokio::time::sleep_until(next.into()).await;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            dropped_at_client += 1;
+            continue;
+        };
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let r = testkit::record_json("org-over", 0);
+            let id = uuid::Uuid::try_parse(r["request_id"].as_str().unwrap_or_default()).ok();
+            let t0 = Instant::now();
+            let Ok(mut c) = testkit::http::Client::connect(addr).await else { return (0u16, t0.elapsed()) };
+            if let Some(id) = id {
+                ledger.attempt(&[id]);
+            }
+            let bytes = serde_json::to_vec(&r).unwrap_or_default();
+            let code = match c.send("POST", "/v1/usage", &[("content-type", "application/json")], bytes).await {
+                Ok(reply) => reply.status.as_u16(),
+                Err(_) => 0,
+            };
+            if code == 200
+                && let Some(id) = id
+            {
+                ledger.ack(&[id]);
+            }
+            (code, t0.elapsed())
+        }));
+    }
+    let mut by_code = std::collections::BTreeMap::<u16, Vec<Duration>>::new();
+    for t in tasks {
+        if let Ok((code, took)) = t.await {
+            by_code.entry(code).or_default().push(took);
+        }
+    }
+    let rss_over = ingestd.peak_rss_kib().unwrap_or(0);
+    drop(ingestd);
+    let p99 = |v: &mut Vec<Duration>| {
+        v.sort();
+        v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
+    let shed = by_code.get(&503).map_or(0, Vec::len);
+    let shed_p99 = by_code.get_mut(&503).map(p99).unwrap_or_default();
+    let ok = by_code.get(&200).map_or(0, Vec::len);
+    let ok_p99 = by_code.get_mut(&200).map(p99).unwrap_or_default();
+    let other: usize = by_code.iter().filter(|(c, _)| **c != 200 && **c != 503).map(|(_, v)| v.len()).sum();
+    let verdict = ledger.verify(&url).await?;
+    let mut failures = Vec::new();
+    if other > 0 {
+        failures.push(format!("{other} answers neither 200 nor 503 (or no answer)"));
+    }
+    // Memory must not follow the offered load: the concurrency limit and the
+    // writer queue bound it. (Latencies are reported, not judged: on this
+    // 2-core machine the load generator competes with ingestd for the CPU.)
+    if rss_over > rss_calm + 256 * 1024 {
+        failures.push(format!("peak RSS grew from {} to {} MiB", rss_calm / 1024, rss_over / 1024));
+    }
+    if shed == 0 {
+        failures.push("nothing was shed: the offered load did not overload".to_owned());
+    }
+    Ok(Row {
+        scenario: "7 overload at 3×",
+        verdict,
+        figures: format!(
+            "capacity {capacity:.0} req/s; offered {rate:.0} req/s for {secs} s: {ok} × 200 (p99 {:.1} ms), {shed} × 503 (p99 {:.1} ms), {other} other, {dropped_at_client} not sent (client cap); peak RSS {} → {} MiB",
+            ok_p99.as_secs_f64() * 1e3,
+            shed_p99.as_secs_f64() * 1e3,
+            rss_calm / 1024,
+            rss_over / 1024
+        ),
+        failures,
+    })
+}
