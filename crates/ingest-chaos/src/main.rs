@@ -15,6 +15,9 @@
 //! 7. Overload: 3× the measured capacity, open loop: the excess is shed
 //!    with 503 (never another error), peak memory stays bounded, nothing
 //!    acknowledged lost; latencies of 200s and 503s are reported.
+//! 8. Slowloris: 1,000 connections trickling header lines: each is closed
+//!    within the header-read timeout, and normal clients' p99 stays within
+//!    2× of its unloaded value.
 
 #![allow(clippy::print_stdout)]
 
@@ -80,11 +83,12 @@ fn run() -> Result<bool> {
         &'a Args,
         &'a std::path::Path,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Row>> + 'a>>;
-    let scenarios: [(u32, Scenario); 4] = [
+    let scenarios: [(u32, Scenario); 5] = [
         (1, |a, d| Box::pin(sigkill_cycles(a, d))),
         (2, |a, d| Box::pin(sigterm_under_load(a, d))),
         (3, |a, d| Box::pin(storage_outage(a, d))),
         (7, |a, d| Box::pin(overload(a, d))),
+        (8, |a, d| Box::pin(slowloris(a, d))),
     ];
     for (n, scenario) in scenarios {
         if !wanted(n) {
@@ -189,7 +193,6 @@ async fn sigterm_under_load(args: &Args, dir: &std::path::Path) -> Result<Row> {
         tokio::time::sleep(jitter(1000, 2000)).await;
         let signalled = Instant::now();
         let (status, took) = tokio::task::spawn_blocking(move || ingestd.terminate(Duration::from_secs(60))).await??;
-        let exited = Instant::now();
         let report = load.stop().await;
         // Started before SIGTERM: must have an answer, whatever the status.
         for e in report.events.iter().filter(|e| e.started < signalled) {
@@ -200,7 +203,6 @@ async fn sigterm_under_load(args: &Args, dir: &std::path::Path) -> Result<Row> {
                 started_then_failed += 1;
             }
         }
-        let _ = exited;
         exits.push(status.code().unwrap_or(-1));
         worst = worst.max(took);
     }
@@ -384,6 +386,105 @@ async fn overload(args: &Args, dir: &std::path::Path) -> Result<Row> {
             shed_p99.as_secs_f64() * 1e3,
             rss_calm / 1024,
             rss_over / 1024
+        ),
+        failures,
+    })
+}
+
+/// p99 of the answered requests' latencies.
+fn p99_of(report: &ingest_chaos::LoadReport) -> Duration {
+    let mut v: Vec<Duration> = report
+        .events
+        .iter()
+        .filter(|e| matches!(e.outcome, Outcome::Status { code: 200, .. }))
+        .map(|e| e.ended.duration_since(e.started))
+        .collect();
+    v.sort();
+    v.get((v.len() * 99 / 100).min(v.len().saturating_sub(1))).copied().unwrap_or_default()
+}
+
+/// 8: 1,000 connections that send a request line and then one header line
+/// every 500 ms, never finishing; 4 normal writers beside them.
+async fn slowloris(args: &Args, dir: &std::path::Path) -> Result<Row> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout_secs = 3u64;
+    let (url, mut env) = sqlite_url(dir);
+    env.push(("INGESTD_SERVER__HEADER_READ_TIMEOUT_SECS", timeout_secs.to_string()));
+    let ingestd = Ingestd::start(&args.ingestd, free_port()?, &env, &dir.join("ingestd.log"))?;
+    let addr = ingestd.addr;
+    let ledger = Arc::new(Ledger::default());
+    let secs = if args.quick { 4 } else { 8 };
+    // Normal clients alone first.
+    let calm = Load::start(addr, 4, ledger.clone(), Duration::from_millis(2));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let calm_p99 = p99_of(&calm.stop().await);
+
+    let attackers: Vec<_> = (0..1000)
+        .map(|i| {
+            tokio::spawn(async move {
+                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return None };
+                let _ = s.write_all(b"POST /v1/usage HTTP/1.1\r\nHost: x\r\n").await;
+                // From the first byte sent: that is when the server's timer can start.
+                let started = Instant::now();
+                let mut buf = [0u8; 512];
+                loop {
+                    // Closed by the server: read gives 0 or an error.
+                    match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+                        Ok(Ok(_)) => {} // an error response; wait for the close
+                        Err(_) => {
+                            if s.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).await.is_err() {
+                                return Some(started.elapsed());
+                            }
+                        }
+                    }
+                    if started.elapsed() > Duration::from_secs(60) {
+                        return None;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded = Load::start(addr, 4, ledger.clone(), Duration::from_millis(2));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let loaded_p99 = p99_of(&loaded.stop().await);
+    let mut closed = Vec::new();
+    let mut never = 0;
+    for a in attackers {
+        match a.await.ok().flatten() {
+            Some(t) => closed.push(t),
+            None => never += 1,
+        }
+    }
+    drop(ingestd);
+    closed.sort();
+    let slowest = closed.last().copied().unwrap_or_default();
+    let median = closed.get(closed.len() / 2).copied().unwrap_or_default();
+    let verdict = ledger.verify(&url).await?;
+    let mut failures = Vec::new();
+    if never > 0 {
+        failures.push(format!("{never} slow connections were not closed (or could not connect)"));
+    }
+    // The timer starts at the first byte; allow 1 s for scheduling.
+    if slowest > Duration::from_secs(timeout_secs + 1) {
+        failures.push(format!("a slow connection lived {slowest:?} (header timeout {timeout_secs} s)"));
+    }
+    let ratio = loaded_p99.as_secs_f64() / calm_p99.as_secs_f64().max(1e-6);
+    if !args.quick && ratio > 2.0 {
+        failures.push(format!("normal p99 grew {ratio:.2}× under the attack"));
+    }
+    Ok(Row {
+        scenario: "8 slowloris ×1000",
+        verdict,
+        figures: format!(
+            "{} slow connections closed, median after {:.2} s, slowest {:.2} s (header timeout {timeout_secs} s); normal p99 {:.2} ms alone, {:.2} ms during ({ratio:.2}×{})",
+            closed.len(),
+            median.as_secs_f64(),
+            slowest.as_secs_f64(),
+            calm_p99.as_secs_f64() * 1e3,
+            loaded_p99.as_secs_f64() * 1e3,
+            if args.quick { ", not judged with --quick" } else { "" }
         ),
         failures,
     })

@@ -56,10 +56,6 @@ impl Ingestd {
         Ok(Ingestd { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGKILL: no chance to flush or answer.
     pub fn kill(mut self) -> Result<()> {
         self.child.kill()?;

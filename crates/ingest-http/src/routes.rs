@@ -38,34 +38,31 @@ pub(crate) async fn handle<S: RecordSink>(state: Arc<AppState<S>>, req: Request<
     let path = req.uri().path().to_owned();
     let route = ROUTES.iter().find(|(p, _)| *p == path);
     let label = route.map_or(if path.starts_with("/admin/") { "admin" } else { "other" }, |(p, _)| *p);
-    let response = match route {
-        None if path.starts_with("/admin/") && state.admin.is_some() => {
-            let timeout = Duration::from_secs(state.config.request_timeout_secs);
-            let admin = state.admin.as_deref().expect("checked above");
-            match tokio::time::timeout(timeout, crate::admin::dispatch(admin, req)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) => e.into_response(),
-                Err(_) => ApiError::Timeout { secs: state.config.request_timeout_secs }.into_response(),
-            }
-        }
-        None => ApiError::NotFound { path }.into_response(),
-        Some((_, allow)) if req.method().as_str() != *allow && !(req.method() == Method::HEAD && *allow == "GET") => {
+    let secs = state.config.request_timeout_secs;
+    let response = match (route, state.admin.as_deref()) {
+        (None, Some(admin)) if path.starts_with("/admin/") => timed(secs, crate::admin::dispatch(admin, req)).await,
+        (None, _) => ApiError::NotFound { path }.into_response(),
+        (Some((_, allow)), _)
+            if req.method().as_str() != *allow && !(req.method() == Method::HEAD && *allow == "GET") =>
+        {
             ApiError::MethodNotAllowed { method: req.method().to_string(), allow }.into_response()
         }
-        Some((p, _)) => {
-            let timeout = Duration::from_secs(state.config.request_timeout_secs);
-            match tokio::time::timeout(timeout, dispatch(&state, p, req)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) => e.into_response(),
-                Err(_) => ApiError::Timeout { secs: state.config.request_timeout_secs }.into_response(),
-            }
-        }
+        (Some((p, _)), _) => timed(secs, dispatch(&state, p, req)).await,
     };
     metrics::counter!("ingestd_http_requests_total", "route" => label, "status" => response.status().as_str().to_owned())
         .increment(1);
     metrics::histogram!("ingestd_http_request_duration_seconds", "route" => label)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Runs a handler under the request timeout (503 `timeout` past it).
+async fn timed(secs: u64, handler: impl std::future::Future<Output = Result<Resp, ApiError>>) -> Resp {
+    match tokio::time::timeout(Duration::from_secs(secs), handler).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::Timeout { secs }.into_response(),
+    }
 }
 
 async fn dispatch<S: RecordSink>(state: &AppState<S>, path: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
