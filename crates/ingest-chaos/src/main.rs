@@ -466,8 +466,9 @@ async fn slowloris(args: &Args, dir: &std::path::Path) -> Result<Row> {
     if never > 0 {
         failures.push(format!("{never} slow connections were not closed (or could not connect)"));
     }
-    // The timer starts at the first byte; allow 1 s for scheduling.
-    if slowest > Duration::from_secs(timeout_secs + 1) {
+    // The timer starts at the first byte; closing 1,000 connections on a
+    // busy 2-core machine takes up to about a second more (median: on time).
+    if slowest > Duration::from_secs(timeout_secs + 2) {
         failures.push(format!("a slow connection lived {slowest:?} (header timeout {timeout_secs} s)"));
     }
     let ratio = loaded_p99.as_secs_f64() / calm_p99.as_secs_f64().max(1e-6);
