@@ -12,4 +12,4 @@ pub mod procs;
 
 pub use ledger::{Ledger, Verdict};
 pub use load::{Load, LoadReport};
-pub use procs::{Ingestd, Postgres};
+pub use procs::{Ingestd, Postgres, Redis};

@@ -12,6 +12,9 @@
 //!    the grace period, nothing acknowledged lost.
 //! 3. PostgreSQL stopped under load: only 503 + Retry-After during the
 //!    outage, `/health/ready` says storage is down, recovery within 5 s.
+//! 6. The rate limiter's Redis killed under load: no 5xx, no 429 (the
+//!    budget is far above the load), the fallback is used and reported in
+//!    metrics, and Redis decides again once it is back.
 //! 7. Overload: 3× the measured capacity, open loop: the excess is shed
 //!    with 503 (never another error), peak memory stays bounded, nothing
 //!    acknowledged lost; latencies of 200s and 503s are reported.
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use ingest_chaos::load::Outcome;
 use ingest_chaos::procs::free_port;
-use ingest_chaos::{Ingestd, Ledger, Load, Postgres, Verdict};
+use ingest_chaos::{Ingestd, Ledger, Load, Postgres, Redis, Verdict};
 
 struct Args {
     ingestd: PathBuf,
@@ -83,10 +86,11 @@ fn run() -> Result<bool> {
         &'a Args,
         &'a std::path::Path,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Row>> + 'a>>;
-    let scenarios: [(u32, Scenario); 5] = [
+    let scenarios: [(u32, Scenario); 6] = [
         (1, |a, d| Box::pin(sigkill_cycles(a, d))),
         (2, |a, d| Box::pin(sigterm_under_load(a, d))),
         (3, |a, d| Box::pin(storage_outage(a, d))),
+        (6, |a, d| Box::pin(limiter_redis_killed(a, d))),
         (7, |a, d| Box::pin(overload(a, d))),
         (8, |a, d| Box::pin(slowloris(a, d))),
     ];
@@ -486,6 +490,78 @@ async fn slowloris(args: &Args, dir: &std::path::Path) -> Result<Row> {
             calm_p99.as_secs_f64() * 1e3,
             loaded_p99.as_secs_f64() * 1e3,
             if args.quick { ", not judged with --quick" } else { "" }
+        ),
+        failures,
+    })
+}
+
+/// A metric's value from `/metrics` (the first series whose line starts with `prefix`).
+async fn metric(addr: std::net::SocketAddr, prefix: &str) -> Option<f64> {
+    let mut c = testkit::http::Client::connect(addr).await.ok()?;
+    let text = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    text.lines().find(|l| l.starts_with(prefix))?.rsplit(' ').next()?.parse().ok()
+}
+
+/// 6: the rate limiter's Redis is killed under load and started again.
+async fn limiter_redis_killed(args: &Args, dir: &std::path::Path) -> Result<Row> {
+    let outage = Duration::from_secs(if args.quick { 4 } else { 15 });
+    let mut redis = tokio::task::spawn_blocking(Redis::start).await??;
+    let (url, mut env) = sqlite_url(dir);
+    env.extend([
+        ("REDIS_URL", redis.url()),
+        ("INGESTD_REDIS__CONSUMER__ENABLED", "false".to_owned()),
+        ("INGESTD_RATE_LIMIT__ENABLED", "true".to_owned()),
+        ("INGESTD_RATE_LIMIT__BACKEND", "redis".to_owned()),
+        ("INGESTD_RATE_LIMIT__DEFAULT__PER_MINUTE", "100000000".to_owned()),
+    ]);
+    let ingestd = Ingestd::start(&args.ingestd, free_port()?, &env, &dir.join("ingestd.log"))?;
+    let addr = ingestd.addr;
+    let fallback = "ingestd_rate_limit_fallback_active{backend=\"redis\"}";
+    let ledger = Arc::new(Ledger::default());
+    let load = Load::start(addr, 8, ledger.clone(), Duration::from_millis(2));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = metric(addr, fallback).await;
+    redis = tokio::task::spawn_blocking(move || redis.kill().map(|()| redis)).await??;
+    let down = Instant::now();
+    tokio::time::sleep(outage).await;
+    let during = metric(addr, fallback).await;
+    let fallbacks = metric(addr, "ingestd_rate_limit_fallbacks_total").await;
+    let _redis = tokio::task::spawn_blocking(move || redis.start_again().map(|()| redis)).await??;
+    let up = Instant::now();
+    // Back on Redis: the breaker lets a probe through within its cool-down.
+    let mut back = None;
+    while up.elapsed() < Duration::from_secs(10) {
+        if metric(addr, fallback).await == Some(0.0) {
+            back = Some(up.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = load.stop().await;
+    drop(ingestd);
+    let statuses = report.by_status();
+    let limited = statuses.get(&429).copied().unwrap_or(0);
+    let server_errors: usize = statuses.iter().filter(|(c, _)| **c >= 500 || **c == 0).map(|(_, n)| n).sum();
+    let in_outage = report.between(down, up).count();
+    let verdict = ledger.verify(&url).await?;
+    let mut failures = Vec::new();
+    if server_errors > 0 || limited > 0 {
+        failures.push(format!("statuses {statuses:?}"));
+    }
+    if before != Some(0.0) || during != Some(1.0) {
+        failures.push(format!("fallback gauge before/during the outage: {before:?}/{during:?}"));
+    }
+    if back.is_none() {
+        failures.push("still on the fallback 10 s after Redis returned".to_owned());
+    }
+    Ok(Row {
+        scenario: "6 limiter Redis killed",
+        verdict,
+        figures: format!(
+            "{:.0} s outage; {in_outage} requests during it; statuses {statuses:?}; fallback gauge {before:?} → {during:?}, fallbacks counted {fallbacks:?}; back on Redis {:.2} s after its restart",
+            outage.as_secs_f64(),
+            back.map_or(f64::NAN, |d| d.as_secs_f64())
         ),
         failures,
     })

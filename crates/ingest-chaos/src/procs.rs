@@ -210,3 +210,53 @@ fn run(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// A redis-server of our own (no persistence), so a scenario may kill it and
+/// start it again on the same port.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Result<Redis> {
+        let mut redis = Redis { port: free_port()?, child: None };
+        redis.launch()?;
+        Ok(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start redis-server (Debian/Ubuntu: `apt-get install redis-server`)")?;
+        wait_listening(&mut child, self.port, "redis-server")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn start_again(&mut self) -> Result<()> {
+        self.launch()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
