@@ -141,9 +141,9 @@ async fn ingest<S: RecordSink>(state: &AppState<S>, req: Request<Incoming>, kind
 
     // Records without a `request_id`: with an idempotency key, an id derived
     // from it, so a retried request maps to the same rows; else a fresh v7.
-    let caller = principal.as_ref().map(|p| p.key_id.to_string()).unwrap_or_default();
+    let caller: &[u8] = principal.as_ref().map_or(&[], |p| p.key_id.as_bytes());
     let default_id = |i: usize, record: &UsageRecord| match &idempotency {
-        Some((kind, key)) => idempotent_id(kind, &caller, key, record, i),
+        Some((kind, key)) => idempotent_id(kind, caller, key, record, i),
         None => ids::generate(),
     };
     // Decoding borrows the body; it is finished before the first await below.
@@ -220,19 +220,12 @@ fn idempotency_key(
 /// organization, the calling API key's id (empty with auth off), the
 /// idempotency key and the index. The API key's id keeps two clients of one
 /// organization that happen to pick the same idempotency key apart.
-fn idempotent_id(header: &str, caller: &str, key: &str, record: &UsageRecord, index: usize) -> uuid::Uuid {
+fn idempotent_id(header: &str, caller: &[u8], key: &str, record: &UsageRecord, index: usize) -> uuid::Uuid {
     let ms = u64::try_from(record.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     let index = index.to_string();
     ids::derived_ordered(
         ms,
-        &[
-            b"http",
-            header.as_bytes(),
-            record.organization_id.as_bytes(),
-            caller.as_bytes(),
-            key.as_bytes(),
-            index.as_bytes(),
-        ],
+        &[b"http", header.as_bytes(), record.organization_id.as_bytes(), caller, key.as_bytes(), index.as_bytes()],
     )
 }
 
