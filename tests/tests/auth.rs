@@ -363,6 +363,31 @@ async fn admin_endpoints_need_an_admin_key_and_manage_keys_and_limits() {
     let bad =
         admin(&mut c, "PUT", "/admin/v1/orgs/org-x/rate-limit", &admin_key, Some(&json!({ "per_minute": 0 }))).await;
     assert_eq!(bad.status, 400);
+    for body in
+        [json!({}), json!({ "per_hour": 5, "per_day": null }), json!({ "per_minute": 1_000_000_000_000_001u64 })]
+    {
+        let bad = admin(&mut c, "PUT", "/admin/v1/orgs/org-x/rate-limit", &admin_key, Some(&body)).await;
+        assert_eq!((bad.status.as_u16(), bad.json()["code"].as_str()), (400, Some("invalid_request")), "{body}");
+    }
+    // Well-formed but unenforceable: one request a day with a burst of 10^12.
+    let deep = json!({ "max_requests": 1, "window_secs": 86_400, "burst_size": 1_000_000_000_000u64 });
+    let bad = admin(&mut c, "PUT", "/admin/v1/orgs/org-x/rate-limit", &admin_key, Some(&deep)).await;
+    assert_eq!((bad.status.as_u16(), bad.json()["code"].as_str()), (422, Some("invalid_policy")), "{:?}", bad.json());
+    // A whole number written as a float is that number.
+    let put =
+        admin(&mut c, "PUT", "/admin/v1/orgs/org-f/rate-limit", &admin_key, Some(&json!({ "per_minute": 600.0 })))
+            .await;
+    assert_eq!((put.status.as_u16(), put.json()["max_requests"].as_u64()), (200, Some(600)), "{:?}", put.json());
+    for label in ["tab\there".to_owned(), "x".repeat(257)] {
+        let bad =
+            admin(&mut c, "POST", "/admin/v1/keys", &admin_key, Some(&json!({ "scope": "service", "label": label })))
+                .await;
+        assert_eq!(bad.status, 400, "label {label:?}");
+    }
+    // Organizations are counted in characters, as in records: 200 × "é" is 400 bytes.
+    let wide = "%C3%A9".repeat(200);
+    let got = admin(&mut c, "GET", &format!("/admin/v1/orgs/{wide}/rate-limit"), &admin_key, None).await;
+    assert_eq!(got.status, 200, "{:?}", got.json());
     // A runtime policy applies at once here: 2 per hour (burst 1 with per_hour(2)? no: custom, burst 0).
     let put = admin(
         &mut c,

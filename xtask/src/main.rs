@@ -5,10 +5,14 @@
 //!   in Docker from `deploy/compose.test.yml` instead (needs a running Docker
 //!   engine). Extra arguments go to the test runner.
 //! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, `test`, then
-//!   `chaos --quick`.
+//!   `chaos --quick`, then `api-fuzz`.
 //! - `bench [writer|http|all]`: benchmarks (see `docs/benchmarks.md`).
 //! - `chaos [--quick] [--only 1,3]`: fault scenarios against the release
 //!   binary (`crates/ingest-chaos`; results in `docs/reliability.md`).
+//! - `api-fuzz [--seed N] [--examples N]`: schemathesis (from PyPI) against
+//!   the release binary's `/openapi.json`, negative data included (`api_fuzz.rs`).
+//! - `fuzz [TARGET|all] [SECONDS]`: the cargo-fuzz targets of `fuzz/`
+//!   (nightly + cargo-fuzz; not part of `ci`, see `fuzz.rs`).
 //! - `migrate`: applies migrations to `DATABASE_URL` (same as `ingestd migrate`).
 //! - `dist`: a stripped release build packed as
 //!   `target/dist/ingestd-<version>-<target>.tar.gz` + `.sha256` (see `dist.rs`).
@@ -18,10 +22,12 @@
 // A command-line tool: printing is its job.
 #![allow(clippy::print_stdout)]
 
+mod api_fuzz;
 mod bench;
 #[cfg(test)]
 mod deploy_checks;
 mod dist;
+mod fuzz;
 mod services;
 
 use std::process::{Command, ExitCode};
@@ -49,17 +55,20 @@ fn run() -> Result<()> {
             cargo(&["fmt", "--all", "--", "--check"]).context("cargo fmt --check (run `cargo fmt --all`)")?;
             cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
             test(&rest)?;
-            chaos(&["--quick".to_owned()])
+            chaos(&["--quick".to_owned()])?;
+            api_fuzz::run(&project_root(), &[])
         }
         "bench" => bench::run(&rest),
         "chaos" => chaos(&rest),
+        "api-fuzz" => api_fuzz::run(&project_root(), &rest),
+        "fuzz" => fuzz::run(&project_root(), &rest),
         "migrate" => cargo(&["run", "--release", "-p", "ingestd", "--", "migrate"]),
         "dist" => dist::dist(&project_root()),
         "release" => match rest.as_slice() {
             [version] => dist::release(&project_root(), version.trim_start_matches('v'), &dist::today()),
             _ => bail!("usage: cargo xtask release <version>"),
         },
-        _ => bail!("usage: cargo xtask <test|ci|bench|chaos|migrate|dist|release> [args…]"),
+        _ => bail!("usage: cargo xtask <test|ci|bench|chaos|api-fuzz|fuzz|migrate|dist|release> [args…]"),
     }
 }
 

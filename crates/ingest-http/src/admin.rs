@@ -57,6 +57,10 @@ pub enum AdminError {
     /// The request is wrong; the message says how (400).
     #[error("{0}")]
     Invalid(String),
+    /// The request is well-formed but asks for something that cannot be
+    /// (422), e.g. a rate-limit policy whose bucket is too deep.
+    #[error("{0}")]
+    Unprocessable(String),
     /// Storage failed (503).
     #[error("storage is unavailable")]
     Unavailable,
@@ -135,10 +139,8 @@ pub(crate) async fn dispatch(admin: &dyn Admin, req: Request<Incoming>) -> Resul
         }
         ["admin", "v1", "orgs", org, "rate-limit"] => {
             let org = percent_decode(org)?;
-            if org.is_empty() || org.len() > 256 || org.chars().any(char::is_control) {
-                return Err(ApiError::InvalidRequest {
-                    message: "the organization must be 1 to 256 bytes without control characters".into(),
-                });
+            if let Err(rule) = model::validate::check_organization_id(&org) {
+                return Err(ApiError::InvalidRequest { message: format!("the organization in the path {rule}") });
             }
             match method {
                 Method::GET => Ok(json_response(StatusCode::OK, &admin.rate_limit(org).await?)),
@@ -161,6 +163,7 @@ impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
         match e {
             AdminError::Invalid(message) => ApiError::InvalidRequest { message },
+            AdminError::Unprocessable(message) => ApiError::InvalidPolicy { message },
             AdminError::Unavailable => ApiError::StorageUnavailable,
         }
     }

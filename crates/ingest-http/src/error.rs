@@ -58,6 +58,8 @@ pub enum ApiError {
     InvalidIdempotencyKey { rule: &'static str },
     #[error("invalid request: {message}")]
     InvalidRequest { message: String },
+    #[error("invalid rate-limit policy: {message}")]
+    InvalidPolicy { message: String },
     #[error("{what} not found")]
     ResourceNotFound { what: String },
 }
@@ -80,6 +82,7 @@ impl ApiError {
             | UnknownApiKey
             | InvalidSignature { .. } => StatusCode::UNAUTHORIZED,
             AdminScopeRequired => StatusCode::FORBIDDEN,
+            InvalidPolicy { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ResourceNotFound { .. } => StatusCode::NOT_FOUND,
             BodyTooLarge { .. } | BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType { .. } | UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -120,6 +123,7 @@ impl ApiError {
             AdminScopeRequired => "admin_scope_required",
             InvalidIdempotencyKey { .. } => "invalid_idempotency_key",
             InvalidRequest { .. } => "invalid_request",
+            InvalidPolicy { .. } => "invalid_policy",
             ResourceNotFound { .. } => "not_found",
         }
     }

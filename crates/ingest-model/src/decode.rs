@@ -370,14 +370,12 @@ impl Decoder {
         let f = n.as_f64().unwrap_or(f64::NAN);
         if n.is_i64() || f < 0.0 {
             self.fail(field, ErrorCode::NegativeNumber, format!("must not be negative, found {n}"));
-        } else if f.fract() == 0.0 && f >= MAX_TOKENS as f64 {
-            self.fail(field, ErrorCode::OutOfRange, format!("must be at most {MAX_TOKENS}"));
-        } else {
-            self.fail(
-                field,
-                ErrorCode::NotAnInteger,
-                format!("must be a whole number written without a fraction or exponent, found {n}"),
-            );
+            return None;
+        }
+        match whole_number(raw.get()) {
+            Some(Some(v)) if v <= MAX_TOKENS => return Some(v),
+            Some(_) => self.fail(field, ErrorCode::OutOfRange, format!("must be at most {MAX_TOKENS}")),
+            None => self.fail(field, ErrorCode::NotAnInteger, format!("must be a whole number, found {n}")),
         }
         None
     }
@@ -453,4 +451,44 @@ impl Decoder {
             }
         }
     }
+}
+
+/// The exact value of a non-negative JSON number written with a fraction or an
+/// exponent when it is a whole number (`7990.0`, `1e3`, `2.50E2`): JSON has
+/// one number type and JSON Schema counts these as integers. Computed from the
+/// text, never through a float, so `9007199254740993.0` stays exact.
+/// `None`: it has a fraction; `Some(None)`: whole, but above `u64::MAX`.
+pub fn whole_number(text: &str) -> Option<Option<u64>> {
+    let text = text.strip_prefix('-').unwrap_or(text);
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], &text[at + 1..]),
+        None => (text, "0"),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let significant = digits.trim_end_matches('0');
+    if significant.is_empty() {
+        return Some(Some(0));
+    }
+    // Value = significant · 10^shift.
+    let trailing = (digits.len() - significant.len()) as i128;
+    let exponent: i128 = match exponent.parse::<i64>() {
+        Ok(e) => e.into(),
+        // Beyond i64: a huge exponent is a huge number, a hugely negative one a fraction.
+        Err(_) if exponent.starts_with('-') => return None,
+        Err(_) => return Some(None),
+    };
+    let shift = exponent - frac.len() as i128 + trailing;
+    if shift < 0 {
+        return None;
+    }
+    if significant.len() as i128 + shift > 20 {
+        return Some(None);
+    }
+    let mut value: u128 = significant.parse().ok()?;
+    for _ in 0..shift {
+        value *= 10;
+    }
+    Some(u64::try_from(value).ok())
 }

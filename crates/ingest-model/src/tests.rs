@@ -200,6 +200,36 @@ fn numbers() {
     check(set("/usage/prompt_tokens", json!(1e30)), &[("usage.prompt_tokens", ErrorCode::OutOfRange)]);
     check(set("/model/context_window", json!(0)), &[("model.context_window", ErrorCode::OutOfRange)]);
     check(set("/performance/latency_ms", json!(-0.5)), &[("performance.latency_ms", ErrorCode::NegativeNumber)]);
+    // Whole numbers written with a fraction or an exponent are whole numbers.
+    check(set("/usage/cached_tokens", json!(100.0)), &[]);
+    check(set("/usage/cached_tokens", json!(1e2)), &[]);
+    check(set("/usage/cached_tokens", json!(100.5)), &[("usage.cached_tokens", ErrorCode::NotAnInteger)]);
+}
+
+#[test]
+fn whole_numbers_are_read_exactly_from_the_text() {
+    use crate::decode::whole_number;
+    for (text, expected) in [
+        ("7990.0", Some(Some(7990))),
+        ("1e3", Some(Some(1000))),
+        ("2.50E2", Some(Some(250))),
+        ("25000e-2", Some(Some(250))),
+        ("0.0", Some(Some(0))),
+        ("-0.0", Some(Some(0))),
+        ("0e-999999999999999999999", Some(Some(0))),
+        ("9007199254740993.0", Some(Some(9_007_199_254_740_993))), // not a float on the way
+        ("18446744073709551615.0", Some(Some(u64::MAX))),
+        ("18446744073709551616.0", Some(None)),
+        ("1e20", Some(None)),
+        ("1e999999999999999999999", Some(None)),
+        ("1.5", None),
+        ("2.5e-1", None),
+        ("1e-1", None),
+        ("100.000001", None),
+        ("1e-999999999999999999999", None),
+    ] {
+        assert_eq!(whole_number(text), expected, "{text}");
+    }
 }
 
 #[test]

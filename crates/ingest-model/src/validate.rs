@@ -118,6 +118,27 @@ fn check_identifier(value: &str, min: usize, max: usize) -> garde::Result {
     Ok(())
 }
 
+/// The rule for identifiers such as `organization_id` (1 to 256 Unicode
+/// scalar values, no control characters), for places outside a record that
+/// name one, e.g. the admin API's paths. `Err` says what is wrong.
+pub fn check_organization_id(value: &str) -> Result<(), String> {
+    check_identifier(value, 1, 256).map_err(|e| message_of(&e))
+}
+
+/// The rule for free-form labels outside a record (at most 256 Unicode
+/// scalar values, no control characters).
+pub fn check_label(value: &str) -> Result<(), String> {
+    check_identifier(value, 0, 256).map_err(|e| message_of(&e))
+}
+
+fn message_of(e: &garde::Error) -> String {
+    let text = e.to_string();
+    match text.split_once(": ") {
+        Some((_, message)) => message.to_owned(),
+        None => text,
+    }
+}
+
 pub(crate) fn text<C>(min: usize, max: usize) -> impl FnOnce(&str, &C) -> garde::Result {
     move |value, _| check_text(value, min, max)
 }

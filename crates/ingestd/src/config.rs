@@ -120,6 +120,10 @@ pub struct PolicyConfig {
     pub burst_size: Option<u64>,
 }
 
+/// The largest number any policy setting takes (10^15): far above any real
+/// rate, and small enough that the GCRA state stays exact in Redis's doubles.
+pub const MAX_POLICY_NUMBER: u64 = 1_000_000_000_000_000;
+
 /// The default policy when `[rate_limit.default]` says nothing.
 pub const DEFAULT_PER_MINUTE: u64 = 60_000;
 
@@ -130,18 +134,34 @@ impl PolicyConfig {
 
     /// The policy this section describes; `key` names it in errors.
     pub fn to_policy(&self, key: &str) -> Result<Policy, ConfigError> {
-        let err = |msg: String| ConfigError(format!("invalid configuration: {key}: {msg}"));
+        self.policy().map_err(|msg| ConfigError(format!("invalid configuration: {key}: {msg}")))
+    }
+
+    /// The policy this section describes, or what is wrong with it.
+    pub fn policy(&self) -> Result<Policy, PolicyProblem> {
+        use PolicyProblem::Invalid;
+        let numbers = [
+            ("per_minute", self.per_minute),
+            ("per_hour", self.per_hour),
+            ("per_day", self.per_day),
+            ("max_requests", self.max_requests),
+            ("window_secs", self.window_secs),
+            ("burst_size", self.burst_size),
+        ];
+        if let Some((name, _)) = numbers.iter().find(|(_, n)| n.is_some_and(|n| n > MAX_POLICY_NUMBER)) {
+            return Err(Invalid(format!("{name} must be at most {MAX_POLICY_NUMBER}")));
+        }
         let presets = [("per_minute", self.per_minute), ("per_hour", self.per_hour), ("per_day", self.per_day)];
         let mut set = presets.iter().filter(|(_, v)| v.is_some());
         let custom = self.max_requests.is_some() || self.window_secs.is_some();
         let policy = match (set.next(), set.next(), custom) {
-            (Some((a, _)), Some((b, _)), _) => return Err(err(format!("set one of {a} and {b}, not both"))),
+            (Some((a, _)), Some((b, _)), _) => return Err(Invalid(format!("set one of {a} and {b}, not both"))),
             (Some((name, _)), None, true) => {
-                return Err(err(format!("set {name} or max_requests + window_secs, not both")));
+                return Err(Invalid(format!("set {name} or max_requests + window_secs, not both")));
             }
             (Some((name, Some(n))), None, false) => {
                 if self.burst_size.is_some() {
-                    return Err(err(format!(
+                    return Err(Invalid(format!(
                         "burst_size goes with max_requests + window_secs; {name} has its own burst"
                     )));
                 }
@@ -153,14 +173,34 @@ impl PolicyConfig {
             }
             (_, _, true) => {
                 let (Some(max), Some(window)) = (self.max_requests, self.window_secs) else {
-                    return Err(err("max_requests and window_secs go together".into()));
+                    return Err(Invalid("max_requests and window_secs go together".into()));
                 };
                 Policy::new(max, Duration::from_secs(window), self.burst_size.unwrap_or(0))
             }
             (None, _, false) if self.is_empty() => Policy::per_minute(DEFAULT_PER_MINUTE),
-            _ => return Err(err("set per_minute, per_hour, per_day, or max_requests + window_secs".into())),
+            _ => return Err(Invalid("set per_minute, per_hour, per_day, or max_requests + window_secs".into())),
         };
-        policy.map_err(|e| err(e.to_string()))
+        policy.map_err(|e| match e {
+            ratelimit::PolicyError::TooLarge { .. } => PolicyProblem::Unenforceable(e.to_string()),
+            _ => Invalid(e.to_string()),
+        })
+    }
+}
+
+/// What is wrong with a policy section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyProblem {
+    /// Not a policy: a zero, two presets, a missing half of a pair, a number too large.
+    Invalid(String),
+    /// A policy, but one no limiter can keep (its bucket is deeper than 2^51 µs).
+    Unenforceable(String),
+}
+
+impl std::fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyProblem::Invalid(m) | PolicyProblem::Unenforceable(m) => f.write_str(m),
+        }
     }
 }
 

@@ -21,13 +21,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::config::PolicyConfig;
+use crate::config::{PolicyConfig, PolicyProblem};
 
 /// How often each process re-reads keys and runtime policies.
 pub const REFRESH: Duration = Duration::from_secs(2);
-
-/// Longest organization id, as for records.
-const MAX_ORGANIZATION_LEN: usize = 256;
 
 /// A key just created: the only time its secret exists outside the caller.
 /// `Debug` shows neither secret.
@@ -121,14 +118,17 @@ impl Keys {
 
 fn new_key(scope: Scope, organization: Option<String>, label: Option<String>, signed: bool) -> Result<NewApiKey> {
     match (scope, &organization) {
-        (Scope::Org, None) => bail!("an org key needs an organization (--org ORG)"),
+        (Scope::Org, None) => bail!("an org key needs an organization (organization_id; --org on the command line)"),
         (Scope::Org, Some(org)) => {
-            if org.is_empty() || org.len() > MAX_ORGANIZATION_LEN || org.chars().any(char::is_control) {
-                bail!("the organization must be 1 to 256 bytes without control characters");
+            if let Err(rule) = model::validate::check_organization_id(org) {
+                bail!("the organization {rule}");
             }
         }
         (_, Some(_)) => bail!("a {scope} key is not bound to an organization; leave the organization out"),
         (_, None) => {}
+    }
+    if let Some(Err(rule)) = label.as_deref().map(model::validate::check_label) {
+        bail!("the label {rule}");
     }
     let key = auth::key::generate();
     let signing_secret = signed.then(SigningSecret::generate);
@@ -143,6 +143,26 @@ fn new_key(scope: Scope, organization: Option<String>, label: Option<String>, si
         revoked_at: None,
     };
     Ok(NewApiKey { row, key, signing_secret })
+}
+
+/// A `PUT …/rate-limit` body made ready for [`PolicyConfig`]: an explicit
+/// `null` is refused (leave the field out), and a whole number written with a
+/// fraction or exponent (`600.0`, `6e2`) is a whole number, as in records.
+fn policy_body(mut body: serde_json::Value) -> Result<serde_json::Value, AdminError> {
+    let Some(fields) = body.as_object_mut() else {
+        return Err(AdminError::Invalid("the body must be a JSON object".into()));
+    };
+    for (name, value) in fields.iter_mut() {
+        if value.is_null() {
+            return Err(AdminError::Invalid(format!("{name}: null is not a value; leave the field out")));
+        }
+        if let Some(n) = value.as_number().filter(|n| n.as_f64().is_some_and(|f| f >= 0.0) && n.is_f64())
+            && let Some(Some(whole)) = model::decode::whole_number(&n.to_string())
+        {
+            *value = whole.into();
+        }
+    }
+    Ok(body)
 }
 
 fn digest_of(row: &ApiKeyRow) -> auth::Digest {
@@ -341,7 +361,7 @@ impl Admin for AdminApi {
                 AdminError::Invalid(format!("scope {:?} is not one of \"org\", \"service\", \"admin\"", request.scope))
             })?;
             // Refused before touching storage, with the reason.
-            new_key(scope, request.organization_id.clone(), None, false)
+            new_key(scope, request.organization_id.clone(), request.label.clone(), false)
                 .map_err(|e| AdminError::Invalid(e.to_string()))?;
             let new = self
                 .keys
@@ -376,8 +396,18 @@ impl Admin for AdminApi {
 
     fn set_rate_limit(&self, org: String, body: serde_json::Value) -> AdminFuture<'_, serde_json::Value> {
         Box::pin(async move {
-            let config: PolicyConfig = serde_json::from_value(body).map_err(|e| AdminError::Invalid(e.to_string()))?;
-            let policy = config.to_policy("body").map_err(|e| AdminError::Invalid(e.0))?;
+            let config: PolicyConfig =
+                serde_json::from_value(policy_body(body)?).map_err(|e| AdminError::Invalid(e.to_string()))?;
+            if config == PolicyConfig::default() {
+                // In a config file an empty section means the default; here it is a mistake.
+                return Err(AdminError::Invalid(
+                    "set per_minute, per_hour, per_day, or max_requests + window_secs".into(),
+                ));
+            }
+            let policy = config.policy().map_err(|problem| match problem {
+                PolicyProblem::Invalid(m) => AdminError::Invalid(m),
+                PolicyProblem::Unenforceable(m) => AdminError::Unprocessable(m),
+            })?;
             self.limits.set(&org, policy).await.map_err(unavailable)?;
             tracing::info!(organization = org, "runtime rate limit set through the admin API");
             let default = self.limits.registry.as_ref().map(|r| r.default_policy());
