@@ -118,9 +118,20 @@ impl Store {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), Error> {
-        Migrator::up(&self.db, None).await.map_err(Error::Migrate)?;
-        if self.backend == Backend::Sqlite {
-            self.refresh_sqlite_schema().await?;
+        match self.backend {
+            Backend::Postgres => {
+                // Replicas starting together take turns (the migrations run
+                // in one transaction under an advisory lock): without it two
+                // of them create the same table and one fails to start.
+                let txn = self.db.begin().await?;
+                txn.execute_unprepared("SELECT pg_advisory_xact_lock(7283910056)").await?;
+                Migrator::up(&txn, None).await.map_err(Error::Migrate)?;
+                txn.commit().await?;
+            }
+            Backend::Sqlite => {
+                Migrator::up(&self.db, None).await.map_err(Error::Migrate)?;
+                self.refresh_sqlite_schema().await?;
+            }
         }
         Ok(())
     }

@@ -26,6 +26,22 @@ testkit::on_every_backend!(
     org_rate_limits_are_upserted_and_removed,
 );
 
+/// Replicas of one deployment starting at once on an empty PostgreSQL
+/// database: every one migrates (or finds nothing to do) and starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_processes_migrating_together_all_succeed() {
+    let db = TestDatabase::postgres().await;
+    let stores: Vec<Store> = futures::future::join_all((0..6).map(|_| Store::connect(&db.config)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let results = futures::future::join_all(stores.iter().map(Store::migrate)).await;
+    let failed: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(ToString::to_string)).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(stores[0].pending_migrations().await.unwrap().is_empty());
+}
+
 async fn setup(kind: Kind, config: WriterConfig) -> (TestDatabase, Store, Writer) {
     let db = TestDatabase::new(kind).await;
     let store = db.store().await;
