@@ -20,6 +20,19 @@ struct Inner {
 }
 
 impl Ledger {
+    /// Verifies again and again until nothing acknowledged is missing (the
+    /// stream sources are still draining) or `limit` has passed; the last verdict.
+    pub async fn verify_drained(&self, database_url: &str, limit: std::time::Duration) -> Result<Verdict> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let verdict = self.verify(database_url).await?;
+            if verdict.lost == 0 || std::time::Instant::now() > deadline {
+                return Ok(verdict);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
     pub fn attempt(&self, ids: &[Uuid]) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).attempted.extend(ids);
     }
@@ -54,6 +67,13 @@ impl Ledger {
             unexpected: stored.keys().filter(|id| !inner.attempted.contains(id)).count(),
         })
     }
+}
+
+/// Rows of `organization` in `usage_records`.
+pub async fn rows_of(database_url: &str, organization: &str) -> Result<u64> {
+    let config = storage::DatabaseConfig { url: database_url.to_owned(), ..Default::default() };
+    let store = storage::Store::connect(&config).await?;
+    Ok(store.count_records(Some(organization)).await?)
 }
 
 /// The ledger against the database.

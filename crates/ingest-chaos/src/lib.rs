@@ -1,7 +1,8 @@
 //! The machinery of `cargo xtask chaos` (see `src/main.rs` for the
 //! scenarios): the real `ingestd` binary as a child process, throwaway
-//! PostgreSQL, a load generator that keeps a ledger of every record it sent
-//! and every record acknowledged, and the check of the ledger against the
+//! PostgreSQL and Redis, an HTTP load generator and stream producers (NATS
+//! JetStream, Redis Streams) that keep a ledger of every record sent and
+//! every record acknowledged, and the check of the ledger against the
 //! database, in the manner of Jepsen's queue checker: attempted,
 //! acknowledged, stored, lost (acknowledged, not stored), duplicated (stored
 //! twice), unexpected (stored, never sent).
@@ -9,7 +10,9 @@
 pub mod ledger;
 pub mod load;
 pub mod procs;
+pub mod producers;
 
 pub use ledger::{Ledger, Verdict};
 pub use load::{Load, LoadReport};
 pub use procs::{Ingestd, Postgres, Redis};
+pub use producers::{ProduceReport, Producers};

@@ -12,6 +12,10 @@
 //!    the grace period, nothing acknowledged lost.
 //! 3. PostgreSQL stopped under load: only 503 + Retry-After during the
 //!    outage, `/health/ready` says storage is down, recovery within 5 s.
+//! 4. NATS killed and restarted under publish load, then ingestd killed
+//!    again and again mid-commit/ack: redelivered messages stored once.
+//! 5. redis-server killed and restarted under load, then one of two
+//!    consumers killed for good: the other claims its pending entries.
 //! 6. The rate limiter's Redis killed under load: no 5xx, no 429 (the
 //!    budget is far above the load), the fallback is used and reported in
 //!    metrics, and Redis decides again once it is back.
@@ -21,8 +25,15 @@
 //! 8. Slowloris: 1,000 connections trickling header lines: each is closed
 //!    within the header-read timeout, and normal clients' p99 stays within
 //!    2× of its unloaded value.
+//! 9. Scale-out: three processes on one PostgreSQL, one Redis rate limiter
+//!    and one NATS durable consumer: the shared limit admits exactly its
+//!    capacity, every message and record is stored once.
+//!
+//! Scenarios 4, 5 and 9 live in `stream_scenarios.rs`.
 
 #![allow(clippy::print_stdout)]
+
+mod stream_scenarios;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,13 +97,16 @@ fn run() -> Result<bool> {
         &'a Args,
         &'a std::path::Path,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Row>> + 'a>>;
-    let scenarios: [(u32, Scenario); 6] = [
+    let scenarios: [(u32, Scenario); 9] = [
         (1, |a, d| Box::pin(sigkill_cycles(a, d))),
         (2, |a, d| Box::pin(sigterm_under_load(a, d))),
         (3, |a, d| Box::pin(storage_outage(a, d))),
+        (4, |a, d| Box::pin(stream_scenarios::nats_faults(a, d))),
+        (5, |a, d| Box::pin(stream_scenarios::redis_faults(a, d))),
         (6, |a, d| Box::pin(limiter_redis_killed(a, d))),
         (7, |a, d| Box::pin(overload(a, d))),
         (8, |a, d| Box::pin(slowloris(a, d))),
+        (9, |a, d| Box::pin(stream_scenarios::scale_out(a, d))),
     ];
     for (n, scenario) in scenarios {
         if !wanted(n) {
@@ -102,7 +116,10 @@ fn run() -> Result<bool> {
         std::fs::create_dir_all(&dir)?;
         println!("chaos: scenario {n}…");
         let started = Instant::now();
-        let row = rt.block_on(scenario(&args, &dir)).with_context(|| format!("scenario {n}"))?;
+        let row = match rt.block_on(scenario(&args, &dir)) {
+            Ok(row) => row,
+            Err(e) => return Err(e.context(format!("scenario {n} (logs kept in {})", work.keep().display()))),
+        };
         println!("chaos: scenario {n} done in {:.1} s", started.elapsed().as_secs_f64());
         rows.push(row);
     }
@@ -495,11 +512,15 @@ async fn slowloris(args: &Args, dir: &std::path::Path) -> Result<Row> {
     })
 }
 
+/// The text of `/metrics`.
+async fn metrics_text(addr: std::net::SocketAddr) -> Option<String> {
+    let mut c = testkit::http::Client::connect(addr).await.ok()?;
+    Some(String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned())
+}
+
 /// A metric's value from `/metrics` (the first series whose line starts with `prefix`).
 async fn metric(addr: std::net::SocketAddr, prefix: &str) -> Option<f64> {
-    let mut c = testkit::http::Client::connect(addr).await.ok()?;
-    let text = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
-    text.lines().find(|l| l.starts_with(prefix))?.rsplit(' ').next()?.parse().ok()
+    metrics_text(addr).await?.lines().find(|l| l.starts_with(prefix))?.rsplit(' ').next()?.parse().ok()
 }
 
 /// 6: the rate limiter's Redis is killed under load and started again.

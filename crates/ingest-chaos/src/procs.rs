@@ -25,6 +25,35 @@ fn wait_listening(child: &mut Child, port: u16, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Waits until ingestd answers `GET /health` with 200: it listens before it
+/// has migrated and started, so an open port is not enough.
+fn wait_healthy(child: &mut Child, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("ingestd exited at start ({status})");
+        }
+        if health_answers(port) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("ingestd did not answer /health on {port} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn health_answers(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
+}
+
 fn signal(pid: u32, sig: &str) -> Result<()> {
     let status = Command::new("kill").args([sig, &pid.to_string()]).status()?;
     anyhow::ensure!(status.success(), "kill {sig} {pid} failed");
@@ -52,7 +81,7 @@ impl Ingestd {
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
-        wait_listening(&mut child, port, "ingestd")?;
+        wait_healthy(&mut child, port)?;
         Ok(Ingestd { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) })
     }
 

@@ -1,0 +1,331 @@
+//! Scenarios 4, 5 and 9 of the `ingest-chaos` binary: the stream sources and
+//! several processes under faults. A stream record counts as acknowledged
+//! when the broker accepted it; from then on ingestd owes it to the database.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use fred::prelude::{ClientLike as _, Config as FredConfig};
+use fred::types::Value;
+use ingest_chaos::procs::free_port;
+use ingest_chaos::{Ingestd, Ledger, Load, Postgres, Producers, Redis, ledger};
+use testkit::nats::ThrowawayNats;
+use testkit::redis::ThrowawayRedis;
+
+use crate::{Args, Row, jitter, metrics_text, sqlite_url};
+
+/// How long the stream sources get to drain after the producers stop.
+const DRAIN: Duration = Duration::from_secs(45);
+
+/// A throwaway server killed (SIGKILL), kept down for 3 s and started again
+/// with its data; how long it was down.
+async fn outage<S: Send + 'static>(server: S, kill: fn(&mut S), restart: fn(&mut S)) -> Result<(S, Duration)> {
+    let mut server = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        kill(&mut server);
+        server
+    })
+    .await?;
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server = tokio::task::spawn_blocking(move || {
+        restart(&mut server);
+        server
+    })
+    .await?;
+    Ok((server, down.elapsed()))
+}
+
+/// The sum of every series of `name` whose labels contain all of `labels`.
+async fn metric_sum(addr: SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let Some(text) = metrics_text(addr).await else { return 0.0 };
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|needle| l.contains(needle)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// 4: NATS killed and restarted under publish load, then ingestd SIGKILLed
+/// again and again while it commits and acks (some kills land between the
+/// commit and the ack: those messages come again and must not be stored twice).
+pub async fn nats_faults(args: &Args, dir: &Path) -> Result<Row> {
+    let kills = if args.quick { 4 } else { 12 };
+    let nats = tokio::task::spawn_blocking(ThrowawayNats::start).await?;
+    let (url, mut env) = sqlite_url(dir);
+    env.extend([
+        ("NATS_URL", nats.url()),
+        ("INGESTD_NATS__SUBJECT", "chaos.usage".to_owned()),
+        ("INGESTD_NATS__STREAM", "CHAOS".to_owned()),
+        ("INGESTD_NATS__CONSUMER", "chaos".to_owned()),
+        ("INGESTD_NATS__ACK_WAIT_SECS", "3".to_owned()),
+        ("INGESTD_NATS__FETCH_BATCH", "200".to_owned()),
+        ("INGESTD_NATS__IDLE_WAIT_MS", "100".to_owned()),
+    ]);
+    let (port, log) = (free_port()?, dir.join("ingestd.log"));
+    let mut ingestd = Ingestd::start(&args.ingestd, port, &env, &log)?;
+    let ledger = Arc::new(Ledger::default());
+    let producers = Producers::nats(&nats.url(), "chaos.usage", "org-nats", 4, ledger.clone(), Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The server: killed (no clean shutdown), down 3 s, back with its store.
+    let (nats, outage) = outage(nats, ThrowawayNats::kill, ThrowawayNats::restart).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // ingestd: killed at random moments while messages flow.
+    let (mut redelivered, mut duplicates) = (0.0, 0.0);
+    for _ in 0..kills {
+        tokio::time::sleep(jitter(300, 1200)).await;
+        redelivered += metric_sum(ingestd.addr, "ingestd_nats_redeliveries_total", &[]).await;
+        duplicates += metric_sum(ingestd.addr, "ingestd_records_total", &["source=\"nats\"", "duplicate"]).await;
+        ingestd.kill()?;
+        ingestd = Ingestd::start(&args.ingestd, port, &env, &log)?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let produced = producers.stop().await;
+    let verdict = ledger.verify_drained(&url, DRAIN).await?;
+    redelivered += metric_sum(ingestd.addr, "ingestd_nats_redeliveries_total", &[]).await;
+    duplicates += metric_sum(ingestd.addr, "ingestd_records_total", &["source=\"nats\"", "duplicate"]).await;
+    drop(ingestd);
+    drop(nats);
+    let mut failures = Vec::new();
+    if verdict.acknowledged == 0 {
+        failures.push("nothing was published".to_owned());
+    }
+    if redelivered == 0.0 {
+        failures.push("no message was redelivered: no kill landed between a delivery and its ack".to_owned());
+    }
+    Ok(Row {
+        scenario: "4 NATS killed; ingestd killed mid-ack",
+        verdict,
+        figures: format!(
+            "server down {:.1} s; {} publishes retried; {kills} ingestd kills; {redelivered:.0} messages redelivered (delivery count > 1); {duplicates:.0} records arrived again (redelivered, republished, or delivered anew by the restarted server) and were found already stored",
+            outage.as_secs_f64(),
+            produced.errors
+        ),
+        failures,
+    })
+}
+
+async fn redis_client(url: &str) -> Result<fred::clients::Client> {
+    let client = fred::clients::Client::new(FredConfig::from_url(url)?, None, None, None);
+    client.init().await.context("connect to redis")?;
+    Ok(client)
+}
+
+/// Pending entries of `group` on `key`, per consumer name.
+async fn pending(client: &fred::clients::Client, key: &str, group: &str) -> Result<Vec<(String, i64)>> {
+    let reply: Value = client.custom(fred::cmd!("XPENDING"), vec![Value::from(key), Value::from(group)]).await?;
+    let Value::Array(summary) = reply else { return Ok(Vec::new()) };
+    let Some(Value::Array(consumers)) = summary.get(3) else { return Ok(Vec::new()) };
+    Ok(consumers
+        .iter()
+        .filter_map(|c| match c {
+            Value::Array(pair) => Some((pair.first()?.as_string()?, pair.get(1)?.as_string()?.parse().ok()?)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// 5: two consumers of one group; redis-server killed and restarted under
+/// load (append-only file, fsync always), then consumer `a` killed for good:
+/// consumer `b` must claim what `a` held.
+pub async fn redis_faults(args: &Args, dir: &Path) -> Result<Row> {
+    let (key, group) = ("chaos:usage", "chaos");
+    let redis = tokio::task::spawn_blocking(ThrowawayRedis::start).await?;
+    let pg = tokio::task::spawn_blocking(Postgres::start).await??;
+    let env = |name: &str| {
+        vec![
+            ("DATABASE_URL", pg.url()),
+            ("REDIS_URL", redis.url()),
+            ("INGESTD_REDIS__CONSUMER__STREAM_KEY", key.to_owned()),
+            ("INGESTD_REDIS__CONSUMER__GROUP", group.to_owned()),
+            ("INGESTD_REDIS__CONSUMER__NAME", name.to_owned()),
+            ("INGESTD_REDIS__CONSUMER__CLAIM_IDLE_SECS", "2".to_owned()),
+            ("INGESTD_REDIS__CONSUMER__BLOCK_MS", "200".to_owned()),
+            ("INGESTD_REDIS__CONSUMER__READ_BATCH", "200".to_owned()),
+        ]
+    };
+    let a = Ingestd::start(&args.ingestd, free_port()?, &env("a"), &dir.join("a.log"))?;
+    let b = Ingestd::start(&args.ingestd, free_port()?, &env("b"), &dir.join("b.log"))?;
+    let ledger = Arc::new(Ledger::default());
+    let producers = Producers::redis(&redis.url(), key, "org-redis", 4, ledger.clone(), Duration::from_micros(200));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (redis, outage) = outage(redis, ThrowawayRedis::kill, ThrowawayRedis::restart).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // `a` dies holding entries it read and never acknowledged: killed the
+    // moment it holds some, and what it holds counted once it is dead.
+    let client = redis_client(&redis.url()).await?;
+    let held = async |client| -> Result<i64> {
+        Ok(pending(client, key, group).await?.iter().find(|(c, _)| c == "a").map_or(0, |(_, n)| *n))
+    };
+    for _ in 0..100 {
+        if held(&client).await? > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill()?;
+    let held_by_a = held(&client).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let produced = producers.stop().await;
+    let verdict = ledger.verify_drained(&pg.url(), DRAIN).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = pending(&client, key, group).await?;
+    while left.iter().any(|(_, n)| *n > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = pending(&client, key, group).await?;
+    }
+    let reclaimed = metric_sum(b.addr, "ingestd_redis_reclaimed_total", &[]).await;
+    drop(b);
+    let mut failures = Vec::new();
+    if verdict.acknowledged == 0 {
+        failures.push("nothing was produced".to_owned());
+    }
+    if left.iter().any(|(_, n)| *n > 0) {
+        failures.push(format!("entries still pending after the drain: {left:?}"));
+    }
+    if (reclaimed as i64) < held_by_a {
+        failures.push(format!("a held {held_by_a} entries and b claimed {reclaimed:.0}"));
+    }
+    Ok(Row {
+        scenario: "5 Redis restarted; consumer killed for good",
+        verdict,
+        figures: format!(
+            "server down {:.1} s; {} XADDs retried; a held {held_by_a} unacknowledged entries when killed, b claimed {reclaimed:.0}; pending after the drain {left:?}",
+            outage.as_secs_f64(),
+            produced.errors
+        ),
+        failures,
+    })
+}
+
+/// 9: three ingestd processes on one PostgreSQL, one Redis rate limiter and
+/// one NATS durable consumer, all under load at once: the shared limit admits
+/// exactly its capacity across the three, every NATS message and every HTTP
+/// record is stored once.
+pub async fn scale_out(args: &Args, dir: &Path) -> Result<Row> {
+    const LIMITED: &str = "scaleorg";
+    const CAPACITY: u64 = 200;
+    let pg = tokio::task::spawn_blocking(Postgres::start).await??;
+    let redis = tokio::task::spawn_blocking(Redis::start).await??;
+    let nats = tokio::task::spawn_blocking(ThrowawayNats::start).await?;
+    let env = vec![
+        ("DATABASE_URL", pg.url()),
+        ("REDIS_URL", redis.url()),
+        ("INGESTD_REDIS__CONSUMER__ENABLED", "false".to_owned()),
+        ("INGESTD_RATE_LIMIT__ENABLED", "true".to_owned()),
+        ("INGESTD_RATE_LIMIT__BACKEND", "redis".to_owned()),
+        ("INGESTD_RATE_LIMIT__REDIS_TIMEOUT_MS", "1000".to_owned()),
+        ("INGESTD_RATE_LIMIT__DEFAULT__PER_MINUTE", "100000000".to_owned()),
+        // One emission interval is 432 s: nothing refills during the run.
+        ("INGESTD_RATE_LIMIT__ORGS__SCALEORG__MAX_REQUESTS", CAPACITY.to_string()),
+        ("INGESTD_RATE_LIMIT__ORGS__SCALEORG__WINDOW_SECS", "86400".to_owned()),
+        ("NATS_URL", nats.url()),
+        ("INGESTD_NATS__SUBJECT", "scale.usage".to_owned()),
+        ("INGESTD_NATS__STREAM", "SCALE".to_owned()),
+        ("INGESTD_NATS__CONSUMER", "scale".to_owned()),
+        ("INGESTD_NATS__FETCH_BATCH", "100".to_owned()),
+        ("INGESTD_NATS__IDLE_WAIT_MS", "100".to_owned()),
+    ];
+    // One after another: the first one applies the migrations.
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        procs.push(Ingestd::start(&args.ingestd, free_port()?, &env, &dir.join(format!("ingestd-{i}.log")))?);
+    }
+    let addrs: Vec<SocketAddr> = procs.iter().map(|p| p.addr).collect();
+    let ledger = Arc::new(Ledger::default());
+    let loads: Vec<Load> = addrs.iter().map(|a| Load::start(*a, 3, ledger.clone(), Duration::ZERO)).collect();
+    let producers = Producers::nats(&nats.url(), "scale.usage", "org-scale-nats", 4, ledger.clone(), Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The limited organization: 3 × CAPACITY requests over all three processes at once.
+    let attempts = 3 * CAPACITY;
+    let limited_tasks: Vec<_> = (0..6u64)
+        .map(|t| {
+            let (addrs, ledger) = (addrs.clone(), ledger.clone());
+            tokio::spawn(async move {
+                let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+                let mut clients = Vec::new();
+                for a in &addrs {
+                    clients.push(testkit::http::Client::connect(*a).await.ok());
+                }
+                for i in 0..attempts / 6 {
+                    let record = testkit::record_json(LIMITED, t * 10_000 + i);
+                    let id = record["request_id"].as_str().and_then(|s| uuid::Uuid::try_parse(s).ok());
+                    ledger.attempt(&id.into_iter().collect::<Vec<_>>());
+                    let which = ((t + i) % 3) as usize;
+                    let status = match clients[which].as_mut() {
+                        Some(c) => c
+                            .send(
+                                "POST",
+                                "/v1/usage",
+                                &[("content-type", "application/json"), ("x-organization-id", LIMITED)],
+                                record.to_string().into_bytes(),
+                            )
+                            .await
+                            .map_or(0, |r| r.status.as_u16()),
+                        None => 0,
+                    };
+                    if status == 200 {
+                        ledger.ack(&id.into_iter().collect::<Vec<_>>());
+                    }
+                    *statuses.entry(status).or_default() += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut limited = std::collections::BTreeMap::<u16, u64>::new();
+    for task in limited_tasks {
+        for (status, n) in task.await? {
+            *limited.entry(status).or_default() += n;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(if args.quick { 3 } else { 15 })).await;
+    let mut http_statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for load in loads {
+        for (status, n) in load.stop().await.by_status() {
+            *http_statuses.entry(status).or_default() += n;
+        }
+    }
+    let produced = producers.stop().await;
+    let verdict = ledger.verify_drained(&pg.url(), DRAIN).await?;
+    let mut per_process = Vec::new();
+    for a in &addrs {
+        per_process.push(metric_sum(*a, "ingestd_nats_messages_total", &["stored"]).await as u64);
+    }
+    let limited_rows = ledger::rows_of(&pg.url(), LIMITED).await?;
+    drop(procs);
+    let admitted = limited.get(&200).copied().unwrap_or(0);
+    let mut failures = Vec::new();
+    if admitted != CAPACITY || limited.get(&429).copied().unwrap_or(0) != attempts - CAPACITY {
+        failures.push(format!("the shared limit of {CAPACITY} answered {limited:?} to {attempts} requests"));
+    }
+    if limited_rows != admitted {
+        failures.push(format!("{limited_rows} rows of {LIMITED} stored for {admitted} admitted requests"));
+    }
+    if http_statuses.keys().any(|s| *s != 200) {
+        failures.push(format!("unlimited HTTP load answered {http_statuses:?}"));
+    }
+    if per_process.iter().filter(|n| **n > 0).count() < 2 {
+        failures.push(format!("NATS messages stored per process {per_process:?}: the consumer was not shared"));
+    }
+    if produced.acked == 0 {
+        failures.push("nothing was published".to_owned());
+    }
+    Ok(Row {
+        scenario: "9 three processes, one PG/Redis/NATS",
+        verdict,
+        figures: format!(
+            "limit {CAPACITY} shared: {attempts} requests → {limited:?}, {limited_rows} rows; {} NATS messages, stored per process {per_process:?}; HTTP {http_statuses:?}",
+            produced.acked
+        ),
+        failures,
+    })
+}
