@@ -378,6 +378,12 @@ async fn admin_endpoints_need_an_admin_key_and_manage_keys_and_limits() {
         admin(&mut c, "PUT", "/admin/v1/orgs/org-f/rate-limit", &admin_key, Some(&json!({ "per_minute": 600.0 })))
             .await;
     assert_eq!((put.status.as_u16(), put.json()["max_requests"].as_u64()), (200, Some(600)), "{:?}", put.json());
+    // …read from the text: a float would round this one to 600.
+    let bearer = format!("Bearer {admin_key}");
+    let headers = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+    let body = br#"{"per_minute": 600.00000000000001}"#.to_vec();
+    let bad = c.send("PUT", "/admin/v1/orgs/org-f/rate-limit", &headers, body).await.unwrap();
+    assert_eq!(bad.status, 400, "{:?}", bad.json());
     for label in ["tab\there".to_owned(), "x".repeat(257)] {
         let bad =
             admin(&mut c, "POST", "/admin/v1/keys", &admin_key, Some(&json!({ "scope": "service", "label": label })))

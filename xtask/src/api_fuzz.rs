@@ -115,8 +115,10 @@ impl Server {
     fn start(ingestd: &Path, work: &Path) -> Result<Self> {
         let port = free_port()?;
         let env = |cmd: &mut Command| {
+            // Nothing from the caller's shell (REDIS_URL, NATS_URL, INGESTD_*…).
             cmd.current_dir(work)
-                .env_remove("DATABASE_URL")
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("INGESTD_DATABASE__URL", "sqlite://api-fuzz.db?mode=rwc")
                 .env("INGESTD_SERVER__BIND", format!("127.0.0.1:{port}"))
                 .env("RUST_LOG", "warn");

@@ -12,8 +12,8 @@
 //!    the grace period, nothing acknowledged lost.
 //! 3. PostgreSQL stopped under load: only 503 + Retry-After during the
 //!    outage, `/health/ready` says storage is down, recovery within 5 s.
-//! 4. NATS killed and restarted under publish load, then ingestd killed
-//!    again and again mid-commit/ack: redelivered messages stored once.
+//! 4. ingestd killed again and again mid-commit/ack (redelivered messages
+//!    stored once), then NATS killed and restarted under publish load.
 //! 5. redis-server killed and restarted under load, then one of two
 //!    consumers killed for good: the other claims its pending entries.
 //! 6. The rate limiter's Redis killed under load: no 5xx, no 429 (the

@@ -45,8 +45,10 @@ pub trait Admin: Send + Sync + 'static {
     /// Whether an active key was revoked.
     fn revoke_key(&self, id: Uuid) -> AdminFuture<'_, bool>;
     fn rate_limit(&self, org: String) -> AdminFuture<'_, serde_json::Value>;
-    /// `body` as sent: the shape of a `[rate_limit.orgs.…]` config section.
-    fn set_rate_limit(&self, org: String, body: serde_json::Value) -> AdminFuture<'_, serde_json::Value>;
+    /// `body` as sent (its text, so numbers are read exactly): the shape of a
+    /// `[rate_limit.orgs.…]` config section.
+    fn set_rate_limit(&self, org: String, body: Box<serde_json::value::RawValue>)
+    -> AdminFuture<'_, serde_json::Value>;
     /// Whether a runtime policy was removed.
     fn remove_rate_limit(&self, org: String) -> AdminFuture<'_, bool>;
 }
@@ -145,7 +147,7 @@ pub(crate) async fn dispatch(admin: &dyn Admin, req: Request<Incoming>) -> Resul
             match method {
                 Method::GET => Ok(json_response(StatusCode::OK, &admin.rate_limit(org).await?)),
                 Method::PUT => {
-                    let body: serde_json::Value = read_json(req).await?;
+                    let body: Box<serde_json::value::RawValue> = read_json(req).await?;
                     Ok(json_response(StatusCode::OK, &admin.set_rate_limit(org, body).await?))
                 }
                 Method::DELETE => match admin.remove_rate_limit(org.clone()).await? {

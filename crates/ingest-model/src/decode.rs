@@ -147,7 +147,7 @@ pub fn record_with(
     let Some(fields) = d.object::<RawRecord<'_>>("", raw) else {
         return Err(Rejected { request_id: None, errors: d.errors });
     };
-    let request_id = fields.request_id.and_then(|v| d.uuid("request_id", v));
+    let request_id = d.optional("request_id", fields.request_id, Decoder::uuid);
     let mut record = UsageRecord {
         request_id: request_id.unwrap_or(Uuid::nil()),
         timestamp: d.required("timestamp", fields.timestamp, Decoder::timestamp).unwrap_or(ctx.now),
@@ -457,7 +457,9 @@ impl Decoder {
 /// exponent when it is a whole number (`7990.0`, `1e3`, `2.50E2`): JSON has
 /// one number type and JSON Schema counts these as integers. Computed from the
 /// text, never through a float, so `9007199254740993.0` stays exact.
-/// `None`: it has a fraction; `Some(None)`: whole, but above `u64::MAX`.
+/// `None`: it has a fraction (or `text` is not a JSON number); `Some(None)`:
+/// whole, but above `u64::MAX`. The sign is ignored: callers refuse negative
+/// numbers first.
 pub fn whole_number(text: &str) -> Option<Option<u64>> {
     let text = text.strip_prefix('-').unwrap_or(text);
     let (mantissa, exponent) = match text.find(['e', 'E']) {
@@ -465,6 +467,16 @@ pub fn whole_number(text: &str) -> Option<Option<u64>> {
         None => (text, "0"),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let exponent_digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+    if int.is_empty()
+        || !digits_only(int)
+        || !digits_only(frac)
+        || exponent_digits.is_empty()
+        || !digits_only(exponent_digits)
+    {
+        return None;
+    }
     let digits = format!("{int}{frac}");
     let digits = digits.trim_start_matches('0');
     let significant = digits.trim_end_matches('0');

@@ -204,6 +204,9 @@ fn numbers() {
     check(set("/usage/cached_tokens", json!(100.0)), &[]);
     check(set("/usage/cached_tokens", json!(1e2)), &[]);
     check(set("/usage/cached_tokens", json!(100.5)), &[("usage.cached_tokens", ErrorCode::NotAnInteger)]);
+    // An explicit null is an absent optional field, request_id included.
+    check(set("/request_id", json!(null)), &[]);
+    check(set("/usage/cached_tokens", json!(null)), &[]);
 }
 
 #[test]
@@ -227,6 +230,13 @@ fn whole_numbers_are_read_exactly_from_the_text() {
         ("1e-1", None),
         ("100.000001", None),
         ("1e-999999999999999999999", None),
+        ("1E+2", Some(Some(100))),
+        // Not JSON numbers: never mistaken for one.
+        ("", None),
+        (".", None),
+        ("e5", None),
+        ("1e", None),
+        ("1.2.3", None),
     ] {
         assert_eq!(whole_number(text), expected, "{text}");
     }

@@ -148,21 +148,24 @@ fn new_key(scope: Scope, organization: Option<String>, label: Option<String>, si
 /// A `PUT …/rate-limit` body made ready for [`PolicyConfig`]: an explicit
 /// `null` is refused (leave the field out), and a whole number written with a
 /// fraction or exponent (`600.0`, `6e2`) is a whole number, as in records.
-fn policy_body(mut body: serde_json::Value) -> Result<serde_json::Value, AdminError> {
-    let Some(fields) = body.as_object_mut() else {
-        return Err(AdminError::Invalid("the body must be a JSON object".into()));
-    };
-    for (name, value) in fields.iter_mut() {
-        if value.is_null() {
-            return Err(AdminError::Invalid(format!("{name}: null is not a value; leave the field out")));
-        }
-        if let Some(n) = value.as_number().filter(|n| n.as_f64().is_some_and(|f| f >= 0.0) && n.is_f64())
-            && let Some(Some(whole)) = model::decode::whole_number(&n.to_string())
-        {
-            *value = whole.into();
-        }
+fn policy_body(body: &serde_json::value::RawValue) -> Result<serde_json::Value, AdminError> {
+    let invalid = |e: serde_json::Error| AdminError::Invalid(e.to_string());
+    let fields: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(body.get()).map_err(|_| AdminError::Invalid("the body must be a JSON object".into()))?;
+    let mut out = serde_json::Map::new();
+    for (name, raw) in fields {
+        let text = raw.get();
+        let value = match model::decode::whole_number(text) {
+            _ if text == "null" => {
+                return Err(AdminError::Invalid(format!("{name}: null is not a value; leave the field out")));
+            }
+            // From the text, never through a float: 600.00000000000001 stays a fraction.
+            Some(Some(whole)) if !text.starts_with('-') => whole.into(),
+            _ => serde_json::from_str(text).map_err(invalid)?,
+        };
+        out.insert(name, value);
     }
-    Ok(body)
+    Ok(serde_json::Value::Object(out))
 }
 
 fn digest_of(row: &ApiKeyRow) -> auth::Digest {
@@ -394,10 +397,14 @@ impl Admin for AdminApi {
         })
     }
 
-    fn set_rate_limit(&self, org: String, body: serde_json::Value) -> AdminFuture<'_, serde_json::Value> {
+    fn set_rate_limit(
+        &self,
+        org: String,
+        body: Box<serde_json::value::RawValue>,
+    ) -> AdminFuture<'_, serde_json::Value> {
         Box::pin(async move {
             let config: PolicyConfig =
-                serde_json::from_value(policy_body(body)?).map_err(|e| AdminError::Invalid(e.to_string()))?;
+                serde_json::from_value(policy_body(&body)?).map_err(|e| AdminError::Invalid(e.to_string()))?;
             if config == PolicyConfig::default() {
                 // In a config file an empty section means the default; here it is a mistake.
                 return Err(AdminError::Invalid(
