@@ -132,8 +132,11 @@ pub(crate) async fn dispatch(admin: &dyn Admin, req: Request<Incoming>) -> Resul
             if method != Method::DELETE {
                 return Err(not_allowed("DELETE"));
             }
-            let id = Uuid::try_parse(id)
-                .map_err(|_| ApiError::InvalidRequest { message: format!("{id:?} is not a key id (a UUID)") })?;
+            // Any form Uuid parses, %-escaped as clients send it (`urn%3Auuid%3A…`, `%7B…%7D`).
+            let id = percent_decode(id)
+                .ok()
+                .and_then(|decoded| Uuid::try_parse(&decoded).ok())
+                .ok_or_else(|| ApiError::InvalidRequest { message: format!("{id:?} is not a key id (a UUID)") })?;
             match admin.revoke_key(id).await? {
                 true => Ok(no_content()),
                 false => Err(ApiError::ResourceNotFound { what: format!("active key {id}") }),
