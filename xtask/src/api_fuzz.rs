@@ -39,7 +39,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     let target = crate::dist::target_dir(root)?;
     let st = schemathesis(&target)?;
-    crate::cargo(&["build", "--release", "-p", "ingestd"])?;
+    crate::cargo(&crate::RELEASE_BUILD)?;
     let work = target.join("api-fuzz");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;

@@ -115,11 +115,7 @@ fn test(extra: &[String]) -> Result<()> {
 /// Builds the release binaries and runs the fault scenarios; fails when any
 /// acknowledged record was lost, duplicated, or a scenario's check failed.
 fn chaos(args: &[String]) -> Result<()> {
-    // Separately: built together, Cargo would unify the features of their
-    // shared dependencies, and the scenarios would test a binary that is not
-    // the one `cargo build --release -p ingestd` ships (api-fuzz reuses it).
-    cargo(&["build", "--release", "-p", "ingestd"])?;
-    cargo(&["build", "--release", "-p", "ingest-chaos"])?;
+    cargo(&crate::RELEASE_BUILD)?;
     let bin = dist::target_dir(&project_root())?.join("release");
     let status = Command::new(bin.join("ingest-chaos"))
         .arg("--ingestd")
@@ -172,6 +168,11 @@ impl Drop for Compose {
         let _ = Command::new("docker").args(["compose", "-f", Self::FILE, "down", "--volumes"]).status();
     }
 }
+
+/// The release build of `chaos` and `api-fuzz`: one command for both, so the
+/// second finds everything built (built apart, the two packages' different
+/// dependency features make Cargo recompile ingestd each time).
+pub(crate) const RELEASE_BUILD: [&str; 6] = ["build", "--release", "-p", "ingestd", "-p", "ingest-chaos"];
 
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let status = Command::new("cargo").args(args).status().context("run cargo")?;
