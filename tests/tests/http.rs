@@ -22,6 +22,10 @@ testkit::on_every_backend!(
     batch_with_only_invalid_records_is_422_and_stores_nothing,
     storage_failure_is_503_with_retry_after_and_stores_nothing,
     restart_keeps_data,
+    a_timestamp_past_year_9999_is_422_not_a_dropped_connection,
+    strings_the_databases_refuse_are_422_and_hurt_no_one,
+    a_record_the_database_refuses_fails_alone,
+    a_503_timeout_means_nothing_was_committed,
 );
 
 async fn single_record_is_stored_and_acknowledged(kind: Kind) {
@@ -344,7 +348,13 @@ async fn size_limits_are_413_and_store_nothing() {
     let records: Vec<Value> = (0..6).map(|i| record_json("org-1", i)).collect();
     let reply = c.post_json("/v1/usage/batch", &json!({ "records": records })).await;
     assert_eq!(reply.status, 413);
-    assert_eq!(reply.json()["error"], "batch has 6 records; the maximum is 5");
+    assert_eq!(reply.json()["error"], "batch has more than 5 records; the maximum is 5");
+    // Counted while parsing: record 6 ends the parse, whatever follows it.
+    let six = (0..6).map(|i| record_json("org-1", i).to_string()).collect::<Vec<_>>().join(",");
+    let body = format!(r#"{{"records":[{six}, and then no JSON at all"#).into_bytes();
+    let reply = c.send("POST", "/v1/usage/batch", &[("content-type", "application/json")], body).await.unwrap();
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["code"], "batch_too_large");
     assert_eq!(server.count("org-1").await, 0);
     server.stop().await;
 }
@@ -448,4 +458,212 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "the server kept the connection open");
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 15, reproduction 1: this timestamp made the handler panic and the
+/// connection drop. Now: 422 `invalid_timestamp`, alone, and the service
+/// goes on serving.
+async fn a_timestamp_past_year_9999_is_422_not_a_dropped_connection(kind: Kind) {
+    let server = Server::start(kind, |_| {}).await;
+    let mut c = server.client().await;
+    let mut r = record_json("org-t", 0);
+    r["timestamp"] = json!("9999-12-31T23:59:59-01:00");
+    let reply = c.post_json("/v1/usage", &r).await;
+    assert_eq!(reply.status, 422, "{:?}", reply.body);
+    let errors = reply.json()["errors"].clone();
+    assert_eq!(errors.as_array().unwrap().len(), 1, "{errors}");
+    assert_eq!(
+        (errors[0]["field"].as_str(), errors[0]["code"].as_str()),
+        (Some("timestamp"), Some("invalid_timestamp"))
+    );
+    let batch = c.post_json("/v1/usage/batch", &json!({ "records": [r, record_json("org-t", 1)] })).await;
+    assert_eq!(batch.status, 207);
+    assert_eq!(c.get("/health").await.status, 200, "the same connection still serves");
+    assert_eq!(server.count("org-t").await, 1);
+    server.stop().await;
+}
+
+/// Issue 15, reproduction 2: `"provider": "open\u0000ai"` passed validation
+/// and PostgreSQL refused it inside a shared group commit, failing a
+/// concurrent valid request too. Now every string that reaches storage is
+/// one both backends store: 422 for the bad ones, 200 for the others,
+/// whatever they were committed with.
+async fn strings_the_databases_refuse_are_422_and_hurt_no_one(kind: Kind) {
+    let server = Server::start(kind, |c| c.writer.linger_ms = 20).await;
+    let addr = server.addr;
+    let mut bad = Vec::new();
+    for (pointer, value) in [
+        ("/provider", json!("open\u{0}ai")),
+        ("/model/name", json!("gpt-4o\u{0}")),
+        ("/tags", json!(["a\u{0}"])),
+        ("/metadata", json!({"note": "a\u{0}b"})),
+        ("/metadata", json!({"k\u{0}": 1})),
+    ] {
+        let mut r = record_json("org-bad", 0);
+        *r.pointer_mut(pointer).unwrap() = value;
+        bad.push(r);
+    }
+    let sends: Vec<_> = bad
+        .into_iter()
+        .map(|r| (r, 422))
+        .chain((0..6).map(|i| (record_json(&format!("org-good-{i}"), i), 200)))
+        .map(|(r, expected)| {
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await.unwrap();
+                let reply = c.post_json("/v1/usage", &r).await;
+                (reply.status.as_u16(), expected, reply.json())
+            })
+        })
+        .collect();
+    for send in sends {
+        let (status, expected, body) = send.await.unwrap();
+        assert_eq!(status, expected, "{body}");
+        if status == 422 {
+            let code = body["errors"][0]["code"].as_str().unwrap().to_owned();
+            assert!(code == "control_characters" || code == "nul_character", "{body}");
+        }
+    }
+    assert_eq!(server.count("org-bad").await, 0);
+    for i in 0..6 {
+        assert_eq!(server.count(&format!("org-good-{i}")).await, 1);
+    }
+    server.stop().await;
+}
+
+/// Holds the database's write lock from another connection until dropped
+/// or rolled back, so the writer's next commit waits.
+async fn hold_write_lock(server: &Server) -> (Store, sea_orm::DatabaseTransaction) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let blocker = Store::connect(&server.db.config).await.unwrap();
+    let txn = blocker.connection().begin().await.unwrap();
+    let lock = match blocker.backend() {
+        storage::Backend::Sqlite => {
+            "INSERT INTO dead_letters (id, source, message_key, payload, error, first_seen_at, last_seen_at, delivery_count) VALUES ('lock', 'http', 'lock', x'00', 'e', 'now', 'now', 1)"
+        }
+        storage::Backend::Postgres => "LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE",
+    };
+    txn.execute_unprepared(lock).await.unwrap();
+    (blocker, txn)
+}
+
+async fn wait_for_queue(server: &Server, depth: usize) {
+    let mut probe = server.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = String::from_utf8_lossy(&probe.get("/metrics").await.body).into_owned();
+        let queued = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ingestd_writer_queue_depth "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if queued as usize >= depth {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the writer never held {depth} records ({queued})");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SPEC §2, "one bad record never affects another": a record the database
+/// refuses although validation let it through (a test-only constraint
+/// stands in for any such value) fails alone — 422 `storage_refused` for a
+/// single record, 207 for a batch — while the 10 requests of other
+/// organizations committed in the same group commit are answered 200.
+async fn a_record_the_database_refuses_fails_alone(kind: Kind) {
+    let server = Server::start(kind, |c| {
+        c.writer.linger_ms = 0;
+        c.database.busy_timeout_ms = 30_000;
+    })
+    .await;
+    testkit::refuse_model(&server.store, "poison").await;
+    let addr = server.addr;
+    let post = |path: &'static str, body: Value| {
+        tokio::spawn(async move {
+            let mut c = Client::connect(addr).await.unwrap();
+            let reply = c.post_json(path, &body).await;
+            (reply.status.as_u16(), reply.json())
+        })
+    };
+    let (_blocker, lock) = hold_write_lock(&server).await;
+    // The first is taken alone and waits on the lock; the rest queue behind
+    // it and are committed together.
+    let first = post("/v1/usage", record_json("org-first", 0));
+    wait_for_queue(&server, 1).await;
+    let mut poison = record_json("org-poison", 0);
+    poison["model"]["name"] = json!("poison");
+    let single = post("/v1/usage", poison.clone());
+    let mut poison_2 = record_json("org-poison", 1);
+    poison_2["model"]["name"] = json!("poison");
+    let batch = post("/v1/usage/batch", json!({ "records": [record_json("org-poison", 2), poison_2] }));
+    let good: Vec<_> = (0..10).map(|i| post("/v1/usage", record_json(&format!("org-{i}"), i))).collect();
+    wait_for_queue(&server, 1 + 1 + 2 + 10).await;
+    lock.rollback().await.unwrap();
+
+    assert_eq!(first.await.unwrap().0, 200);
+    let (status, body) = single.await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["code"], "storage_refused", "{body}");
+    assert_eq!(body["errors"][0]["request_id"], poison["request_id"]);
+    let (status, body) = batch.await.unwrap();
+    assert_eq!(status, 207, "{body}");
+    assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(1), Some(1)), "{body}");
+    assert_eq!(
+        (body["errors"][0]["index"].as_u64(), body["errors"][0]["code"].as_str()),
+        (Some(1), Some("storage_refused"))
+    );
+    for task in good {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(server.count("org-poison").await, 1);
+    for i in 0..10 {
+        assert_eq!(server.count(&format!("org-{i}")).await, 1);
+    }
+    server.stop().await;
+}
+
+/// SPEC §2, "a 503 means that none of the request's records was or will be
+/// committed": the request timeout no longer cuts the wait for a commit
+/// under way (that request is answered what happened, here 200, after its
+/// timeout); a request still queued at its timeout is withdrawn: 503
+/// `timeout`, and nothing of it is ever stored, so the retry of a record
+/// without `request_id` stores exactly one row.
+async fn a_503_timeout_means_nothing_was_committed(kind: Kind) {
+    let server = Server::start(kind, |c| {
+        c.writer.linger_ms = 0;
+        c.server.request_timeout_secs = 1;
+        c.database.busy_timeout_ms = 30_000;
+    })
+    .await;
+    let addr = server.addr;
+    let post = |body: Value| {
+        tokio::spawn(async move {
+            let mut c = Client::connect(addr).await.unwrap();
+            let started = std::time::Instant::now();
+            let reply = c.post_json("/v1/usage", &body).await;
+            (reply.status.as_u16(), reply.json(), started.elapsed())
+        })
+    };
+    let (_blocker, lock) = hold_write_lock(&server).await;
+    let taken = post(record_json("org-taken", 0));
+    wait_for_queue(&server, 1).await;
+    let mut no_id = record_json("org-queued", 0);
+    no_id.as_object_mut().unwrap().remove("request_id");
+    let queued = post(no_id.clone());
+    let (status, body, _) = queued.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "timeout");
+    // The taken request is past its timeout too, still waiting for its commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!taken.is_finished(), "a request whose commit has begun must not be answered 503");
+    lock.rollback().await.unwrap();
+    let (status, body, took) = taken.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(took > Duration::from_secs(1), "answered after its timeout: {took:?}");
+    assert_eq!(server.count("org-queued").await, 0, "a 503 request was committed");
+    let mut c = server.client().await;
+    assert_eq!(c.post_json("/v1/usage", &no_id).await.status, 200, "the client's retry");
+    assert_eq!(server.count("org-queued").await, 1);
+    assert_eq!(server.count("org-taken").await, 1);
+    server.stop().await;
 }

@@ -2,7 +2,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use model::SinkError;
-use model::decode::DocumentError;
+use model::decode::{BatchError, DocumentError};
 use serde_json::json;
 
 /// A request-level failure: the one place where errors become status codes.
@@ -14,8 +14,8 @@ pub enum ApiError {
     InvalidEnvelope { what: &'static str, message: String },
     #[error("request body is larger than {limit} bytes{after}")]
     BodyTooLarge { limit: usize, after: &'static str },
-    #[error("batch has {count} records; the maximum is {max}")]
-    BatchTooLarge { count: usize, max: usize },
+    #[error("batch has more than {max} records; the maximum is {max}")]
+    BatchTooLarge { max: usize },
     #[error("batch has no records; send 1 to {max}")]
     EmptyBatch { max: usize },
     #[error("content-type must be application/json, found {found}")]
@@ -62,6 +62,9 @@ pub enum ApiError {
     InvalidPolicy { message: String },
     #[error("{what} not found")]
     ResourceNotFound { what: String },
+    /// A defect of ingestd (a handler panicked); never caused by input alone.
+    #[error("internal error")]
+    Internal,
 }
 
 impl ApiError {
@@ -87,6 +90,7 @@ impl ApiError {
             BodyTooLarge { .. } | BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType { .. } | UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotFound { .. } => StatusCode::NOT_FOUND,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Overloaded | StorageUnavailable | ShuttingDown | Timeout { .. } | RateLimiterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -125,6 +129,7 @@ impl ApiError {
             InvalidRequest { .. } => "invalid_request",
             InvalidPolicy { .. } => "invalid_policy",
             ResourceNotFound { .. } => "not_found",
+            Internal => "internal_error",
         }
     }
 
@@ -167,10 +172,20 @@ impl From<DocumentError> for ApiError {
     }
 }
 
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Document(e) => e.into(),
+            BatchError::TooMany { max } => ApiError::BatchTooLarge { max },
+        }
+    }
+}
+
 impl From<SinkError> for ApiError {
     fn from(e: SinkError) -> Self {
         match e {
             SinkError::Overloaded => ApiError::Overloaded,
+            SinkError::TimedOut { secs } => ApiError::Timeout { secs },
             SinkError::Unavailable(_) => ApiError::StorageUnavailable,
             SinkError::Closed => ApiError::ShuttingDown,
         }

@@ -10,7 +10,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use model::decode::Rejected;
 use model::{
-    ErrorCode, FieldError, IngestReport, IngestionResponse, RecordOutcome, RecordSink, Source, UsageRecord, decode, ids,
+    Deadline, ErrorCode, FieldError, IngestReport, IngestionResponse, RecordOutcome, RecordSink, Source, UsageRecord,
+    decode, ids,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -47,7 +48,15 @@ pub(crate) async fn handle<S: RecordSink>(state: Arc<AppState<S>>, req: Request<
         {
             ApiError::MethodNotAllowed { method: req.method().to_string(), allow }.into_response()
         }
-        (Some((p, _)), _) => timed(secs, dispatch(&state, p, req)).await,
+        // Ingestion keeps its own time: its deadline stops waiting for a
+        // commit that has not begun, never for one under way (SPEC §2: a
+        // 503 means nothing was or will be committed).
+        (Some((p @ ("/v1/usage" | "/v1/usage/batch"), _)), _) => {
+            let kind = if *p == "/v1/usage" { Kind::Single } else { Kind::Batch };
+            let deadline = Deadline { at: started + Duration::from_secs(secs), secs };
+            caught(ingest(&state, req, kind, deadline)).await
+        }
+        (Some((p, _)), _) => timed(secs, dispatch(&state, p)).await,
     };
     metrics::counter!("ingestd_http_requests_total", "route" => label, "status" => response.status().as_str().to_owned())
         .increment(1);
@@ -58,19 +67,34 @@ pub(crate) async fn handle<S: RecordSink>(state: Arc<AppState<S>>, req: Request<
 
 /// Runs a handler under the request timeout (503 `timeout` past it).
 async fn timed(secs: u64, handler: impl std::future::Future<Output = Result<Resp, ApiError>>) -> Resp {
-    match tokio::time::timeout(Duration::from_secs(secs), handler).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => e.into_response(),
+    match tokio::time::timeout(Duration::from_secs(secs), caught(handler)).await {
+        Ok(response) => response,
         Err(_) => ApiError::Timeout { secs }.into_response(),
     }
 }
 
-async fn dispatch<S: RecordSink>(state: &AppState<S>, path: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
+/// Runs a handler, turning a panic into a 500 `internal_error` (logged and
+/// counted in `ingestd_panics_total`) instead of a dropped connection. A
+/// panic is a defect of ingestd, never the client's fault; the process
+/// keeps serving.
+async fn caught(handler: impl std::future::Future<Output = Result<Resp, ApiError>>) -> Resp {
+    use futures::FutureExt as _;
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => e.into_response(),
+        Err(panic) => {
+            let what = model::panic_message(&*panic);
+            tracing::error!(panic = %what, "a request handler panicked");
+            metrics::counter!("ingestd_panics_total", "where" => "http").increment(1);
+            ApiError::Internal.into_response()
+        }
+    }
+}
+
+async fn dispatch<S: RecordSink>(state: &AppState<S>, path: &str) -> Result<Resp, ApiError> {
     match path {
         "/health" => Ok(health(state)),
         "/health/ready" => Ok(ready(state).await),
-        "/v1/usage" => ingest(state, req, Kind::Single).await,
-        "/v1/usage/batch" => ingest(state, req, Kind::Batch).await,
         "/metrics" => Ok(text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", (state.metrics)())),
         "/openapi.json" => Ok(text(StatusCode::OK, "application/json", crate::OPENAPI.to_owned())),
         _ => Err(ApiError::NotFound { path: path.to_owned() }),
@@ -94,7 +118,8 @@ async fn ready<S>(state: &AppState<S>) -> Resp {
     for (name, check) in &state.readiness {
         let result = tokio::time::timeout(Duration::from_secs(2), check()).await;
         let status = match result {
-            Ok(Ok(())) => json!({ "status": "up" }),
+            Ok(Ok(None)) => json!({ "status": "up" }),
+            Ok(Ok(Some(state))) => json!({ "status": "up", "state": state }),
             Ok(Err(e)) => {
                 ok = false;
                 json!({ "status": "down", "error": e })
@@ -123,7 +148,12 @@ enum Kind {
     Batch,
 }
 
-async fn ingest<S: RecordSink>(state: &AppState<S>, req: Request<Incoming>, kind: Kind) -> Result<Resp, ApiError> {
+async fn ingest<S: RecordSink>(
+    state: &AppState<S>,
+    req: Request<Incoming>,
+    kind: Kind,
+    deadline: Deadline,
+) -> Result<Resp, ApiError> {
     let limit = state.config.max_body_bytes;
     body::check_headers(req.headers(), limit)?;
     let (parts, incoming) = req.into_parts();
@@ -134,7 +164,9 @@ async fn ingest<S: RecordSink>(state: &AppState<S>, req: Request<Incoming>, kind
         return Err(ApiError::MissingApiKey);
     }
     let idempotency = idempotency_key(&parts.headers, principal.as_deref())?;
-    let bytes = body::read(&parts.headers, incoming, limit).await?;
+    let bytes = tokio::time::timeout_at(deadline.at.into(), body::read(&parts.headers, incoming, limit))
+        .await
+        .map_err(|_| ApiError::Timeout { secs: deadline.secs })??;
     if let Some(secret) = principal.as_ref().and_then(|p| p.signing_secret.as_ref()) {
         verify_signature(secret, &parts.headers, &bytes)?;
     }
@@ -158,12 +190,10 @@ async fn ingest<S: RecordSink>(state: &AppState<S>, req: Request<Incoming>, kind
             (id.unwrap_or_else(ids::generate), decoded)
         }
         Kind::Batch => {
-            let envelope = decode::batch(&bytes)?;
             let max = state.config.max_batch_size;
-            match envelope.records.len() {
-                0 => return Err(ApiError::EmptyBatch { max }),
-                n if n > max => return Err(ApiError::BatchTooLarge { count: n, max }),
-                _ => {}
+            let envelope = decode::batch(&bytes, max)?;
+            if envelope.records.is_empty() {
+                return Err(ApiError::EmptyBatch { max });
             }
             let decoded = state.ingestor.decode_with(&envelope.records, default_id);
             (envelope.batch_id.unwrap_or_else(ids::generate), decoded)
@@ -174,7 +204,7 @@ async fn ingest<S: RecordSink>(state: &AppState<S>, req: Request<Incoming>, kind
         forbid_foreign_records(principal, &mut decoded);
     }
 
-    let report = state.ingestor.store(decoded, Source::Http).await?;
+    let report = state.ingestor.store_before(decoded, Source::Http, deadline).await?;
     count_records(&report);
     let status = status_for(&report, kind);
     let body = IngestionResponse::new(response_id, &report, OffsetDateTime::now_utc());

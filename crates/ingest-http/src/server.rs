@@ -27,8 +27,11 @@ use crate::ratelimit::RateLimitLayer;
 use crate::{ApiError, HttpConfig, routes};
 use auth::KeyRing;
 
-/// A readiness probe of one component: `Ok` when it is usable.
-pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+/// A readiness probe of one component: `Ok` when it is usable, with a note
+/// on its state when there is one to tell (e.g. "deciding locally"); `Err`
+/// says why it is not.
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send>> + Send + Sync>;
 
 /// What the handlers share.
 pub struct AppState<S> {

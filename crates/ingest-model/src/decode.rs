@@ -70,31 +70,129 @@ pub struct BatchEnvelope<'a> {
     pub records: Vec<&'a RawValue>,
 }
 
-/// Reads a batch envelope; its records stay undecoded.
-pub fn batch(body: &[u8]) -> Result<BatchEnvelope<'_>, DocumentError> {
-    let whole: &RawValue = serde_json::from_slice(body).map_err(|e| DocumentError::from_json("batch envelope", e))?;
+/// Why a batch body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    /// `records` has more than the allowed number of records; parsing
+    /// stopped at the first one too many.
+    #[error("batch has more than {max} records; the maximum is {max}")]
+    TooMany { max: usize },
+}
+
+/// Reads a batch envelope of at most `max` records; the records stay
+/// undecoded. The records are counted while the body is parsed: record
+/// `max + 1` ends the parse, so a body of a million records costs no more
+/// than one of `max + 1`.
+pub fn batch(body: &[u8], max: usize) -> Result<BatchEnvelope<'_>, BatchError> {
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+    use std::cell::Cell;
+
+    /// The `records` array, counted as it is read.
+    struct Records<'c> {
+        max: usize,
+        over: &'c Cell<bool>,
+    }
+    impl<'de> DeserializeSeed<'de> for Records<'_> {
+        type Value = Vec<&'de RawValue>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Records<'_> {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of records")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+            while let Some(record) = seq.next_element::<&'de RawValue>()? {
+                if records.len() == self.max {
+                    self.over.set(true);
+                    return Err(A::Error::custom("too many records"));
+                }
+                records.push(record);
+            }
+            Ok(records)
+        }
+    }
+    struct Envelope<'c> {
+        max: usize,
+        over: &'c Cell<bool>,
+    }
+    impl<'de> Visitor<'de> for Envelope<'_> {
+        type Value = BatchEnvelope<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object {\"records\": […]}")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut batch_id, mut source, mut records) = (None, None, None);
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match key.as_ref() {
+                    "batch_id" if batch_id.is_some() => return Err(A::Error::duplicate_field("batch_id")),
+                    "batch_id" => batch_id = Some(map.next_value::<Option<Uuid>>()?),
+                    "source" if source.is_some() => return Err(A::Error::duplicate_field("source")),
+                    "source" => source = Some(map.next_value::<Option<String>>()?),
+                    "records" if records.is_some() => return Err(A::Error::duplicate_field("records")),
+                    "records" => records = Some(map.next_value_seed(Records { max: self.max, over: self.over })?),
+                    _ => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+            }
+            let records = records.ok_or_else(|| A::Error::missing_field("records"))?;
+            Ok(BatchEnvelope { batch_id: batch_id.flatten(), source: source.flatten(), records })
+        }
+    }
+
     // serde would also take a struct from an array (`[batch_id, source, records]`).
-    if !whole.get().starts_with('{') {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        // Not an object: say what it is, or where its syntax fails.
+        let whole: &RawValue =
+            serde_json::from_slice(body).map_err(|e| DocumentError::from_json("batch envelope", e))?;
         return Err(DocumentError::Shape {
             what: "batch envelope",
             message: format!("must be a JSON object {{\"records\": […]}}, found {}", kind(whole)),
-        });
+        }
+        .into());
     }
-    serde_json::from_str(whole.get()).map_err(|e| DocumentError::from_json("batch envelope", e))
+    let over = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = serde::Deserializer::deserialize_map(&mut de, Envelope { max, over: &over })
+        .and_then(|envelope| de.end().map(|()| envelope));
+    match parsed {
+        Ok(envelope) => Ok(envelope),
+        Err(_) if over.get() => Err(BatchError::TooMany { max }),
+        Err(e) => Err(DocumentError::from_json("batch envelope", e).into()),
+    }
 }
 
 /// Reads a stream message (SPEC §5): one record, `{"records": […]}`, or an
 /// envelope `{"message_id", "event_type": "usage" | "batch", "payload"}`
 /// whose payload is a record, a `{"records": […]}` object or an array.
+///
+/// The shape is decided in this order: an object with a `usage` member is a
+/// record (its other members, `records` and `payload` included, are fields
+/// of the record, unknown ones ignored); else one with a `payload` member is
+/// an envelope; else one with a `records` member is a batch; else it is a
+/// record, and fails validation with its missing fields.
 pub fn stream_message(body: &[u8]) -> Result<Vec<&RawValue>, DocumentError> {
+    /// Present, even as `null`.
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+        <&RawValue>::deserialize(d).map(Some)
+    }
     #[derive(Deserialize)]
     struct Probe<'a> {
-        #[serde(borrow, default)]
-        records: Option<Vec<&'a RawValue>>,
-        #[serde(borrow, default)]
+        #[serde(borrow, default, deserialize_with = "present")]
+        usage: Option<&'a RawValue>,
+        #[serde(borrow, default, deserialize_with = "present")]
+        records: Option<&'a RawValue>,
+        #[serde(borrow, default, deserialize_with = "present")]
         payload: Option<&'a RawValue>,
-        #[serde(default)]
-        event_type: Option<String>,
+        #[serde(borrow, default, deserialize_with = "present")]
+        event_type: Option<&'a RawValue>,
     }
     #[derive(Deserialize)]
     struct Batch<'a> {
@@ -108,25 +206,30 @@ pub fn stream_message(body: &[u8]) -> Result<Vec<&RawValue>, DocumentError> {
     }
     let probe: Probe<'_> =
         serde_json::from_str(whole.get()).map_err(|e| DocumentError::from_json("stream message", e))?;
-    match (probe.records, probe.payload, probe.event_type.as_deref()) {
-        (Some(records), None, None) => Ok(records),
-        (None, Some(payload), Some("usage")) => Ok(vec![payload]),
-        (None, Some(payload), Some("batch")) => {
-            let records = if payload.get().starts_with('[') {
-                serde_json::from_str::<Vec<&RawValue>>(payload.get()).ok()
-            } else {
-                serde_json::from_str::<Batch<'_>>(payload.get()).ok().map(|b| b.records)
-            };
-            records.ok_or_else(|| shape("a batch payload must be an array of records or {\"records\": […]}".into()))
-        }
-        (None, Some(_), Some(other)) => {
-            Err(shape(format!("unknown event_type {other:?}; expected \"usage\" or \"batch\"")))
-        }
-        (None, Some(_), None) => Err(shape("an envelope needs an event_type (\"usage\" or \"batch\")".into())),
-        (None, None, Some(_)) => Err(shape("an envelope needs a payload".into())),
-        (Some(_), _, _) => Err(shape("a message has either records or an envelope payload, not both".into())),
-        (None, None, None) => Ok(vec![whole]),
+    if probe.usage.is_some() {
+        return Ok(vec![whole]);
     }
+    if let Some(payload) = probe.payload {
+        let event_type = probe.event_type.and_then(|e| serde_json::from_str::<String>(e.get()).ok());
+        return match event_type.as_deref() {
+            Some("usage") => Ok(vec![payload]),
+            Some("batch") => {
+                let records = if payload.get().starts_with('[') {
+                    serde_json::from_str::<Vec<&RawValue>>(payload.get()).ok()
+                } else {
+                    serde_json::from_str::<Batch<'_>>(payload.get()).ok().map(|b| b.records)
+                };
+                records.ok_or_else(|| shape("a batch payload must be an array of records or {\"records\": […]}".into()))
+            }
+            Some(other) => Err(shape(format!("unknown event_type {other:?}; expected \"usage\" or \"batch\""))),
+            None => Err(shape("an envelope needs an event_type (\"usage\" or \"batch\")".into())),
+        };
+    }
+    if let Some(records) = probe.records {
+        return serde_json::from_str::<Vec<&RawValue>>(records.get())
+            .map_err(|_| shape(format!("records must be an array of records, found {}", kind(records))));
+    }
+    Ok(vec![whole])
 }
 
 /// Decodes and validates one record. `default_id` is called only when the
@@ -151,10 +254,7 @@ pub fn record_with(
     let mut record = UsageRecord {
         request_id: request_id.unwrap_or(Uuid::nil()),
         timestamp: d.required("timestamp", fields.timestamp, Decoder::timestamp).unwrap_or(ctx.now),
-        provider: d
-            .required("provider", fields.provider, Decoder::string)
-            .map(|p| p.trim().to_lowercase())
-            .unwrap_or_default(),
+        provider: d.required("provider", fields.provider, Decoder::provider).unwrap_or_default(),
         model: d.required("model", fields.model, Decoder::model).unwrap_or_else(|| ModelInfo {
             name: String::new(),
             version: None,
@@ -314,6 +414,18 @@ impl Decoder {
         }
     }
 
+    /// `provider` is stored trimmed and lower-cased; control characters are
+    /// looked for in the value as sent, so `"openai\n"` is refused rather
+    /// than silently trimmed (SPEC §1).
+    fn provider(&mut self, field: &str, raw: &RawValue) -> Option<String> {
+        let sent = self.string(field, raw)?;
+        if sent.chars().any(char::is_control) {
+            self.fail(field, ErrorCode::ControlCharacters, "must not contain control characters");
+            return None;
+        }
+        Some(sent.trim().to_lowercase())
+    }
+
     fn uuid(&mut self, field: &str, raw: &RawValue) -> Option<Uuid> {
         let s = self.string(field, raw)?;
         match Uuid::try_parse(&s) {
@@ -332,7 +444,20 @@ impl Decoder {
     fn timestamp(&mut self, field: &str, raw: &RawValue) -> Option<OffsetDateTime> {
         let s = self.string(field, raw)?;
         match OffsetDateTime::parse(&s, &Rfc3339) {
-            Ok(t) => Some(t.to_offset(time::UtcOffset::UTC)),
+            // `to_offset` panics when the UTC form leaves the representable
+            // range (`9999-12-31T23:59:59-01:00`): checked, and the years
+            // every backend stores (SPEC §1) enforced here.
+            Ok(t) => match t.checked_to_offset(time::UtcOffset::UTC) {
+                Some(utc) if (1..=9999).contains(&utc.year()) => Some(utc),
+                _ => {
+                    self.fail(
+                        field,
+                        ErrorCode::InvalidTimestamp,
+                        format!("{s:?} is outside the years 0001–9999 once converted to UTC"),
+                    );
+                    None
+                }
+            },
             Err(e) => {
                 self.fail(
                     field,
@@ -443,14 +568,60 @@ impl Decoder {
             self.fail(field, ErrorCode::InvalidType, format!("must be an object, found {}", kind(raw)));
             return None;
         }
-        match serde_json::from_str(raw.get()) {
-            Ok(map) => Some(map),
+        let map: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(raw.get()) {
+            Ok(map) => map,
             Err(e) => {
                 self.fail(field, ErrorCode::InvalidRecord, strip_position(&e.to_string()));
-                None
+                return None;
             }
+        };
+        // PostgreSQL's `jsonb` refuses U+0000 anywhere in a string; refused
+        // on every backend, so a record is stored alike everywhere. JSON
+        // can only write it as `\u0000`, so most metadata is never walked.
+        if raw.get().contains("\\u0000")
+            && let Some(path) = nul_path(field, &map)
+        {
+            self.fail(&path, ErrorCode::NulCharacter, "a metadata key or string value must not contain U+0000");
+            return None;
+        }
+        Some(map)
+    }
+}
+
+/// The path of the first key or string value under `map` that contains
+/// U+0000 (`metadata.a.b[2]`), if any.
+fn nul_path(field: &str, map: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    use serde_json::{Map, Value};
+    fn object(path: &mut String, map: &Map<String, Value>) -> bool {
+        map.iter().any(|(key, item)| {
+            let len = path.len();
+            path.push('.');
+            path.push_str(key);
+            let found = key.contains('\0') || value(path, item);
+            if !found {
+                path.truncate(len);
+            }
+            found
+        })
+    }
+    fn value(path: &mut String, v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = value(path, item);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(map) => object(path, map),
+            _ => false,
         }
     }
+    let mut path = field.to_owned();
+    object(&mut path, map).then_some(path)
 }
 
 /// The exact value of a non-negative JSON number written with a fraction or an

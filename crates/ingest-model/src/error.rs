@@ -44,7 +44,7 @@ codes! {
     InvalidType => "invalid_type",
     /// `request_id` is not a UUID.
     InvalidUuid => "invalid_uuid",
-    /// `timestamp` is not an RFC 3339 date-time.
+    /// `timestamp` is not an RFC 3339 date-time, or its UTC form falls outside years 0001–9999.
     InvalidTimestamp => "invalid_timestamp",
     /// A number that must not be negative is negative.
     NegativeNumber => "negative_number",
@@ -56,7 +56,7 @@ codes! {
     TooShort => "too_short",
     /// A string is longer than its maximum length (counted in characters).
     TooLong => "too_long",
-    /// An identifier contains control characters.
+    /// A string field contains control characters (U+0000–U+001F, U+007F–U+009F).
     ControlCharacters => "control_characters",
     /// `tags` has more items than allowed.
     TooManyItems => "too_many_items",
@@ -74,6 +74,11 @@ codes! {
     TimestampInFuture => "timestamp_in_future",
     /// The caller may not write records for this organization.
     OrganizationForbidden => "organization_forbidden",
+    /// A `metadata` key or string value contains U+0000, which PostgreSQL's `jsonb` cannot store.
+    NulCharacter => "nul_character",
+    /// The database refused the record although it passed validation; the
+    /// other records of the request, and of other requests, are not affected.
+    StorageRefused => "storage_refused",
 }
 
 impl fmt::Display for ErrorCode {

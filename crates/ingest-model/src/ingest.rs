@@ -6,16 +6,20 @@ use uuid::Uuid;
 
 use crate::decode::{self, Rejected};
 use crate::validate::Context;
-use crate::{Source, UsageRecord, ValidationConfig};
+use crate::{ErrorCode, FieldError, Source, UsageRecord, ValidationConfig};
 
 /// What storage did with one record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreOutcome {
     /// Committed now.
     Inserted,
     /// Already stored under the same (`organization_id`, `request_id`), or
     /// repeated earlier in the same submission; nothing was written.
     Duplicate,
+    /// The database refused this record (it passed validation, yet the
+    /// database would not store it); nothing of it was written. The other
+    /// records of the submission are not affected. The text says why.
+    Refused(String),
 }
 
 /// Why storage did not take a submission. Nothing of it was stored.
@@ -30,6 +34,11 @@ pub enum SinkError {
     /// The writer has stopped (the process is shutting down).
     #[error("the writer has stopped")]
     Closed,
+    /// The deadline passed while the submission was still queued: it was
+    /// withdrawn before its transaction began, so nothing of it was or will
+    /// be committed. `secs` is the caller's time budget.
+    #[error("the records were not committed within {secs} s")]
+    TimedOut { secs: u64 },
 }
 
 /// Durable storage for records, as the adapters see it.
@@ -42,6 +51,30 @@ pub trait RecordSink: Send + Sync + 'static {
         records: Vec<UsageRecord>,
         source: Source,
     ) -> impl Future<Output = Result<Vec<StoreOutcome>, SinkError>> + Send;
+
+    /// [`store`](Self::store) with a deadline for the *start* of the
+    /// commit: a submission still queued at `deadline` is withdrawn and
+    /// fails with [`SinkError::TimedOut`] (nothing committed, ever); one
+    /// whose transaction has begun is always waited for, so its answer is
+    /// the truth. A sink that never queues may ignore the deadline, as this
+    /// default does.
+    fn store_before(
+        &self,
+        records: Vec<UsageRecord>,
+        source: Source,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<Vec<StoreOutcome>, SinkError>> + Send {
+        let _ = deadline;
+        self.store(records, source)
+    }
+}
+
+/// When a caller stops waiting for a commit to begin, and the budget it
+/// had (reported in [`SinkError::TimedOut`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub at: std::time::Instant,
+    pub secs: u64,
 }
 
 /// The fate of one record of a submission.
@@ -121,6 +154,26 @@ impl<S: RecordSink> Ingestor<S> {
         decoded: Vec<Result<UsageRecord, Rejected>>,
         source: Source,
     ) -> Result<IngestReport, SinkError> {
+        self.store_inner(decoded, source, None).await
+    }
+
+    /// [`store`](Self::store), withdrawn when its commit has not begun by
+    /// `deadline` (see [`RecordSink::store_before`]).
+    pub async fn store_before(
+        &self,
+        decoded: Vec<Result<UsageRecord, Rejected>>,
+        source: Source,
+        deadline: Deadline,
+    ) -> Result<IngestReport, SinkError> {
+        self.store_inner(decoded, source, Some(deadline)).await
+    }
+
+    async fn store_inner(
+        &self,
+        decoded: Vec<Result<UsageRecord, Rejected>>,
+        source: Source,
+        deadline: Option<Deadline>,
+    ) -> Result<IngestReport, SinkError> {
         let mut outcomes = Vec::with_capacity(decoded.len());
         let mut valid = Vec::with_capacity(decoded.len());
         for item in decoded {
@@ -135,13 +188,27 @@ impl<S: RecordSink> Ingestor<S> {
         if valid.is_empty() {
             return Ok(IngestReport { outcomes });
         }
-        let stored = self.sink.store(valid, source).await?;
+        let stored = match deadline {
+            Some(deadline) => self.sink.store_before(valid, source, deadline).await?,
+            None => self.sink.store(valid, source).await?,
+        };
         let mut stored = stored.into_iter();
         for outcome in &mut outcomes {
-            if let RecordOutcome::Accepted { request_id } = *outcome
-                && stored.next() == Some(StoreOutcome::Duplicate)
-            {
-                *outcome = RecordOutcome::Duplicate { request_id };
+            if let RecordOutcome::Accepted { request_id } = *outcome {
+                match stored.next() {
+                    Some(StoreOutcome::Duplicate) => *outcome = RecordOutcome::Duplicate { request_id },
+                    Some(StoreOutcome::Refused(why)) => {
+                        *outcome = RecordOutcome::Rejected(Rejected {
+                            request_id: Some(request_id),
+                            errors: vec![FieldError::new(
+                                "",
+                                ErrorCode::StorageRefused,
+                                format!("the database refused this record: {why}"),
+                            )],
+                        })
+                    }
+                    Some(StoreOutcome::Inserted) | None => {}
+                }
             }
         }
         Ok(IngestReport { outcomes })

@@ -21,10 +21,20 @@ mod response;
 pub mod validate;
 
 pub use error::{ErrorCode, FieldError};
-pub use ingest::{IngestReport, Ingestor, RecordOutcome, RecordSink, SinkError, StoreOutcome};
+pub use ingest::{Deadline, IngestReport, Ingestor, RecordOutcome, RecordSink, SinkError, StoreOutcome};
 pub use record::{ModelInfo, Performance, Source, TokenUsage, UsageRecord};
 pub use response::{IngestionResponse, RecordError, ResponseStatus};
 pub use validate::ValidationConfig;
+
+/// The text of a panic payload (`panic!("…")` carries a `&str` or a
+/// `String`), for the adapters that turn a caught panic into an answer.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
 
 #[cfg(test)]
 mod tests;

@@ -30,7 +30,7 @@ pub struct UsageRecord {
     #[garde(dive)]
     #[serde(default)]
     pub performance: Performance,
-    #[garde(custom(crate::validate::max_items(64)), inner(custom(crate::validate::text(1, 128))))]
+    #[garde(custom(crate::validate::max_items(64)), inner(custom(crate::validate::identifier(1, 128))))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     #[garde(custom(crate::validate::metadata_size))]
@@ -41,9 +41,9 @@ pub struct UsageRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, garde::Validate)]
 #[garde(context(crate::validate::Context))]
 pub struct ModelInfo {
-    #[garde(custom(crate::validate::text(1, 256)))]
+    #[garde(custom(crate::validate::identifier(1, 256)))]
     pub name: String,
-    #[garde(custom(crate::validate::optional_text(128)))]
+    #[garde(custom(crate::validate::optional_identifier(128)))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     #[garde(custom(crate::validate::positive))]

@@ -5,7 +5,7 @@ use serde_json::{Value, json, value::RawValue};
 use time::{Duration, macros::datetime};
 use uuid::Uuid;
 
-use crate::decode::{self, DocumentError};
+use crate::decode::{self, BatchError, DocumentError};
 use crate::validate::Context;
 use crate::{ErrorCode, UsageRecord};
 
@@ -346,14 +346,39 @@ fn syntax_errors_name_line_and_column() {
 
 #[test]
 fn batch_envelope() {
-    let b =
-        decode::batch(br#"{"batch_id":"0192f8a0-7b5c-7cc4-9d1e-3f2a1b0c9d8e","source":"gw","records":[{"a":1},2]}"#)
-            .unwrap();
+    let b = decode::batch(
+        br#"{"batch_id":"0192f8a0-7b5c-7cc4-9d1e-3f2a1b0c9d8e","source":"gw","records":[{"a":1},2]}"#,
+        10,
+    )
+    .unwrap();
     assert_eq!(b.records.len(), 2);
     assert_eq!(b.source.as_deref(), Some("gw"));
-    assert!(matches!(decode::batch(br#"{"records":{}}"#), Err(DocumentError::Shape { .. })));
-    assert!(matches!(decode::batch(br#"{"batch_id":"x","records":[]}"#), Err(DocumentError::Shape { .. })));
-    assert!(matches!(decode::batch(br#"{}"#), Err(DocumentError::Shape { .. })));
+    let shape = |body: &[u8]| matches!(decode::batch(body, 10), Err(BatchError::Document(DocumentError::Shape { .. })));
+    assert!(shape(br#"{"records":{}}"#));
+    assert!(shape(br#"{"batch_id":"x","records":[]}"#));
+    assert!(shape(br#"{}"#));
+    assert!(shape(br#"[1, 2]"#));
+    assert!(shape(br#"{"records":[],"records":[]}"#));
+    assert!(matches!(
+        decode::batch(br#"{"records":[1] x"#, 10),
+        Err(BatchError::Document(DocumentError::Syntax { .. }))
+    ));
+    let unknown = decode::batch(br#"{"extra":{"a":[1]},"batch_id":null,"records":[1]}"#, 10).unwrap();
+    assert_eq!((unknown.records.len(), unknown.batch_id), (1, None));
+}
+
+/// Records are counted while the body is parsed: record `max + 1` ends the
+/// parse, even when what follows it is not JSON at all.
+#[test]
+fn batch_size_is_enforced_while_parsing() {
+    let exactly = format!(r#"{{"records":[{}]}}"#, vec!["{}"; 3].join(","));
+    assert_eq!(decode::batch(exactly.as_bytes(), 3).unwrap().records.len(), 3);
+    let over = format!(r#"{{"records":[{}]}}"#, vec!["{}"; 4].join(","));
+    assert!(matches!(decode::batch(over.as_bytes(), 3), Err(BatchError::TooMany { max: 3 })));
+    // Parsing stops at the fourth record: the rest is never read.
+    let truncated = br#"{"records":[{},{},{},{}, this is not JSON"#;
+    assert!(matches!(decode::batch(truncated, 3), Err(BatchError::TooMany { max: 3 })));
+    assert_eq!(BatchError::TooMany { max: 1000 }.to_string(), "batch has more than 1000 records; the maximum is 1000");
 }
 
 #[test]
@@ -368,6 +393,102 @@ fn stream_message_shapes() {
     assert!(matches!(count(r#"{"event_type":"batch","payload":5}"#), Err(DocumentError::Shape { .. })));
     assert!(matches!(count(r#"[1]"#), Err(DocumentError::Shape { .. })));
     assert!(matches!(count("{"), Err(DocumentError::Syntax { .. })));
+}
+
+/// SPEC §5: `usage` makes a record whatever else it holds; then `payload`
+/// makes an envelope; then `records` a batch; anything else is a record.
+#[test]
+fn stream_message_shape_order() {
+    let record = valid();
+    let first = |s: &Value| {
+        let text = s.to_string();
+        decode::stream_message(text.as_bytes()).map(|v| v.iter().map(|r| r.get().to_owned()).collect::<Vec<_>>())
+    };
+    for member in ["records", "payload", "event_type"] {
+        let mut v = record.clone();
+        v[member] = json!([{"x": 1}]);
+        let got = first(&v).unwrap();
+        assert_eq!(got.len(), 1, "{member}");
+        let decoded: Value = serde_json::from_str(&got[0]).unwrap();
+        assert_eq!(decoded["usage"], record["usage"], "a record with a {member} member is still the record");
+        let raw: &RawValue = serde_json::from_str(&got[0]).unwrap();
+        assert!(decode::record(raw, &ctx(), Uuid::nil).is_ok(), "{member} is an unknown field of the record");
+    }
+    let mut v = record.clone();
+    v["usage"] = Value::Null;
+    v["records"] = json!([{}, {}]);
+    assert_eq!(first(&v).unwrap().len(), 1, "usage: null is a usage member too");
+    // payload before records
+    let both = json!({"event_type": "batch", "payload": [{}, {}, {}], "records": [{}]});
+    assert_eq!(first(&both).unwrap().len(), 3);
+    // records with an event_type but no payload: a batch
+    assert_eq!(first(&json!({"event_type": "usage", "records": [{}, {}]})).unwrap().len(), 2);
+    assert!(matches!(first(&json!({"records": 5})), Err(DocumentError::Shape { .. })));
+    assert_eq!(first(&json!({"event_type": "usage"})).unwrap().len(), 1, "no shape member: a record");
+}
+
+/// SPEC §1: a timestamp whose UTC form leaves years 0001–9999 is
+/// `invalid_timestamp`, alone; before, `9999-12-31T23:59:59-01:00` panicked.
+#[test]
+fn timestamps_outside_the_years_every_backend_stores() {
+    for (ts, ok) in [
+        ("9999-12-31T23:59:59-01:00", false),
+        ("9999-12-31T23:59:59+00:00", false), // in range, but far in the future
+        ("0001-01-01T00:00:00+00:01", false),
+        ("0000-06-01T00:00:00Z", false),
+        ("0001-01-01T00:00:00Z", true),
+        ("0001-01-01T00:00:00-23:59", true),
+    ] {
+        let mut v = valid();
+        v["timestamp"] = json!(ts);
+        match decode_value(&v) {
+            Ok(_) => assert!(ok, "{ts} accepted"),
+            Err(r) => {
+                assert!(!ok, "{ts} refused: {:?}", r.errors);
+                assert_eq!(r.errors.len(), 1, "{ts}: {:?}", r.errors);
+                let expected = if ts.starts_with("9999-12-31T23:59:59+") {
+                    ErrorCode::TimestampInFuture
+                } else {
+                    ErrorCode::InvalidTimestamp
+                };
+                assert_eq!((r.errors[0].field.as_str(), r.errors[0].code), ("timestamp", expected), "{ts}");
+            }
+        }
+    }
+    // A skew past the end of time allows everything rather than panicking.
+    let far = Context { now: datetime!(2026-01-01 12:00 UTC), max_future_skew: Duration::seconds(i64::MAX) };
+    let raw = valid().to_string();
+    let raw: &RawValue = serde_json::from_str(&raw).unwrap();
+    assert!(decode::record(raw, &far, Uuid::nil).is_ok());
+}
+
+/// SPEC §1: no control characters in any string that reaches a text column
+/// (`provider` as sent, before trimming), no U+0000 anywhere in metadata.
+#[test]
+fn strings_the_databases_refuse_are_rejected() {
+    let cases: &[(&str, Value, &str, ErrorCode)] = &[
+        ("/provider", json!("open\u{0}ai"), "provider", ErrorCode::ControlCharacters),
+        ("/provider", json!("openai\n"), "provider", ErrorCode::ControlCharacters),
+        ("/provider", json!("\u{85}openai"), "provider", ErrorCode::ControlCharacters),
+        ("/model/name", json!("gpt\u{0}"), "model.name", ErrorCode::ControlCharacters),
+        ("/model/version", json!("v\u{1f}1"), "model.version", ErrorCode::ControlCharacters),
+        ("/tags", json!(["ok", "b\u{7f}ad"]), "tags[1]", ErrorCode::ControlCharacters),
+        ("/organization_id", json!("o\u{0}"), "organization_id", ErrorCode::ControlCharacters),
+        ("/metadata", json!({"a": "x\u{0}y"}), "metadata.a", ErrorCode::NulCharacter),
+        ("/metadata", json!({"k\u{0}": 1}), "metadata.k\u{0}", ErrorCode::NulCharacter),
+        ("/metadata", json!({"a": {"b": [1, "ok", "\u{0}"]}}), "metadata.a.b[2]", ErrorCode::NulCharacter),
+    ];
+    for (pointer, value, field, code) in cases {
+        let mut v = valid();
+        *v.pointer_mut(pointer).unwrap() = value.clone();
+        let r = decode_value(&v).unwrap_err();
+        assert_eq!(r.errors.len(), 1, "{pointer}: {:?}", r.errors);
+        assert_eq!((r.errors[0].field.as_str(), r.errors[0].code), (*field, *code), "{pointer} = {value}");
+    }
+    // Other control characters in metadata are stored as sent; U+0000 as text is fine.
+    let mut v = valid();
+    v["metadata"] = json!({"a": "tab\there", "b": "\\u0000 is six characters"});
+    assert!(decode_value(&v).is_ok());
 }
 
 #[test]
@@ -442,7 +563,7 @@ proptest! {
             }
         }
         let batch = serde_json::to_vec(&json!({ "records": [v.clone(), valid()] })).unwrap();
-        let envelope = decode::batch(&batch).unwrap();
+        let envelope = decode::batch(&batch, 1000).unwrap();
         prop_assert_eq!(envelope.records.len(), 2);
         prop_assert!(decode::record(envelope.records[1], &ctx(), Uuid::nil).is_ok());
     }

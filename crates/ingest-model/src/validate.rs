@@ -143,10 +143,6 @@ pub(crate) fn text<C>(min: usize, max: usize) -> impl FnOnce(&str, &C) -> garde:
     move |value, _| check_text(value, min, max)
 }
 
-pub(crate) fn optional_text<C>(max: usize) -> impl FnOnce(&Option<String>, &C) -> garde::Result {
-    move |value, _| value.as_deref().map_or(Ok(()), |v| check_text(v, 0, max))
-}
-
 pub(crate) fn identifier<C>(min: usize, max: usize) -> impl FnOnce(&str, &C) -> garde::Result {
     move |value, _| check_identifier(value, min, max)
 }
@@ -249,7 +245,9 @@ pub(crate) fn ttft_within<C>(latency: Option<f64>) -> impl FnOnce(&Option<f64>, 
 }
 
 pub(crate) fn not_in_future(value: &OffsetDateTime, ctx: &Context) -> garde::Result {
-    let limit = ctx.now + ctx.max_future_skew;
+    // A skew that reaches past the representable range allows everything
+    // (`config check` refuses such settings; this keeps them from panicking).
+    let Some(limit) = ctx.now.checked_add(ctx.max_future_skew) else { return Ok(()) };
     if *value > limit {
         let ahead = (*value - ctx.now).whole_seconds();
         return fail(

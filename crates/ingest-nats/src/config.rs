@@ -20,6 +20,10 @@ pub struct NatsConfig {
     /// Deliveries before the server gives a message up; -1 = unlimited. Keep
     /// it unlimited: a storage outage must never exhaust deliveries.
     pub max_deliver: i64,
+    /// Deliveries after which a message that is still not stored is a
+    /// suspect: tried alone, and dead-lettered (then termed) if a try of it
+    /// never finished (SPEC §5). Unlike `max_deliver`, counted by ingestd.
+    pub max_deliveries: u64,
     /// Redelivery delays after an ack timeout, in seconds; empty = `ack_wait_secs`.
     pub backoff_secs: Vec<u64>,
     /// How long one fetch waits for messages when the stream is empty.
@@ -36,6 +40,7 @@ impl Default for NatsConfig {
             fetch_batch: 1000,
             ack_wait_secs: 30,
             max_deliver: -1,
+            max_deliveries: 5,
             backoff_secs: Vec::new(),
             idle_wait_ms: 1000,
         }
@@ -67,6 +72,9 @@ impl NatsConfig {
         }
         if self.max_deliver == 0 || self.max_deliver < -1 {
             return err("max_deliver", "must be -1 (unlimited) or at least 1");
+        }
+        if self.max_deliveries == 0 {
+            return err("max_deliveries", "must be at least 1");
         }
         if self.backoff_secs.contains(&0) {
             return err("backoff_secs", "every delay must be at least 1 second");
@@ -123,6 +131,7 @@ mod tests {
             (|c| c.fetch_batch = 0, "nats.fetch_batch"),
             (|c| c.ack_wait_secs = 0, "nats.ack_wait_secs"),
             (|c| c.max_deliver = 0, "nats.max_deliver"),
+            (|c| c.max_deliveries = 0, "nats.max_deliveries"),
             (|c| c.backoff_secs = vec![1, 0], "nats.backoff_secs"),
             (
                 |c| {

@@ -30,7 +30,7 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use model::{Ingestor, RecordSink, Source};
-use source::{Backoff, DeadLetterSink, Fate, Incoming, RetryConfig, SourceHealth};
+use source::{Backoff, DeadLetter, DeadLetterSink, Fate, Incoming, Quarantine, RetryConfig, SourceHealth, Suspect};
 use tokio_util::sync::CancellationToken;
 
 pub use config::NatsConfig;
@@ -71,6 +71,7 @@ pub struct NatsSource<S, D> {
     dead_letters: D,
     retry: RetryConfig,
     health: SourceHealth,
+    quarantine: Quarantine,
     crash_after_commit: Option<Arc<AtomicBool>>,
 }
 
@@ -82,7 +83,22 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
         retry: RetryConfig,
         health: SourceHealth,
     ) -> Self {
-        NatsSource { config, ingestor, dead_letters, retry, health, crash_after_commit: None }
+        NatsSource {
+            config,
+            ingestor,
+            dead_letters,
+            retry,
+            health,
+            quarantine: Quarantine::new(),
+            crash_after_commit: None,
+        }
+    }
+
+    /// Shares `quarantine` with earlier incarnations of this source (the
+    /// supervisor restarts a source that stopped with the same one).
+    pub fn with_quarantine(mut self, quarantine: Quarantine) -> Self {
+        self.quarantine = quarantine;
+        self
     }
 
     /// Test hook standing in for `kill -9` between commit and ack: once
@@ -338,7 +354,9 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
     }
 
     /// Commits one fetch, then acks (or terms) each message; on a storage
-    /// failure naks them all and waits the backoff delay.
+    /// failure naks them all and waits the backoff delay. Messages delivered
+    /// more than `max_deliveries` times are suspects: each is committed alone
+    /// after the others ([`source::Quarantine`]).
     async fn handle(
         &self,
         messages: &[jetstream::Message],
@@ -346,26 +364,80 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
         storage: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
-        let mut keys = Vec::with_capacity(messages.len());
+        let mut keyed = Vec::with_capacity(messages.len());
+        let mut suspects = Vec::new();
         let mut redelivered = 0u64;
         for message in messages {
             match message.info() {
                 Ok(info) => {
                     let published_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-                    keys.push(source::nats_key(info.stream, info.stream_sequence, published_ms));
+                    let key = source::nats_key(info.stream, info.stream_sequence, published_ms);
                     redelivered += u64::from(info.delivered > 1);
+                    if u64::try_from(info.delivered).unwrap_or(0) > self.config.max_deliveries {
+                        suspects.push((message, key, info.delivered));
+                    } else {
+                        keyed.push((message, key));
+                    }
                 }
                 // Not a JetStream message (cannot happen on a pull consumer).
-                Err(_) => keys.push(String::new()),
+                Err(_) => {
+                    let _ = message.ack_with(AckKind::Term).await;
+                }
             }
         }
         if redelivered > 0 {
             metrics::counter!("ingestd_nats_redeliveries_total").increment(redelivered);
         }
+        if !keyed.is_empty() {
+            self.commit_and_ack(&keyed, ack_wait, storage, shutdown).await?;
+        }
+        for (message, key, delivered) in suspects {
+            match self.quarantine.begin(&key) {
+                Suspect::Try(trial) => {
+                    tracing::warn!(%key, delivered, "NATS message delivered more than max_deliveries times; trying it alone");
+                    let result = self.commit_and_ack(&[(message, key)], ack_wait, storage, shutdown).await;
+                    trial.finished();
+                    result?;
+                }
+                Suspect::Killer => {
+                    let letter = DeadLetter {
+                        source: Source::Nats,
+                        message_key: key.clone(),
+                        payload: message.payload.to_vec(),
+                        error: format!(
+                            "delivered {delivered} times (max_deliveries is {}), and the source stopped while \
+                             it was being tried",
+                            self.config.max_deliveries
+                        ),
+                    };
+                    match self.dead_letters.put(&letter).await {
+                        Ok(()) => {
+                            tracing::error!(%key, delivered, "NATS message stopped the source; dead-lettered");
+                            metrics::counter!("ingestd_dead_letters_total", "source" => "nats").increment(1);
+                            metrics::counter!("ingestd_nats_messages_total", "outcome" => "dead_lettered").increment(1);
+                            let _ = message.ack_with(AckKind::Term).await;
+                        }
+                        Err(e) => {
+                            let delay = storage.next_delay();
+                            tracing::warn!(error = %e, %key, "dead letter not written; nak'ed");
+                            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_and_ack(
+        &self,
+        messages: &[(&jetstream::Message, String)],
+        ack_wait: Duration,
+        storage: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Error> {
         let batch: Vec<Incoming<'_>> = messages
             .iter()
-            .zip(&keys)
-            .filter(|(_, key)| !key.is_empty())
             .map(|(m, key)| Incoming { key, unix_ms: source::key_unix_ms(Source::Nats, key), payload: &m.payload })
             .collect();
 
@@ -378,7 +450,7 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
             tokio::select! {
                 result = &mut work => break result,
                 _ = progress.tick() => {
-                    for message in messages {
+                    for (message, _) in messages {
                         let _ = message.ack_with(AckKind::Progress).await;
                     }
                     tracing::debug!(messages = messages.len(), "NATS progress acks sent");
@@ -394,11 +466,9 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
                     return Err(Error::Failpoint);
                 }
                 let (mut stored, mut dead, mut ack_errors) = (0u64, 0u64, 0u64);
-                let mut fates = report.fates.iter();
-                for (message, key) in messages.iter().zip(&keys) {
-                    let fate = if key.is_empty() { None } else { fates.next() };
+                for ((message, _), fate) in messages.iter().zip(&report.fates) {
                     let kind = match fate {
-                        Some(Fate::DeadLettered) | None => {
+                        Fate::DeadLettered => {
                             dead += 1;
                             AckKind::Term
                         }
@@ -423,7 +493,7 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
             }
             Err(e) => {
                 let delay = storage.next_delay();
-                for message in messages {
+                for (message, _) in messages {
                     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                 }
                 metrics::counter!("ingestd_nats_messages_total", "outcome" => "nak").increment(messages.len() as u64);

@@ -67,6 +67,7 @@ impl RecordSink for Probe {
             match o {
                 StoreOutcome::Inserted => s.inserted.fetch_add(1, Ordering::SeqCst),
                 StoreOutcome::Duplicate => s.duplicates.fetch_add(1, Ordering::SeqCst),
+                StoreOutcome::Refused(_) => 0,
             };
         }
         Ok(outcomes)

@@ -65,7 +65,7 @@ pub enum Limiter {
     Memory(MemoryLimiter),
     /// Shared state in Redis.
     #[cfg(feature = "redis")]
-    Redis(Box<RedisLimiter>),
+    Redis(std::sync::Arc<RedisLimiter>),
 }
 
 impl RateLimiter for Limiter {
@@ -114,6 +114,17 @@ impl Limiter {
             Self::Noop(_) | Self::Memory(_) => false,
             #[cfg(feature = "redis")]
             Self::Redis(l) => l.fallback_active(),
+        }
+    }
+
+    /// Whether requests are refused because the backend cannot be reached
+    /// and the fail mode is `FailMode::Closed`:
+    /// the one state in which the limiter makes a service unready.
+    pub fn refusing(&self) -> bool {
+        match self {
+            Self::Noop(_) | Self::Memory(_) => false,
+            #[cfg(feature = "redis")]
+            Self::Redis(l) => l.fail_mode() == redis::FailMode::Closed && l.fallback_active(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The Redis backend (feature `redis`): one atomic `EVALSHA` round trip per check.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use fred::prelude::{Builder, ClientLike, Config, Error as RedisError, LuaInterface, Options, Pool, ReconnectPolicy};
@@ -123,6 +123,8 @@ pub struct RedisLimiter {
     /// Real monotonic time for the breaker, whatever decides the checks.
     breaker_clock: SystemClock,
     fallbacks: AtomicU64,
+    /// False until a [`connect_lazy`](Self::connect_lazy) pool first connects.
+    connected: Arc<AtomicBool>,
 }
 
 impl RedisLimiter {
@@ -130,6 +132,69 @@ impl RedisLimiter {
     ///
     /// Fails if Redis cannot be reached now; once running, outages are handled per [`FailMode`].
     pub async fn connect(url: &str, registry: Arc<PolicyRegistry>, config: RedisConfig) -> Result<Self, Error> {
+        let pool = Self::pool_for(url, &config)?;
+        pool.init().await.map_err(unavailable)?;
+        let limiter = Self::from_pool(pool, registry, config);
+        limiter.load_script().await?;
+        Ok(limiter)
+    }
+
+    /// Like [`connect`](Self::connect), but returns at once: the pool
+    /// connects in the background, retrying with a capped exponential delay
+    /// (100 ms to 5 s) until Redis answers. Until then every check is
+    /// answered per [`FailMode`] and counted, as during any outage; see
+    /// [`connected`](Self::connected). Fails only for a URL that cannot work.
+    ///
+    /// A service that must start while Redis is down uses this one.
+    pub fn connect_lazy(url: &str, registry: Arc<PolicyRegistry>, config: RedisConfig) -> Result<Arc<Self>, Error> {
+        let pool = Self::pool_for(url, &config)?;
+        let mut limiter = Self::from_pool(pool, registry, config);
+        limiter.connected = Arc::new(AtomicBool::new(false));
+        let limiter = Arc::new(limiter);
+        let weak = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            let mut attempts = 0u32;
+            loop {
+                let Some(limiter) = weak.upgrade() else { return };
+                let result = match limiter.pool.init().await {
+                    Ok(_) => limiter.load_script().await,
+                    Err(e) => Err(unavailable(e)),
+                };
+                match result {
+                    Ok(()) => {
+                        limiter.connected.store(true, Ordering::Release);
+                        tracing::info!(attempts, "rate-limit Redis connected");
+                        return;
+                    }
+                    Err(e) => {
+                        if attempts == 0 {
+                            tracing::warn!(error = %e, mode = ?limiter.fail_mode, "rate-limit Redis unreachable at start; deciding per fail mode until it answers");
+                        }
+                        attempts += 1;
+                    }
+                }
+                drop(limiter);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+        Ok(limiter)
+    }
+
+    /// Whether the pool has connected once (always true after
+    /// [`connect`](Self::connect)); outages after that are the breaker's
+    /// business ([`fallback_active`](Self::fallback_active)).
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// What this limiter does while Redis is unhealthy.
+    pub fn fail_mode(&self) -> FailMode {
+        self.fail_mode
+    }
+
+    fn pool_for(url: &str, config: &RedisConfig) -> Result<Pool, Error> {
         let redis_config = Config::from_url(url).map_err(unavailable)?;
         let mut builder = Builder::from_config(redis_config);
         builder
@@ -142,11 +207,7 @@ impl RedisLimiter {
             })
             .with_performance_config(|p| p.default_command_timeout = config.call_timeout)
             .set_policy(ReconnectPolicy::new_constant(0, 100));
-        let pool = builder.build_pool(config.pool_size.max(1)).map_err(unavailable)?;
-        pool.init().await.map_err(unavailable)?;
-        let limiter = Self::from_pool(pool, registry, config);
-        limiter.load_script().await?;
-        Ok(limiter)
+        builder.build_pool(config.pool_size.max(1)).map_err(unavailable)
     }
 
     /// Use an existing (initialised) pool.
@@ -168,6 +229,7 @@ impl RedisLimiter {
             breaker: Breaker::new(config.failure_threshold, config.cool_down),
             breaker_clock: SystemClock::new(),
             fallbacks: AtomicU64::new(0),
+            connected: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -181,9 +243,10 @@ impl RedisLimiter {
         self.pool.script_load_cluster::<(), _>(GCRA_LUA).await.map_err(unavailable)
     }
 
-    /// Whether checks are currently answered per [`FailMode`] instead of by Redis (the breaker is open).
+    /// Whether checks are currently answered per [`FailMode`] instead of by
+    /// Redis (the breaker is open, or the pool has not connected yet).
     pub fn fallback_active(&self) -> bool {
-        self.breaker.is_open()
+        self.breaker.is_open() || !self.connected()
     }
 
     /// How many checks were answered per [`FailMode`] because Redis failed or the breaker was open.
@@ -208,6 +271,11 @@ impl RedisLimiter {
 
     async fn run(&self, key: &str, policy: &Policy, cost: u32) -> Result<Decision, Error> {
         check_cost(policy, cost)?;
+        if !self.connected() {
+            // Nothing is sent while the pool has never connected: a command
+            // queued now would run later and spend tokens twice.
+            return self.fail(key, policy, cost, "not connected to Redis yet");
+        }
         let breaker_now = self.breaker_clock.now();
         if !self.breaker.allow(breaker_now) {
             return self.fail(key, policy, cost, "circuit breaker open");

@@ -7,7 +7,7 @@ use fred::cmd;
 use fred::prelude::{Builder, ClientLike, Config as FredConfig, ReconnectPolicy};
 use fred::types::Value;
 use model::{Ingestor, RecordSink, SinkError, Source};
-use source::{Backoff, DeadLetter, DeadLetterSink, Fate, Incoming, RetryConfig, SourceHealth};
+use source::{Backoff, DeadLetter, DeadLetterSink, Fate, Incoming, Quarantine, RetryConfig, SourceHealth, Suspect};
 use tokio_util::sync::CancellationToken;
 
 use crate::RedisConsumerConfig;
@@ -110,6 +110,7 @@ pub struct RedisSource<S, D> {
     retry: RetryConfig,
     health: SourceHealth,
     stats: Arc<Stats>,
+    quarantine: Quarantine,
 }
 
 /// The two connections of a running source.
@@ -141,7 +142,24 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
         health: SourceHealth,
     ) -> Self {
         let name = config.consumer_name("");
-        RedisSource { url: url.into(), config, name, ingestor, dead_letters, retry, health, stats: Arc::default() }
+        RedisSource {
+            url: url.into(),
+            config,
+            name,
+            ingestor,
+            dead_letters,
+            retry,
+            health,
+            stats: Arc::default(),
+            quarantine: Quarantine::new(),
+        }
+    }
+
+    /// Shares `quarantine` with earlier incarnations of this source (the
+    /// supervisor restarts a source that stopped with the same one).
+    pub fn with_quarantine(mut self, quarantine: Quarantine) -> Self {
+        self.quarantine = quarantine;
+        self
     }
 
     /// This process's consumer name in the group.
@@ -424,6 +442,9 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
         let mut trimmed = Vec::new();
         let mut letters = Vec::new();
         let mut incoming = Vec::with_capacity(batch.len());
+        // Delivered more than max_deliveries times: each tried alone, after
+        // the others; dead-lettered only when a try of it never finished.
+        let mut suspects = Vec::new();
         for (entry, key) in batch.iter().zip(&keys) {
             let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
             let letter = |payload: &[u8], error: String| DeadLetter {
@@ -437,10 +458,21 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
                 Body::NoPayload(fields) => {
                     letters.push(letter(fields.as_bytes(), "the entry has no `payload` field".into()));
                 }
-                Body::Payload(payload) if deliveries > c.max_deliveries => letters.push(letter(
-                    payload,
-                    format!("delivered {deliveries} times; max_deliveries is {}", c.max_deliveries),
-                )),
+                Body::Payload(payload) if deliveries > c.max_deliveries => match self.quarantine.begin(key) {
+                    Suspect::Try(trial) => {
+                        tracing::warn!(%key, deliveries, "redis entry delivered more than max_deliveries times; trying it alone");
+                        let one = Incoming { key, unix_ms: source::key_unix_ms(Source::Redis, key), payload };
+                        suspects.push((one, trial));
+                    }
+                    Suspect::Killer => letters.push(letter(
+                        payload,
+                        format!(
+                            "delivered {deliveries} times (max_deliveries is {}), and the source stopped while it \
+                             was being tried",
+                            c.max_deliveries
+                        ),
+                    )),
+                },
                 Body::Payload(payload) => {
                     incoming.push(Incoming { key, unix_ms: source::key_unix_ms(Source::Redis, key), payload })
                 }
@@ -460,10 +492,20 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
                     }
                     letters_written = true;
                 }
-                source::process(&self.ingestor, &self.dead_letters, Source::Redis, &incoming).await
+                let mut report = source::process(&self.ingestor, &self.dead_letters, Source::Redis, &incoming).await?;
+                for (one, _) in &suspects {
+                    let alone = source::process(&self.ingestor, &self.dead_letters, Source::Redis, &[*one]).await?;
+                    report.fates.extend(alone.fates);
+                }
+                Ok(report)
             };
             match attempt.await {
-                Ok(report) => break report,
+                Ok(report) => {
+                    for (_, trial) in suspects {
+                        trial.finished();
+                    }
+                    break report;
+                }
                 Err(e) => {
                     add(&self.stats.storage_failures, 1);
                     metrics::counter!("ingestd_redis_storage_failures_total").increment(1);
@@ -473,6 +515,9 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
                         self.health.set_degraded(format!("storage: {e}"));
                     }
                     if !sleep(delay, shutdown).await {
+                        for (_, trial) in suspects {
+                            trial.finished();
+                        }
                         return Ok(Handled::Stopped);
                     }
                 }

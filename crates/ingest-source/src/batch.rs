@@ -131,14 +131,31 @@ where
     let mut decoded: Vec<Result<UsageRecord, Rejected>> = Vec::new();
     let mut plans = Vec::with_capacity(batch.len());
     for message in batch {
-        match decode::stream_message(message.payload) {
-            Ok(raw) if raw.is_empty() => plans.push(Plan::Invalid("the message holds no record".into())),
-            Ok(raw) => {
+        // A panic while decoding one message (a defect of ingestd) makes
+        // that message a dead letter; it never takes the source down, nor
+        // the other messages of the batch with it.
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decode::stream_message(message.payload).map(|raw| {
+                let records = ingestor.decode(&raw, |i| record_id(source, message.key, message.unix_ms, i));
+                (raw.len(), records)
+            })
+        }));
+        match attempt {
+            Ok(Ok((0, _))) => plans.push(Plan::Invalid("the message holds no record".into())),
+            Ok(Ok((_, records))) => {
                 let start = decoded.len();
-                decoded.extend(ingestor.decode(&raw, |i| record_id(source, message.key, message.unix_ms, i)));
+                decoded.extend(records);
                 plans.push(Plan::Records { range: start..decoded.len() });
             }
-            Err(e) => plans.push(Plan::Invalid(e.to_string())),
+            Ok(Err(e)) => plans.push(Plan::Invalid(e.to_string())),
+            Err(panic) => {
+                let what = model::panic_message(&*panic);
+                tracing::error!(source = source.as_str(), key = message.key, panic = %what, "decoding a message panicked");
+                metrics::counter!("ingestd_panics_total", "where" => source.as_str()).increment(1);
+                plans.push(Plan::Invalid(format!(
+                    "ingestd failed on this message (a defect; please report it): {what}"
+                )));
+            }
         }
     }
     let report = ingestor.store(decoded, source).await?;

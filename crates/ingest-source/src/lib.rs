@@ -17,13 +17,22 @@
 //!    still stored);
 //! 5. on any storage error nothing may be acknowledged: the source retries
 //!    after a [`Backoff`] delay, and records already committed by an earlier
-//!    attempt come back as duplicates.
+//!    attempt come back as duplicates;
+//! 6. a panic while decoding a message dead-letters that message alone, and
+//!    a record the database refuses fails alone (the writer isolates it):
+//!    one bad message never stops the source or delays the others.
+//!
+//! Messages delivered more than `max_deliveries` times are tried alone
+//! first ([`Quarantine`]); only one whose try never finished is
+//! dead-lettered for its delivery count.
 
 mod backoff;
 mod batch;
 mod health;
+mod quarantine;
 
 pub use backoff::{Backoff, RetryConfig};
 pub use batch::{BatchReport, DeadLetterSink, Fate, Incoming, entry_id_ms, key_unix_ms, nats_key, process, record_id};
 pub use health::SourceHealth;
+pub use quarantine::{Quarantine, Suspect, Trial};
 pub use storage::DeadLetter;

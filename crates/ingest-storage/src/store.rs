@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -227,6 +227,59 @@ impl Store {
         }
         txn.commit().await?;
         Ok(inserted)
+    }
+
+    /// [`insert_new`](Self::insert_new) after it failed while the database
+    /// still answers: finds the records the database refuses and commits
+    /// all the others, in one transaction. Each chunk is tried under a
+    /// savepoint; a chunk the database refuses for its *data* (a data
+    /// exception or a constraint) is rolled back to the savepoint and split
+    /// in halves, down to single records, which are then refused. O(k·log n)
+    /// statements for k refused records; the usual path never comes here.
+    /// Any other failure fails the whole transaction: nothing committed.
+    ///
+    /// Returns the keys inserted now and, for each refused key, why.
+    pub(crate) async fn insert_isolating(
+        &self,
+        records: &[(&UsageRecord, Source)],
+        received_at: OffsetDateTime,
+    ) -> Result<(HashSet<Key>, HashMap<Key, String>), Error> {
+        let txn = self.db.begin().await?;
+        let mut inserted = HashSet::with_capacity(records.len());
+        let mut refused = HashMap::new();
+        let step = self.chunk_rows();
+        // Ranges still to try, last first.
+        let mut todo: Vec<std::ops::Range<usize>> =
+            (0..records.len()).step_by(step).map(|at| at..(at + step).min(records.len())).rev().collect();
+        while let Some(range) = todo.pop() {
+            let chunk = &records[range.clone()];
+            let savepoint = txn.begin().await?;
+            match savepoint.query_all_raw(self.insert_statement(chunk, received_at, true)).await {
+                Ok(rows) => {
+                    savepoint.commit().await?;
+                    for row in rows {
+                        inserted.insert((row.try_get_by_index(0)?, self.get_uuid(&row, 1)?));
+                    }
+                }
+                Err(e) => {
+                    savepoint.rollback().await?;
+                    let Some(reason) = refusal(self.backend, &e) else { return Err(e.into()) };
+                    if let [(record, _)] = chunk {
+                        tracing::warn!(
+                            organization_id = %record.organization_id, request_id = %record.request_id, %reason,
+                            "the database refused a record that passed validation"
+                        );
+                        refused.insert((record.organization_id.clone(), record.request_id), reason);
+                    } else {
+                        let mid = range.start + chunk.len() / 2;
+                        todo.push(mid..range.end);
+                        todo.push(range.start..mid);
+                    }
+                }
+            }
+        }
+        txn.commit().await?;
+        Ok((inserted, refused))
     }
 
     /// Rows per INSERT statement: SQLite allows 32766 bound parameters,
@@ -502,4 +555,22 @@ impl Store {
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
+}
+
+/// Why the database refused a statement *because of the data in it* —
+/// PostgreSQL SQLSTATE classes 22 (data exception: `invalid byte sequence`,
+/// a value out of range) and 23 (a constraint), SQLite's CONSTRAINT, TOOBIG
+/// and MISMATCH — or `None` for every other failure (connection, lock,
+/// serialization, disk), which says nothing about the records.
+fn refusal(backend: Backend, e: &sea_orm::DbErr) -> Option<String> {
+    use sea_orm::{DbErr, RuntimeErr};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else { return None };
+    let sea_orm::sqlx::Error::Database(db) = &**e else { return None };
+    let code = db.code()?;
+    let data = match backend {
+        Backend::Postgres => code.starts_with("22") || code.starts_with("23"),
+        // The (extended) result code; its low byte is the primary code.
+        Backend::Sqlite => code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 18 | 19 | 20)),
+    };
+    data.then(|| format!("{} ({code})", db.message()))
 }

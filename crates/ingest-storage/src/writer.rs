@@ -4,8 +4,28 @@
 //! (bounded in *records*, by a semaphore); the task takes everything queued,
 //! up to `max_batch_rows`, waits at most `linger_ms` for more, commits it in
 //! one transaction and only then answers each submitter with the outcome of
-//! each of its records. A database error fails every submission of the batch:
-//! nothing of it is reported stored.
+//! each of its records. A failed transaction is reported to no one as stored.
+//!
+//! HTTP submissions fail at once when the queue is full (503); stream
+//! submissions wait for room instead (a stream source slows down), in FIFO
+//! order, so a large stream batch is not starved by a steady flow of small
+//! HTTP submissions.
+//!
+//! A submission is *withdrawn* when its caller stops waiting before its
+//! transaction began (a deadline passed, or the caller went away): the
+//! writer skips it, so it is never committed and the caller may say so
+//! (HTTP: 503 `timeout`). Once its transaction began, the caller waits for
+//! the outcome, whatever its deadline: what it is told is what happened.
+//! Each job's state moves once, by compare-and-swap, from queued to either
+//! taken (by the writer) or withdrawn (by the caller).
+//!
+//! When a commit fails while the database still answers, the writer does
+//! not fail the batch: it commits it again with each chunk under a savepoint
+//! and splits the chunks the database refuses for their data down to the
+//! single records at fault ([`Store::insert_isolating`]). Those records are
+//! answered [`StoreOutcome::Refused`]; every other record of every
+//! submission is committed and answered as usual (SPEC §2, "one bad record
+//! never affects another").
 //!
 //! When a commit fails and the database does not answer a ping either, the
 //! writer marks storage *down*: new submissions, and those already queued,
@@ -14,12 +34,12 @@
 //! probe pings every [`PROBE_EVERY`] and marks storage up again as soon as it
 //! answers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use model::{RecordSink, SinkError, Source, StoreOutcome, UsageRecord};
+use model::{Deadline, RecordSink, SinkError, Source, StoreOutcome, UsageRecord};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -41,8 +61,34 @@ struct Job {
     records: Vec<UsageRecord>,
     source: Source,
     reply: Reply,
+    /// [`QUEUED`], then [`TAKEN`] or [`WITHDRAWN`], shared with the caller.
+    state: Arc<AtomicU8>,
     /// Queue space held until the job is answered.
     _permit: OwnedSemaphorePermit,
+}
+
+/// The job waits in the queue; both sides may still move it.
+const QUEUED: u8 = 0;
+/// The writer put it in a transaction: the caller waits for the outcome.
+const TAKEN: u8 = 1;
+/// The caller gave up first: the writer skips it, nothing is committed.
+const WITHDRAWN: u8 = 2;
+
+/// Withdraws a queued job when its caller's future is dropped (the
+/// connection was cut, the request timed out, shutdown ran out of grace).
+struct WithdrawOnDrop(Arc<AtomicU8>);
+
+impl WithdrawOnDrop {
+    /// Whether the job was still queued and is now withdrawn.
+    fn withdraw(&self) -> bool {
+        self.0.compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
 }
 
 /// Submits records to the writer. Cheap to clone; implements [`RecordSink`].
@@ -52,6 +98,8 @@ pub struct WriterHandle {
     space: Arc<Semaphore>,
     capacity: usize,
     stop: Arc<watch::Sender<bool>>,
+    /// Set when the shutdown deadline passed: what is queued is refused.
+    give_up: Arc<watch::Sender<bool>>,
     /// Storage is known to be unreachable (see the module documentation).
     down: Arc<AtomicBool>,
 }
@@ -69,14 +117,17 @@ impl Writer {
         let capacity = config.queue_capacity.max(1);
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(false);
+        let (give_up, given_up) = watch::channel(false);
         let handle = WriterHandle {
             tx,
             space: Arc::new(Semaphore::new(capacity)),
             capacity,
             stop: Arc::new(stop),
+            give_up: Arc::new(give_up),
             down: Arc::new(AtomicBool::new(false)),
         };
         let worker = Worker {
+            given_up,
             down: handle.down.clone(),
             store,
             rx,
@@ -98,8 +149,29 @@ impl Writer {
     /// for the task to end.
     pub async fn shutdown(self) {
         self.handle.stop.send_replace(true);
+        self.handle.space.close();
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "writer task failed");
+        }
+    }
+
+    /// [`shutdown`](Self::shutdown) under the shutdown deadline: what is
+    /// still queued at `deadline` is answered [`SinkError::Closed`] (never
+    /// committed); a transaction under way then is finished first.
+    pub async fn shutdown_by(self, deadline: tokio::time::Instant) {
+        self.handle.stop.send_replace(true);
+        self.handle.space.close();
+        let mut task = self.task;
+        match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "writer task failed"),
+            Ok(Ok(())) => {}
+            Err(_) => {
+                tracing::warn!("the shutdown deadline passed with submissions queued; refusing them");
+                self.handle.give_up.send_replace(true);
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "writer task failed");
+                }
+            }
         }
     }
 }
@@ -120,7 +192,12 @@ impl WriterHandle {
         self.down.load(Ordering::Acquire)
     }
 
-    async fn submit(&self, records: Vec<UsageRecord>, source: Source) -> Result<Vec<StoreOutcome>, SinkError> {
+    async fn submit(
+        &self,
+        records: Vec<UsageRecord>,
+        source: Source,
+        deadline: Option<Deadline>,
+    ) -> Result<Vec<StoreOutcome>, SinkError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -132,9 +209,31 @@ impl WriterHandle {
         }
         // A submission larger than the whole queue still goes through alone.
         let need = u32::try_from(records.len().min(self.capacity)).unwrap_or(u32::MAX);
-        let permit = self.space.clone().try_acquire_many_owned(need).map_err(|_| SinkError::Overloaded)?;
-        let (reply, answer) = oneshot::channel();
-        self.tx.send(Job { records, source, reply, _permit: permit }).map_err(|_| SinkError::Closed)?;
+        let permit = match source {
+            // A client is told at once to come back later.
+            Source::Http => self.space.clone().try_acquire_many_owned(need).map_err(|_| SinkError::Overloaded)?,
+            // A stream source waits its turn: the semaphore is FIFO, so room
+            // freed goes to it before later HTTP submissions take it.
+            Source::Nats | Source::Redis => {
+                self.space.clone().acquire_many_owned(need).await.map_err(|_| SinkError::Closed)?
+            }
+        };
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let guard = WithdrawOnDrop(state.clone());
+        let (reply, mut answer) = oneshot::channel();
+        self.tx.send(Job { records, source, reply, state, _permit: permit }).map_err(|_| SinkError::Closed)?;
+        if let Some(deadline) = deadline {
+            tokio::select! {
+                biased;
+                result = &mut answer => return result.unwrap_or(Err(SinkError::Closed)),
+                () = tokio::time::sleep_until(deadline.at.into()) => {
+                    if guard.withdraw() {
+                        return Err(SinkError::TimedOut { secs: deadline.secs });
+                    }
+                    // Taken: the transaction has begun; its outcome is the answer.
+                }
+            }
+        }
         // The writer answers every job it takes; a dropped reply means it stopped.
         answer.await.unwrap_or(Err(SinkError::Closed))
     }
@@ -146,11 +245,21 @@ impl RecordSink for WriterHandle {
         records: Vec<UsageRecord>,
         source: Source,
     ) -> impl Future<Output = Result<Vec<StoreOutcome>, SinkError>> + Send {
-        self.submit(records, source)
+        self.submit(records, source, None)
+    }
+
+    fn store_before(
+        &self,
+        records: Vec<UsageRecord>,
+        source: Source,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<Vec<StoreOutcome>, SinkError>> + Send {
+        self.submit(records, source, Some(deadline))
     }
 }
 
 struct Worker {
+    given_up: watch::Receiver<bool>,
     down: Arc<AtomicBool>,
     store: Store,
     rx: mpsc::UnboundedReceiver<Job>,
@@ -173,8 +282,20 @@ impl Worker {
                 }
             };
             let Some(first) = first else { break };
+            if *self.given_up.borrow() {
+                let _ = first.reply.send(Err(SinkError::Closed));
+                continue;
+            }
             let batch = self.collect(first).await;
-            self.commit(batch).await;
+            // Jobs whose callers gave up are dropped here, unanswered: they
+            // are never committed (and their callers already know).
+            let batch: Vec<Job> = batch
+                .into_iter()
+                .filter(|job| job.state.compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok())
+                .collect();
+            if !batch.is_empty() {
+                self.commit(batch).await;
+            }
         }
         tracing::debug!("writer stopped");
     }
@@ -234,22 +355,42 @@ impl Worker {
         metrics::histogram!("ingestd_writer_commit_seconds").record(elapsed.as_secs_f64());
         metrics::histogram!("ingestd_writer_batch_rows").record(total as f64);
 
-        match result {
+        let e = match result {
             Ok(inserted) => {
                 metrics::counter!("ingestd_writer_commits_total", "result" => "ok").increment(1);
-                answer(batch, &inserted);
+                answer(batch, &inserted, &HashMap::new());
+                return;
             }
-            Err(e) => {
-                metrics::counter!("ingestd_writer_commits_total", "result" => "error").increment(1);
-                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), rows = total, "commit failed");
-                // Before answering, so a caller that sees the failure also
-                // sees storage marked down when it is.
-                self.check_reachable().await;
-                let shared: Arc<crate::Error> = Arc::new(e);
-                for job in batch {
-                    let _ = job.reply.send(Err(SinkError::Unavailable(Box::new(SharedError(shared.clone())))));
+            Err(e) => e,
+        };
+        metrics::counter!("ingestd_writer_commits_total", "result" => "error").increment(1);
+        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), rows = total, "commit failed");
+        // Before answering, so a caller that sees the failure also sees
+        // storage marked down when it is.
+        let e = if self.check_reachable().await {
+            // The database answers: the failure may be a record it refuses.
+            // Commit again, isolating what it refuses.
+            match self.store.insert_isolating(&unique, OffsetDateTime::now_utc()).await {
+                Ok((inserted, refused)) => {
+                    metrics::counter!("ingestd_writer_commits_total", "result" => "isolated").increment(1);
+                    if !refused.is_empty() {
+                        metrics::counter!("ingestd_writer_refused_records_total").increment(refused.len() as u64);
+                    }
+                    answer(batch, &inserted, &refused);
+                    return;
+                }
+                Err(again) => {
+                    tracing::warn!(error = %again, cause = ?std::error::Error::source(&again), "isolating commit failed");
+                    self.check_reachable().await;
+                    again
                 }
             }
+        } else {
+            e
+        };
+        let shared: Arc<crate::Error> = Arc::new(e);
+        for job in batch {
+            let _ = job.reply.send(Err(SinkError::Unavailable(Box::new(SharedError(shared.clone())))));
         }
     }
 }
@@ -257,12 +398,13 @@ impl Worker {
 impl Worker {
     /// After a failed commit: when the database does not answer a ping
     /// either, marks storage down and probes until it answers again.
-    async fn check_reachable(&self) {
+    /// Returns whether the database answered.
+    async fn check_reachable(&self) -> bool {
         if ping(&self.store).await {
-            return;
+            return true;
         }
         if self.down.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
         tracing::error!("storage is down: refusing writes until it answers again");
         metrics::gauge!("ingestd_storage_down").set(1.0);
@@ -279,6 +421,7 @@ impl Worker {
                 }
             }
         });
+        false
     }
 }
 
@@ -291,15 +434,19 @@ async fn ping(store: &Store) -> bool {
 #[error("storage is down (the database does not answer); retry shortly")]
 struct StorageDown;
 
-fn answer(batch: Vec<Job>, inserted: &std::collections::HashSet<Key>) {
-    let mut seen: HashMap<(String, uuid::Uuid), ()> = HashMap::new();
+fn answer(batch: Vec<Job>, inserted: &HashSet<Key>, refused: &HashMap<Key, String>) {
+    let mut seen: HashSet<Key> = HashSet::new();
     for job in batch {
         let outcomes = job
             .records
             .iter()
             .map(|r| {
                 let key = (r.organization_id.clone(), r.request_id);
-                let first = seen.insert(key.clone(), ()).is_none();
+                // Every occurrence of a refused key is refused: nothing of it was stored.
+                if let Some(why) = refused.get(&key) {
+                    return StoreOutcome::Refused(why.clone());
+                }
+                let first = seen.insert(key.clone());
                 if first && inserted.contains(&key) { StoreOutcome::Inserted } else { StoreOutcome::Duplicate }
             })
             .collect();

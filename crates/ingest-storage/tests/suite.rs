@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ingest_storage::{ApiKeyRow, DeadLetter, OrgRateLimit, Store, Writer, WriterConfig};
-use model::{RecordSink, SinkError, Source, StoreOutcome};
+use model::{Deadline, RecordSink, SinkError, Source, StoreOutcome};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use testkit::{Kind, TestDatabase, record};
 
@@ -24,6 +24,9 @@ testkit::on_every_backend!(
     api_keys_are_stored_listed_and_revoked,
     only_the_first_key_is_created_on_an_empty_table,
     org_rate_limits_are_upserted_and_removed,
+    a_refused_record_fails_alone_in_a_shared_commit,
+    a_withdrawn_submission_is_never_committed,
+    stream_submissions_wait_for_room_http_ones_do_not,
 );
 
 /// Replicas of one deployment starting at once on an empty PostgreSQL
@@ -172,7 +175,7 @@ async fn full_queue_is_refused_as_overloaded(kind: Kind) {
     assert!(matches!(sink.store(vec![record("org", 99)], Source::Http).await, Err(SinkError::Overloaded)));
     txn.rollback().await.unwrap();
     for task in pending {
-        assert_eq!(task.await.unwrap().unwrap(), [I; 5]);
+        assert_eq!(task.await.unwrap().unwrap(), vec![I; 5]);
     }
     assert_eq!(store.count_records(None).await.unwrap(), 10);
     assert_eq!(sink.queue_depth(), 0);
@@ -404,4 +407,145 @@ async fn an_unreachable_database_fails_writes_at_once_until_it_answers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(sink.store(vec![record("org", 3)], Source::Http).await.unwrap(), [I]);
+}
+
+/// Holds the write lock from another connection until the transaction is
+/// dropped or rolled back: the writer's next commit blocks.
+async fn hold_write_lock(kind: Kind, db: &TestDatabase) -> (Store, sea_orm::DatabaseTransaction) {
+    let blocker = Store::connect(&db.config).await.unwrap();
+    let txn = blocker.connection().begin().await.unwrap();
+    let lock = match kind {
+        Kind::Sqlite => {
+            "INSERT INTO dead_letters (id, source, message_key, payload, error, first_seen_at, last_seen_at, delivery_count) VALUES ('lock', 'http', 'lock', x'00', 'e', 'now', 'now', 1)"
+        }
+        Kind::Postgres => "LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE",
+    };
+    txn.execute_unprepared(lock).await.unwrap();
+    (blocker, txn)
+}
+
+async fn wait_for_depth(sink: &ingest_storage::WriterHandle, depth: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sink.queue_depth() < depth {
+        assert!(std::time::Instant::now() < deadline, "queue depth stuck at {} < {depth}", sink.queue_depth());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// SPEC §2: a record the database refuses although validation let it
+/// through fails alone; the 20 other submissions of the same group commit
+/// (other organizations, and the poisoned submission's good record) commit.
+async fn a_refused_record_fails_alone_in_a_shared_commit(kind: Kind) {
+    let config = WriterConfig { linger_ms: 0, ..WriterConfig::default() };
+    let (db, store, writer) = setup(kind, config).await;
+    testkit::refuse_model(&store, "poison").await;
+    let sink = writer.handle();
+    // The writer takes a first submission and blocks on the lock; all the
+    // others queue behind it and are committed together afterwards.
+    let (_blocker, lock) = hold_write_lock(kind, &db).await;
+    let first = {
+        let sink = sink.clone();
+        tokio::spawn(async move { sink.store(vec![record("org-first", 0)], Source::Http).await })
+    };
+    wait_for_depth(&sink, 1).await;
+    let mut poison = record("org-poison", 1);
+    poison.model.name = "poison".into();
+    let poisoned = {
+        let (sink, records) = (sink.clone(), vec![record("org-poison", 0), poison.clone(), record("org-poison", 2)]);
+        tokio::spawn(async move { sink.store(records, Source::Redis).await })
+    };
+    let good: Vec<_> = (0..20)
+        .map(|t| {
+            let (sink, records) = (sink.clone(), (0..5).map(|i| record(&format!("org-{t}"), i)).collect::<Vec<_>>());
+            tokio::spawn(async move { sink.store(records, Source::Http).await })
+        })
+        .collect();
+    wait_for_depth(&sink, 1 + 3 + 20 * 5).await;
+    lock.rollback().await.unwrap();
+
+    assert_eq!(first.await.unwrap().unwrap(), [I]);
+    let outcomes = poisoned.await.unwrap().unwrap();
+    assert_eq!(outcomes[0], I);
+    assert!(
+        matches!(&outcomes[1], StoreOutcome::Refused(why) if why.contains("refuse") || why.contains("check")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[2], I);
+    for task in good {
+        assert_eq!(task.await.unwrap().unwrap(), vec![I; 5]);
+    }
+    assert_eq!(store.count_records(None).await.unwrap(), 1 + 2 + 100);
+    assert_eq!(store.count_records(Some("org-poison")).await.unwrap(), 2);
+    // The same record again is refused again (nothing of it was stored), and
+    // a repeat of it inside one submission is refused, not a duplicate.
+    let again = sink.store(vec![poison.clone(), poison], Source::Http).await.unwrap();
+    assert!(again.iter().all(|o| matches!(o, StoreOutcome::Refused(_))), "{again:?}");
+    // The writer carries on as usual.
+    assert_eq!(sink.store(vec![record("org-after", 0)], Source::Http).await.unwrap(), [I]);
+}
+
+/// SPEC §2: "a 503 means nothing was or will be committed". A submission
+/// still queued at its deadline is withdrawn and never committed; one
+/// whose transaction has begun is waited for past its deadline, and its
+/// answer is what happened. A submission whose caller went away while it
+/// was queued is not committed either.
+async fn a_withdrawn_submission_is_never_committed(kind: Kind) {
+    let config = WriterConfig { linger_ms: 0, ..WriterConfig::default() };
+    let (db, store, writer) = setup(kind, config).await;
+    let sink = writer.handle();
+    let (_blocker, lock) = hold_write_lock(kind, &db).await;
+    let deadline = || Deadline { at: std::time::Instant::now() + Duration::from_millis(300), secs: 1 };
+    // A: taken by the writer, then blocked in its transaction.
+    let a = {
+        let (sink, d) = (sink.clone(), deadline());
+        tokio::spawn(async move { sink.store_before(vec![record("org-a", 0)], Source::Http, d).await })
+    };
+    wait_for_depth(&sink, 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // B: queued behind A; its deadline passes while it waits.
+    let b = sink.store_before(vec![record("org-b", 0)], Source::Http, deadline()).await;
+    assert!(matches!(b, Err(SinkError::TimedOut { secs: 1 })), "{b:?}");
+    // C: queued, and its caller goes away.
+    let c = {
+        let sink = sink.clone();
+        tokio::spawn(async move { sink.store(vec![record("org-c", 0)], Source::Http).await })
+    };
+    wait_for_depth(&sink, 2).await;
+    c.abort();
+    let _ = c.await;
+    // A's deadline has passed too, but it was taken: it waits, unanswered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!a.is_finished(), "a submission in a transaction must not time out");
+    lock.rollback().await.unwrap();
+    assert_eq!(a.await.unwrap().unwrap(), [I]);
+    assert_eq!(sink.store(vec![record("org-d", 0)], Source::Http).await.unwrap(), [I]);
+    assert_eq!(store.count_records(Some("org-a")).await.unwrap(), 1);
+    assert_eq!(store.count_records(Some("org-b")).await.unwrap(), 0, "a timed-out submission was committed");
+    assert_eq!(store.count_records(Some("org-c")).await.unwrap(), 0, "an abandoned submission was committed");
+    assert_eq!(sink.queue_depth(), 0);
+}
+
+/// A full queue refuses HTTP submissions at once (503) but makes a stream
+/// submission wait for room, in order: a large stream batch is not starved.
+async fn stream_submissions_wait_for_room_http_ones_do_not(kind: Kind) {
+    let config = WriterConfig { queue_capacity: 10, max_batch_rows: 100, linger_ms: 0 };
+    let (db, store, writer) = setup(kind, config).await;
+    let sink = writer.handle();
+    let (_blocker, lock) = hold_write_lock(kind, &db).await;
+    let full = {
+        let (sink, records) = (sink.clone(), (0..10).map(|i| record("org-http", i)).collect());
+        tokio::spawn(async move { sink.store(records, Source::Http).await })
+    };
+    wait_for_depth(&sink, 10).await;
+    let stream = {
+        let (sink, records) = (sink.clone(), (0..8).map(|i| record("org-stream", i)).collect());
+        tokio::spawn(async move { sink.store(records, Source::Nats).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!stream.is_finished(), "a stream submission waits for room instead of failing");
+    assert!(matches!(sink.store(vec![record("org-http", 99)], Source::Http).await, Err(SinkError::Overloaded)));
+    lock.rollback().await.unwrap();
+    assert_eq!(full.await.unwrap().unwrap(), vec![I; 10]);
+    assert_eq!(stream.await.unwrap().unwrap(), vec![I; 8]);
+    assert_eq!(store.count_records(Some("org-stream")).await.unwrap(), 8);
 }

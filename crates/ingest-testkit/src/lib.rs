@@ -113,6 +113,26 @@ macro_rules! on_every_backend {
     };
 }
 
+/// Makes the database refuse every row whose `model_name` is `model`,
+/// although the model accepts it: a CHECK constraint on PostgreSQL
+/// (SQLSTATE 23514), a trigger raising `ABORT` on SQLite (a constraint
+/// error). It stands in for any value validation lets through and the
+/// database refuses (a test-only hook: poison isolation must hold for
+/// whatever the database refuses).
+pub async fn refuse_model(store: &Store, model: &str) {
+    let model = model.replace('\'', "''");
+    let sql = match store.backend() {
+        storage::Backend::Postgres => {
+            format!("ALTER TABLE usage_records ADD CONSTRAINT test_refuse_model CHECK (model_name <> '{model}')")
+        }
+        storage::Backend::Sqlite => format!(
+            "CREATE TRIGGER test_refuse_model BEFORE INSERT ON usage_records WHEN NEW.model_name = '{model}' \
+             BEGIN SELECT RAISE(ABORT, 'test: this model is refused'); END"
+        ),
+    };
+    store.connection().execute_unprepared(&sql).await.expect("install the refusing constraint");
+}
+
 /// A valid record of `org`, numbered `i`, with a fresh time-ordered id.
 pub fn record(org: &str, i: u64) -> UsageRecord {
     UsageRecord {

@@ -294,6 +294,8 @@ impl Config {
 
     /// Rules serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        /// Ten years: far beyond any clock skew, far below the end of time.
+        const MAX_FUTURE_SKEW_SECS: u64 = 315_576_000;
         let err = |key: &str, msg: String| Err(ConfigError(format!("invalid configuration: {key}: {msg}")));
         if self.server.bind.parse::<SocketAddr>().is_err() {
             return err("server.bind", format!("{:?} is not an address such as \"0.0.0.0:8080\"", self.server.bind));
@@ -303,6 +305,30 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return err("server.max_body_bytes", "must be at least 1024".into());
+        }
+        // Durations are added to clock readings; one that cannot be added
+        // (or a zero that times out everything) cannot work.
+        const DAY: u64 = 86_400;
+        for (key, secs, max) in [
+            ("server.request_timeout_secs", self.server.request_timeout_secs, DAY),
+            ("server.shutdown_grace_secs", self.server.shutdown_grace_secs, DAY),
+            ("server.header_read_timeout_secs", self.server.header_read_timeout_secs, 3_600),
+        ] {
+            if secs == 0 || secs > max {
+                return err(key, format!("must be between 1 and {max} seconds, found {secs}"));
+            }
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return err("server.max_concurrent_requests", "must be at least 1".into());
+        }
+        if self.validation.max_future_skew_secs > MAX_FUTURE_SKEW_SECS {
+            return err(
+                "validation.max_future_skew_secs",
+                format!(
+                    "must be at most {MAX_FUTURE_SKEW_SECS} (10 years), found {}",
+                    self.validation.max_future_skew_secs
+                ),
+            );
         }
         for origin in &self.server.cors_origins {
             if !valid_origin(origin) {
@@ -509,6 +535,16 @@ mod tests {
             (&[("DATABASE_URL", "mysql://x")], "database.url"),
             (&[("INGESTD_LOG__FORMAT", "xml")], "log.format"),
             (&[("INGESTD_SERVER__MAX_BATCH_SIZE", "0")], "server.max_batch_size"),
+            (&[("INGESTD_SERVER__REQUEST_TIMEOUT_SECS", "0")], "server.request_timeout_secs"),
+            (&[("INGESTD_SERVER__REQUEST_TIMEOUT_SECS", "18446744073709551615")], "server.request_timeout_secs"),
+            (&[("INGESTD_SERVER__SHUTDOWN_GRACE_SECS", "0")], "server.shutdown_grace_secs"),
+            (&[("INGESTD_SERVER__HEADER_READ_TIMEOUT_SECS", "0")], "server.header_read_timeout_secs"),
+            (&[("INGESTD_SERVER__MAX_CONCURRENT_REQUESTS", "0")], "server.max_concurrent_requests"),
+            (
+                &[("INGESTD_VALIDATION__MAX_FUTURE_SKEW_SECS", "18446744073709551615")],
+                "validation.max_future_skew_secs",
+            ),
+            (&[("NATS_URL", "nats://127.0.0.1:4222"), ("INGESTD_NATS__MAX_DELIVERIES", "0")], "nats.max_deliveries"),
             (&[("NATS_URL", "nats://127.0.0.1:4222"), ("INGESTD_NATS__FETCH_BATCH", "0")], "nats.fetch_batch"),
             (&[("NATS_URL", "nats://127.0.0.1:4222"), ("NATS_SUBJECT", "a..b")], "nats.subject"),
             (&[("INGESTD_NATS__NO_SUCH", "1")], "nats.no_such"),

@@ -11,6 +11,7 @@ pub mod dlq;
 pub mod keys;
 mod nats;
 mod redis;
+mod supervise;
 mod telemetry;
 
 use std::future::Future;
@@ -62,7 +63,7 @@ impl App {
         let configured = configured_policies(&config)?;
         let (limiter, registry) = match config.rate_limit.enabled {
             true => {
-                let (limiter, registry) = build_limiter(&config, &configured).await?;
+                let (limiter, registry) = build_limiter(&config, &configured)?;
                 (Some(Arc::new(limiter)), Some(registry))
             }
             false => (None, None),
@@ -122,14 +123,16 @@ impl App {
             let store = store.clone();
             Arc::new(move || {
                 let store = store.clone();
-                Box::pin(async move { store.ping().await.map_err(|e| format!("{e}: {}", source_chain(&e))) })
+                Box::pin(
+                    async move { store.ping().await.map(|()| None).map_err(|e| format!("{e}: {}", source_chain(&e))) },
+                )
             })
         };
         let writer_check: ReadinessCheck = {
             let handle = writer.handle();
             Arc::new(move || {
                 let open = handle.is_open();
-                Box::pin(async move { if open { Ok(()) } else { Err("the writer has stopped".to_owned()) } })
+                Box::pin(async move { if open { Ok(None) } else { Err("the writer has stopped".to_owned()) } })
             })
         };
         // Stream sources: they stop when shutdown begins, before the writer.
@@ -139,10 +142,24 @@ impl App {
             .chain(redis::spawn(&config, writer.handle(), &store, stop_sources.clone()))
             .collect();
         let mut readiness = vec![("storage", storage_check), ("writer", writer_check)];
+        if let Some(limiter) = limiter.clone() {
+            // Unready only while it refuses every request (fail_mode =
+            // "closed" without Redis); a limiter deciding locally or
+            // admitting everything keeps the service ready.
+            let check: ReadinessCheck = Arc::new(move || {
+                let state = match (limiter.refusing(), limiter.fallback_active()) {
+                    (true, _) => Err("rate limiter: redis unreachable; fail_mode = \"closed\" refuses requests".into()),
+                    (false, true) => Ok(Some(format!("{}: fallback (deciding per fail_mode)", limiter.backend_name()))),
+                    (false, false) => Ok(Some(limiter.backend_name().to_owned())),
+                };
+                Box::pin(async move { state })
+            });
+            readiness.push(("rate_limiter", check));
+        }
         for (name, _, health) in &sources {
             let health = health.clone();
             let check: ReadinessCheck = Arc::new(move || {
-                let state = health.check();
+                let state = health.check().map(|()| None);
                 Box::pin(async move { state })
             });
             readiness.push((*name, check));
@@ -185,10 +202,18 @@ impl App {
         tracing::info!(addr = %listener.local_addr()?, version = VERSION, "ingestd listening");
         // On shutdown the sources stop fetching at once and finish their batch
         // in hand while HTTP drains; the writer outlives both.
+        // One deadline, measured from the signal, covers HTTP, the sources
+        // and the writer (`server.shutdown_grace_secs`).
+        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let signalled = Arc::new(std::sync::OnceLock::new());
         let stop_on_shutdown = stop_sources.clone();
-        let shutdown = async move {
-            shutdown.await;
-            stop_on_shutdown.cancel();
+        let shutdown = {
+            let signalled = signalled.clone();
+            async move {
+                shutdown.await;
+                signalled.get_or_init(tokio::time::Instant::now);
+                stop_on_shutdown.cancel();
+            }
         };
         let served = http_edge::serve(listener, state, shutdown).await;
         if let Some(sweeper) = sweeper {
@@ -196,7 +221,7 @@ impl App {
         }
         refresh.abort();
         stop_sources.cancel();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(config.server.shutdown_grace_secs);
+        let deadline = *signalled.get_or_init(tokio::time::Instant::now) + grace;
         for (name, task, _) in sources {
             match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(Ok(()))) => {}
@@ -205,7 +230,7 @@ impl App {
                 Err(_) => tracing::warn!(source = name, "stream source did not stop within the grace period"),
             }
         }
-        writer.shutdown().await;
+        writer.shutdown_by(deadline).await;
         served?;
         tracing::info!("ingestd stopped");
         Ok(())
@@ -229,7 +254,7 @@ fn configured_policies(config: &Config) -> Result<std::collections::BTreeMap<Str
 
 /// The limiter `rate_limit` describes, with its per-organization overrides,
 /// and its policy registry (which runtime policies update).
-async fn build_limiter(
+fn build_limiter(
     config: &Config,
     configured: &std::collections::BTreeMap<String, ratelimit::Policy>,
 ) -> Result<(Limiter, Arc<PolicyRegistry>)> {
@@ -251,10 +276,11 @@ async fn build_limiter(
                 },
                 ..Default::default()
             };
-            let limiter = RedisLimiter::connect(&config.redis.url, registry, settings)
-                .await
+            // Starts whether Redis answers or not (SPEC §4): until it does,
+            // requests are decided per fail mode, as during any outage.
+            let limiter = RedisLimiter::connect_lazy(&config.redis.url, registry, settings)
                 .with_context(|| format!("rate-limit backend redis at {}", config::mask_url(&config.redis.url)))?;
-            Limiter::Redis(Box::new(limiter))
+            Limiter::Redis(limiter)
         }
     };
     Ok((limiter, shared))

@@ -2,11 +2,12 @@
 
 use model::Ingestor;
 use nats_source::NatsSource;
-use source::SourceHealth;
+use source::{Quarantine, SourceHealth};
 use storage::{Store, WriterHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
+use crate::supervise::supervise;
 
 pub(crate) fn spawn(
     config: &Config,
@@ -18,13 +19,23 @@ pub(crate) fn spawn(
         return None;
     }
     let health = SourceHealth::new();
-    let source = NatsSource::new(
-        config.nats.clone(),
-        Ingestor::new(writer, config.validation.clone()),
-        store.clone(),
-        config.retry.clone(),
-        health.clone(),
-    );
-    let task = tokio::spawn(async move { Ok(source.run(shutdown).await?) });
+    let quarantine = Quarantine::new();
+    let (nats, validation, store, retry) =
+        (config.nats.clone(), config.validation.clone(), store.clone(), config.retry.clone());
+    let task = supervise("nats", health.clone(), config.retry.clone(), shutdown.clone(), {
+        let health = health.clone();
+        move || {
+            let source = NatsSource::new(
+                nats.clone(),
+                Ingestor::new(writer.clone(), validation.clone()),
+                store.clone(),
+                retry.clone(),
+                health.clone(),
+            )
+            .with_quarantine(quarantine.clone());
+            let shutdown = shutdown.clone();
+            async move { Ok(source.run(shutdown).await?) }
+        }
+    });
     Some(("nats", task, health))
 }

@@ -3,11 +3,12 @@
 
 use model::Ingestor;
 use redis_source::RedisSource;
-use source::SourceHealth;
+use source::{Quarantine, SourceHealth};
 use storage::{Store, WriterHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
+use crate::supervise::supervise;
 
 pub(crate) fn spawn(
     config: &Config,
@@ -22,11 +23,24 @@ pub(crate) fn spawn(
     let mut consumer = redis.consumer.clone();
     consumer.name = consumer.consumer_name(&hostname());
     let health = SourceHealth::new();
-    let ingestor = Ingestor::new(writer, config.validation.clone());
-    let source = RedisSource::new(&redis.url, consumer, ingestor, store.clone(), config.retry.clone(), health.clone());
-    let url = config::mask_url(&redis.url);
-    let task = tokio::spawn(async move {
-        source.run(shutdown).await.map_err(|e| anyhow::Error::new(e).context(format!("redis source at {url}")))
+    let quarantine = Quarantine::new();
+    let (url, validation, store, retry) =
+        (redis.url.clone(), config.validation.clone(), store.clone(), config.retry.clone());
+    let task = supervise("redis", health.clone(), config.retry.clone(), shutdown.clone(), {
+        let health = health.clone();
+        move || {
+            let ingestor = Ingestor::new(writer.clone(), validation.clone());
+            let source =
+                RedisSource::new(&url, consumer.clone(), ingestor, store.clone(), retry.clone(), health.clone())
+                    .with_quarantine(quarantine.clone());
+            let (shutdown, masked) = (shutdown.clone(), config::mask_url(&url));
+            async move {
+                source
+                    .run(shutdown)
+                    .await
+                    .map_err(|e| anyhow::Error::new(e).context(format!("redis source at {masked}")))
+            }
+        }
     });
     Some(("redis", task, health))
 }

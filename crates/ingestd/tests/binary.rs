@@ -36,6 +36,15 @@ fn invalid_configuration_exits_64_naming_the_key_before_binding() {
     assert!(stderr.contains("server.max_batch_size"), "{stderr}");
     assert!(!stderr.contains("in use"), "{stderr}");
 
+    // A value that parses but cannot work: `now + skew` would overflow.
+    let out = ingestd(dir.path())
+        .args(["config", "check"])
+        .env("INGESTD_VALIDATION__MAX_FUTURE_SKEW_SECS", "18446744073709551615")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("validation.max_future_skew_secs"));
+
     std::fs::write(dir.path().join("ingestd.toml"), "[server]\nbnd = \"x\"\n").unwrap();
     let out = ingestd(dir.path()).arg("config").arg("check").output().unwrap();
     assert_eq!(out.status.code(), Some(64));
