@@ -11,6 +11,64 @@ use ingestd::config::NatsConfig;
 use testkit::Kind;
 use testkit::nats::unique;
 
+testkit::on_every_backend!(poison_messages_are_dead_lettered_and_the_source_goes_on);
+
+/// Issue 15 through NATS: a timestamp that panicked the decoder, strings
+/// PostgreSQL refuses, a record the database refuses inside a batch — each
+/// is dead-lettered (exactly these four), every other record is stored
+/// (exactly), and the source stays ready throughout.
+async fn poison_messages_are_dead_lettered_and_the_source_goes_on(kind: Kind) {
+    let nats = NatsConfig {
+        url: testkit::nats::url(),
+        subject: format!("{}.usage", unique("poison")),
+        stream: unique("POISON"),
+        consumer: unique("ingestd"),
+        idle_wait_ms: 200,
+        fetch_batch: 8,
+        ..NatsConfig::default()
+    };
+    let server = Server::start(kind, |c| c.nats = nats.clone()).await;
+    testkit::refuse_model(&server.store, "poison").await;
+    let org = unique("org");
+    let mix = common::poison_mix(&org);
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let mut c = server.client().await;
+    let start = Instant::now();
+    while c.get("/health/ready").await.status != 200 {
+        assert!(start.elapsed() < Duration::from_secs(30), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for payload in &mix.payloads {
+        js.publish(nats.subject.clone(), payload.clone().into()).await.unwrap().await.unwrap();
+    }
+    let start = Instant::now();
+    loop {
+        let (rows, dead) =
+            (server.count(&org).await, server.store.count_dead_letters(Some(model::Source::Nats)).await.unwrap());
+        if (rows, dead) == (mix.rows, mix.dead_letters) {
+            break;
+        }
+        assert!(rows <= mix.rows && dead <= mix.dead_letters, "{rows} rows, {dead} dead letters");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{rows} of {} rows, {dead} of {} dead letters",
+            mix.rows,
+            mix.dead_letters
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = c.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.json());
+    let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(!metrics.contains("ingestd_source_restarts_total"), "the source never stopped:\n{metrics}");
+    // Nothing comes back: every message was acked or termed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.count(&org).await, mix.rows);
+    assert_eq!(server.store.count_dead_letters(Some(model::Source::Nats)).await.unwrap(), mix.dead_letters);
+    server.stop().await;
+    js.delete_stream(&nats.stream).await.unwrap();
+}
+
 fn record(org: &str, i: u64) -> String {
     format!(
         r#"{{"timestamp":"2026-01-01T00:00:00Z","provider":"openai","model":{{"name":"gpt-4o"}},"organization_id":"{org}","usage":{{"prompt_tokens":{i},"completion_tokens":5,"total_tokens":{}}}}}"#,

@@ -151,3 +151,65 @@ async fn two_instances_sharing_redis_admit_exactly_capacity_together() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Polls readiness until `want` holds for its body, or fails after 20 s.
+async fn await_ready(c: &mut Client, what: &str, want: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = c.get("/health/ready").await;
+        let body = r.json();
+        if want(r.status.as_u16(), &body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: last readiness {} {body}", r.status);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 15, reproduction 3: with the limiter's Redis unreachable at start,
+/// `ingestd serve` exited 1. Now, with the default `fail_mode = "local"`,
+/// it starts, decides locally (ready, state "fallback"), and moves to Redis
+/// once it answers; with `closed` it starts, answers 503
+/// `rate_limiter_unavailable` and is unready until Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limiters_redis_down_at_start_does_not_keep_ingestd_down() {
+    use ingestd::config::FailMode;
+    for mode in [FailMode::Local, FailMode::Closed] {
+        let mut redis = testkit::redis::ThrowawayRedis::start();
+        redis.kill();
+        let url = redis.url();
+        let server = Server::start(Kind::Sqlite, |c: &mut Config| {
+            c.rate_limit.backend = RateLimitBackend::Redis;
+            c.rate_limit.fail_mode = mode;
+            c.rate_limit.default = per_hour_exact(1000);
+            c.redis.url = url.clone();
+            c.redis.consumer.enabled = false;
+        })
+        .await;
+        let mut c = server.client().await;
+        let down = post_record(&mut c, "acme", 0).await;
+        let limiter = |body: &Value| body["components"]["rate_limiter"].clone();
+        match mode {
+            FailMode::Local => {
+                assert_eq!(down.status, 200, "{:?}", down.body);
+                let body = await_ready(&mut c, "local", |s, b| s == 200 && limiter(b)["status"] == "up").await;
+                assert!(limiter(&body)["state"].as_str().unwrap().contains("fallback"), "{body}");
+            }
+            _ => {
+                assert_eq!(down.status, 503, "{:?}", down.body);
+                assert_eq!(down.json()["code"], "rate_limiter_unavailable");
+                let body = await_ready(&mut c, "closed", |s, b| s == 503 && limiter(b)["status"] == "down").await;
+                assert!(limiter(&body)["error"].as_str().unwrap().contains("closed"), "{body}");
+            }
+        }
+        redis.restart();
+        let body = await_ready(&mut c, "after redis", |s, b| s == 200 && limiter(b)["state"] == "redis").await;
+        assert_eq!(limiter(&body)["status"], "up");
+        let up = post_record(&mut c, "acme", 1).await;
+        assert_eq!(up.status, 200, "{:?}", up.body);
+        assert_eq!(up.header("x-ratelimit-limit"), Some("1000"));
+        let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+        assert!(metrics.contains(r#"ingestd_rate_limit_fallback_active{backend="redis"} 0"#), "{metrics}");
+        server.stop().await;
+    }
+}

@@ -26,6 +26,50 @@ async fn call(client: &fred::clients::Client, name: &'static str, args: &[&str])
     client.custom::<Value, Value>(cmd!(name), args).await.unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+testkit::on_every_backend!(poison_entries_are_dead_lettered_and_the_source_goes_on);
+
+/// Issue 15 through Redis Streams (see the NATS test of the same name):
+/// exactly the four bad entries are dead-lettered, every other record is
+/// stored, nothing is left pending, and the source stays ready.
+async fn poison_entries_are_dead_lettered_and_the_source_goes_on(kind: Kind) {
+    let url = url();
+    let (key, group, org) = (unique("poison:usage"), unique("g"), unique("org"));
+    let client = redis(&url).await;
+    let server = Server::start(kind, |c: &mut Config| {
+        c.redis.url = url.clone();
+        c.redis.consumer.stream_key = key.clone();
+        c.redis.consumer.group = group.clone();
+        c.redis.consumer.block_ms = 100;
+        c.redis.consumer.read_batch = 8;
+    })
+    .await;
+    testkit::refuse_model(&server.store, "poison").await;
+    let mix = common::poison_mix(&org);
+    for payload in &mix.payloads {
+        call(&client, "XADD", &[&key, "*", "payload", payload]).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rows, dead) =
+            (server.count(&org).await, server.store.count_dead_letters(Some(model::Source::Redis)).await.unwrap());
+        if (rows, dead) == (mix.rows, mix.dead_letters) {
+            break;
+        }
+        assert!(rows <= mix.rows && dead <= mix.dead_letters, "{rows} rows, {dead} dead letters");
+        assert!(Instant::now() < deadline, "{rows} of {} rows, {dead} of {} dead letters", mix.rows, mix.dead_letters);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = server.client().await;
+    let ready = c.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{:?}", ready.json());
+    let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(!metrics.contains("ingestd_source_restarts_total"), "the source never stopped:\n{metrics}");
+    server.stop().await;
+    let Value::Array(summary) = call(&client, "XPENDING", &[&key, &group]).await else { panic!("XPENDING") };
+    assert_eq!(summary.first(), Some(&Value::Integer(0)), "nothing left pending");
+    call(&client, "DEL", &[&key]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_entries_are_ingested_and_acked() {
     let url = url();

@@ -108,3 +108,41 @@ impl Peer {
         self.task.await.unwrap().unwrap();
     }
 }
+
+/// Stream messages for the isolation tests (issue 15), in publish order,
+/// with what they must come to: every message that cannot be stored is
+/// dead-lettered and the source goes on; every other record is stored.
+pub struct PoisonMix {
+    pub payloads: Vec<String>,
+    /// Rows of `org` once everything is consumed.
+    pub rows: u64,
+    /// Messages dead-lettered (whole or in part).
+    pub dead_letters: u64,
+}
+
+/// Call [`testkit::refuse_model`] with `"poison"` on the store first.
+pub fn poison_mix(org: &str) -> PoisonMix {
+    use serde_json::json;
+    let good = |i: u64| testkit::record_json(org, i);
+    let mut payloads: Vec<String> = (0..10).map(|i| good(i).to_string()).collect();
+    let edit = |i: u64, pointer: &str, value: serde_json::Value| {
+        let mut r = good(i);
+        *r.pointer_mut(pointer).unwrap() = value;
+        r
+    };
+    // Made the decoder panic (and the source task die) before.
+    payloads.push(edit(100, "/timestamp", json!("9999-12-31T23:59:59-01:00")).to_string());
+    // PostgreSQL refused these inside a shared commit before.
+    payloads.push(edit(101, "/provider", json!("open\u{0}ai")).to_string());
+    payloads.push(edit(102, "/metadata", json!({ "note": "a\u{0}b" })).to_string());
+    // Valid, but the database refuses it (the test's constraint): the batch's
+    // other record is stored, the message dead-lettered.
+    let poison = edit(103, "/model/name", json!("poison"));
+    payloads.push(json!({ "records": [good(104), poison] }).to_string());
+    // SPEC §5: a record with a `records` member is still a record.
+    let mut shaped = good(105);
+    shaped["records"] = json!([{ "not": "a record" }]);
+    payloads.push(shaped.to_string());
+    payloads.extend((10..20).map(|i| good(i).to_string()));
+    PoisonMix { payloads, rows: 10 + 1 + 1 + 10, dead_letters: 4 }
+}
