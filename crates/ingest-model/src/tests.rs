@@ -371,9 +371,9 @@ fn batch_envelope() {
 /// parse, even when what follows it is not JSON at all.
 #[test]
 fn batch_size_is_enforced_while_parsing() {
-    let exactly = format!(r#"{{"records":[{}]}}"#, vec!["{}"; 3].join(","));
+    let exactly = format!(r#"{{"records":[{}]}}"#, ["{}"; 3].join(","));
     assert_eq!(decode::batch(exactly.as_bytes(), 3).unwrap().records.len(), 3);
-    let over = format!(r#"{{"records":[{}]}}"#, vec!["{}"; 4].join(","));
+    let over = format!(r#"{{"records":[{}]}}"#, ["{}"; 4].join(","));
     assert!(matches!(decode::batch(over.as_bytes(), 3), Err(BatchError::TooMany { max: 3 })));
     // Parsing stops at the fourth record: the rest is never read.
     let truncated = br#"{"records":[{},{},{},{}, this is not JSON"#;

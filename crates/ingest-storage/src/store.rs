@@ -569,8 +569,9 @@ fn refusal(backend: Backend, e: &sea_orm::DbErr) -> Option<String> {
     let code = db.code()?;
     let data = match backend {
         Backend::Postgres => code.starts_with("22") || code.starts_with("23"),
-        // The (extended) result code; its low byte is the primary code.
-        Backend::Sqlite => code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 18 | 19 | 20)),
+        // The (extended) result code; its low byte is the primary code:
+        // SQLITE_TOOBIG (18), SQLITE_CONSTRAINT (19), SQLITE_MISMATCH (20).
+        Backend::Sqlite => code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 18..=20)),
     };
     data.then(|| format!("{} ({code})", db.message()))
 }
