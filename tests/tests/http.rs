@@ -546,22 +546,34 @@ async fn hold_write_lock(server: &Server) -> (Store, sea_orm::DatabaseTransactio
     (blocker, txn)
 }
 
-async fn wait_for_queue(server: &Server, depth: usize) {
+/// Waits until the gauge `name` of `/metrics` reaches `at_least`.
+async fn wait_for_gauge(server: &Server, name: &str, at_least: usize) {
     let mut probe = server.client().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let metrics = String::from_utf8_lossy(&probe.get("/metrics").await.body).into_owned();
-        let queued = metrics
+        let value = metrics
             .lines()
-            .find_map(|l| l.strip_prefix("ingestd_writer_queue_depth "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0);
-        if queued as usize >= depth {
+        if value as usize >= at_least {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "the writer never held {depth} records ({queued})");
+        assert!(std::time::Instant::now() < deadline, "{name} never reached {at_least} ({value})");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until the writer holds `depth` records (queued or committing).
+async fn wait_for_queue(server: &Server, depth: usize) {
+    wait_for_gauge(server, "ingestd_writer_queue_depth", depth).await;
+}
+
+/// Waits until the writer has taken `rows` records into its transaction
+/// (which the held lock then keeps from committing).
+async fn wait_for_transaction(server: &Server, rows: usize) {
+    wait_for_gauge(server, "ingestd_writer_transaction_rows", rows).await;
 }
 
 /// SPEC §2, "one bad record never affects another": a record the database
@@ -588,7 +600,7 @@ async fn a_record_the_database_refuses_fails_alone(kind: Kind) {
     // The first is taken alone and waits on the lock; the rest queue behind
     // it and are committed together.
     let first = post("/v1/usage", record_json("org-first", 0));
-    wait_for_queue(&server, 1).await;
+    wait_for_transaction(&server, 1).await;
     let mut poison = record_json("org-poison", 0);
     poison["model"]["name"] = json!("poison");
     let single = post("/v1/usage", poison.clone());
@@ -646,7 +658,7 @@ async fn a_503_timeout_means_nothing_was_committed(kind: Kind) {
     };
     let (_blocker, lock) = hold_write_lock(&server).await;
     let taken = post(record_json("org-taken", 0));
-    wait_for_queue(&server, 1).await;
+    wait_for_transaction(&server, 1).await;
     let mut no_id = record_json("org-queued", 0);
     no_id.as_object_mut().unwrap().remove("request_id");
     let queued = post(no_id.clone());

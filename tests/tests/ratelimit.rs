@@ -181,6 +181,9 @@ async fn the_limiters_redis_down_at_start_does_not_keep_ingestd_down() {
         let server = Server::start(Kind::Sqlite, |c: &mut Config| {
             c.rate_limit.backend = RateLimitBackend::Redis;
             c.rate_limit.fail_mode = mode;
+            // The default 10 ms per check is about production latency; on a
+            // test machine running the whole suite a check can take longer.
+            c.rate_limit.redis_timeout_ms = 2_000;
             c.rate_limit.default = per_hour_exact(1000);
             c.redis.url = url.clone();
             c.redis.consumer.enabled = false;
@@ -210,6 +213,18 @@ async fn the_limiters_redis_down_at_start_does_not_keep_ingestd_down() {
         assert_eq!(up.header("x-ratelimit-limit"), Some("1000"));
         let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
         assert!(metrics.contains(r#"ingestd_rate_limit_fallback_active{backend="redis"} 0"#), "{metrics}");
+        if mode == FailMode::Closed {
+            // Unready with `closed`, the service gets no traffic whose checks
+            // would find Redis back: readiness itself must find it.
+            redis.kill();
+            for i in 10..15 {
+                assert_eq!(post_record(&mut c, "acme", i).await.status, 503);
+            }
+            await_ready(&mut c, "closed, redis killed", |s, b| s == 503 && limiter(b)["status"] == "down").await;
+            redis.restart();
+            await_ready(&mut c, "closed, redis back, no requests", |s, b| s == 200 && limiter(b)["state"] == "redis")
+                .await;
+        }
         server.stop().await;
     }
 }

@@ -165,7 +165,12 @@ pub fn batch(body: &[u8], max: usize) -> Result<BatchEnvelope<'_>, BatchError> {
     match parsed {
         Ok(envelope) => Ok(envelope),
         Err(_) if over.get() => Err(BatchError::TooMany { max }),
-        Err(e) => Err(DocumentError::from_json("batch envelope", e).into()),
+        // A shape error found before the end (a missing `records`) hides a
+        // syntax error after it: malformed JSON is reported as such.
+        Err(e) => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Err(syntax) if !syntax.is_data() => Err(DocumentError::from_json("batch envelope", syntax).into()),
+            _ => Err(DocumentError::from_json("batch envelope", e).into()),
+        },
     }
 }
 

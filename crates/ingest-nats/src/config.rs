@@ -67,8 +67,8 @@ impl NatsConfig {
         if !(1..=100_000).contains(&self.fetch_batch) {
             return err("fetch_batch", "must be between 1 and 100000");
         }
-        if self.ack_wait_secs == 0 {
-            return err("ack_wait_secs", "must be at least 1");
+        if !(1..=86_400).contains(&self.ack_wait_secs) {
+            return err("ack_wait_secs", "must be between 1 and 86400");
         }
         if self.max_deliver == 0 || self.max_deliver < -1 {
             return err("max_deliver", "must be -1 (unlimited) or at least 1");
@@ -82,8 +82,8 @@ impl NatsConfig {
         if self.max_deliver > 0 && self.backoff_secs.len() as i64 >= self.max_deliver {
             return err("backoff_secs", "must have fewer entries than nats.max_deliver");
         }
-        if self.idle_wait_ms < 10 {
-            return err("idle_wait_ms", "must be at least 10");
+        if !(10..=600_000).contains(&self.idle_wait_ms) {
+            return err("idle_wait_ms", "must be between 10 and 600000");
         }
         Ok(())
     }

@@ -30,7 +30,7 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use model::{Ingestor, RecordSink, Source};
-use source::{Backoff, DeadLetter, DeadLetterSink, Fate, Incoming, Quarantine, RetryConfig, SourceHealth, Suspect};
+use source::{Backoff, DeadLetter, DeadLetterSink, Fate, Incoming, Quarantine, RetryConfig, SourceHealth, Verdict};
 use tokio_util::sync::CancellationToken;
 
 pub use config::NatsConfig;
@@ -354,9 +354,9 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
     }
 
     /// Commits one fetch, then acks (or terms) each message; on a storage
-    /// failure naks them all and waits the backoff delay. Messages delivered
-    /// more than `max_deliveries` times are suspects: each is committed alone
-    /// after the others ([`source::Quarantine`]).
+    /// failure naks them all and waits the backoff delay. A message the
+    /// [`Quarantine`] says killed an earlier task is tried alone after the
+    /// others, or dead-lettered when it was already tried alone.
     async fn handle(
         &self,
         messages: &[jetstream::Message],
@@ -364,69 +364,73 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
         storage: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
-        let mut keyed = Vec::with_capacity(messages.len());
-        let mut suspects = Vec::new();
+        let mut batch = Vec::with_capacity(messages.len());
+        let mut alone = Vec::new();
         let mut redelivered = 0u64;
         for message in messages {
-            match message.info() {
-                Ok(info) => {
-                    let published_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-                    let key = source::nats_key(info.stream, info.stream_sequence, published_ms);
-                    redelivered += u64::from(info.delivered > 1);
-                    if u64::try_from(info.delivered).unwrap_or(0) > self.config.max_deliveries {
-                        suspects.push((message, key, info.delivered));
-                    } else {
-                        keyed.push((message, key));
-                    }
-                }
+            let Ok(info) = message.info() else {
                 // Not a JetStream message (cannot happen on a pull consumer).
-                Err(_) => {
-                    let _ = message.ack_with(AckKind::Term).await;
-                }
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            };
+            let published_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+            let key = source::nats_key(info.stream, info.stream_sequence, published_ms);
+            let delivered = u64::try_from(info.delivered).unwrap_or(0);
+            redelivered += u64::from(delivered > 1);
+            match self.quarantine.verdict(&key, delivered, self.config.max_deliveries) {
+                Verdict::Batch => batch.push((message, key)),
+                Verdict::Alone => alone.push((message, key)),
+                Verdict::Killer => self.dead_letter_killer(message, key, delivered, storage).await,
             }
         }
         if redelivered > 0 {
             metrics::counter!("ingestd_nats_redeliveries_total").increment(redelivered);
         }
-        if !keyed.is_empty() {
-            self.commit_and_ack(&keyed, ack_wait, storage, shutdown).await?;
+        if !batch.is_empty() {
+            let held = self.quarantine.hold(batch.iter().map(|(_, key)| key.clone()), false);
+            self.commit_and_ack(&batch, ack_wait, storage, shutdown).await?;
+            held.release();
         }
-        for (message, key, delivered) in suspects {
-            match self.quarantine.begin(&key) {
-                Suspect::Try(trial) => {
-                    tracing::warn!(%key, delivered, "NATS message delivered more than max_deliveries times; trying it alone");
-                    let result = self.commit_and_ack(&[(message, key)], ack_wait, storage, shutdown).await;
-                    trial.finished();
-                    result?;
-                }
-                Suspect::Killer => {
-                    let letter = DeadLetter {
-                        source: Source::Nats,
-                        message_key: key.clone(),
-                        payload: message.payload.to_vec(),
-                        error: format!(
-                            "delivered {delivered} times (max_deliveries is {}), and the source stopped while \
-                             it was being tried",
-                            self.config.max_deliveries
-                        ),
-                    };
-                    match self.dead_letters.put(&letter).await {
-                        Ok(()) => {
-                            tracing::error!(%key, delivered, "NATS message stopped the source; dead-lettered");
-                            metrics::counter!("ingestd_dead_letters_total", "source" => "nats").increment(1);
-                            metrics::counter!("ingestd_nats_messages_total", "outcome" => "dead_lettered").increment(1);
-                            let _ = message.ack_with(AckKind::Term).await;
-                        }
-                        Err(e) => {
-                            let delay = storage.next_delay();
-                            tracing::warn!(error = %e, %key, "dead letter not written; nak'ed");
-                            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                        }
-                    }
-                }
-            }
+        for one in alone {
+            tracing::warn!(key = %one.1, "NATS message held by a source task that died; trying it alone");
+            let held = self.quarantine.hold([one.1.clone()], true);
+            self.commit_and_ack(&[one], ack_wait, storage, shutdown).await?;
+            held.release();
         }
         Ok(())
+    }
+
+    /// Dead-letters and terms a message that killed a source task when tried
+    /// alone; naks it when the dead letter cannot be written.
+    async fn dead_letter_killer(
+        &self,
+        message: &jetstream::Message,
+        key: String,
+        delivered: u64,
+        storage: &mut Backoff,
+    ) {
+        let letter = DeadLetter {
+            source: Source::Nats,
+            message_key: key,
+            payload: message.payload.to_vec(),
+            error: format!(
+                "delivered {delivered} times (max_deliveries is {}), and the source stopped while it was being tried alone",
+                self.config.max_deliveries
+            ),
+        };
+        match self.dead_letters.put(&letter).await {
+            Ok(()) => {
+                tracing::error!(key = %letter.message_key, delivered, "NATS message stopped the source; dead-lettered");
+                metrics::counter!("ingestd_dead_letters_total", "source" => "nats").increment(1);
+                metrics::counter!("ingestd_nats_messages_total", "outcome" => "dead_lettered").increment(1);
+                let _ = message.ack_with(AckKind::Term).await;
+            }
+            Err(e) => {
+                let delay = storage.next_delay();
+                tracing::warn!(error = %e, key = %letter.message_key, "dead letter not written; nak'ed");
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
     }
 
     async fn commit_and_ack(

@@ -128,6 +128,15 @@ impl Limiter {
         }
     }
 
+    /// Asks the backend whether it is back when checks are answered by the
+    /// fail mode (see [`RedisLimiter::probe`]); for readiness.
+    pub async fn probe(&self) {
+        #[cfg(feature = "redis")]
+        if let Self::Redis(l) = self {
+            l.probe().await;
+        }
+    }
+
     /// Checks answered by the fail mode so far (only Redis has one).
     pub fn fallback_count(&self) -> u64 {
         match self {

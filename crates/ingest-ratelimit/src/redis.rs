@@ -189,6 +189,28 @@ impl RedisLimiter {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// While the breaker is open, asks Redis directly (`PING`, bounded by the
+    /// call timeout) and closes the breaker when it answers; returns whether
+    /// Redis is in use now. The breaker otherwise closes only through a
+    /// request's probe: a service made unready by `FailMode::Closed` gets no
+    /// requests, so its readiness check calls this.
+    pub async fn probe(&self) -> bool {
+        if !self.connected() {
+            return false;
+        }
+        if !self.breaker.is_open() {
+            return true;
+        }
+        let client = self.pool.with_options(&self.options);
+        let ping = tokio::time::timeout(self.call_timeout.max(Duration::from_millis(100)), client.ping::<()>(None));
+        if matches!(ping.await, Ok(Ok(()))) {
+            self.breaker.success();
+            tracing::info!("rate-limit Redis answers again");
+            return true;
+        }
+        false
+    }
+
     /// What this limiter does while Redis is unhealthy.
     pub fn fail_mode(&self) -> FailMode {
         self.fail_mode

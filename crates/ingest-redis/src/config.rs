@@ -56,9 +56,12 @@ impl RedisConsumerConfig {
         if self.read_batch == 0 {
             return err("read_batch", "must be at least 1");
         }
-        if self.block_ms == 0 {
+        if !(1..=600_000).contains(&self.block_ms) {
             // BLOCK 0 waits forever, and shutdown could not interrupt it politely.
-            return err("block_ms", "must be at least 1");
+            return err("block_ms", "must be between 1 and 600000");
+        }
+        if !(1..=604_800).contains(&self.claim_idle_secs) {
+            return err("claim_idle_secs", "must be between 1 and 604800 (a week)");
         }
         if self.max_deliveries == 0 {
             return err("max_deliveries", "must be at least 1");

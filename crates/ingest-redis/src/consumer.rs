@@ -7,7 +7,7 @@ use fred::cmd;
 use fred::prelude::{Builder, ClientLike, Config as FredConfig, ReconnectPolicy};
 use fred::types::Value;
 use model::{Ingestor, RecordSink, SinkError, Source};
-use source::{Backoff, DeadLetter, DeadLetterSink, Fate, Incoming, Quarantine, RetryConfig, SourceHealth, Suspect};
+use source::{Backoff, DeadLetter, DeadLetterSink, Fate, Incoming, Quarantine, RetryConfig, SourceHealth, Verdict};
 use tokio_util::sync::CancellationToken;
 
 use crate::RedisConsumerConfig;
@@ -442,9 +442,9 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
         let mut trimmed = Vec::new();
         let mut letters = Vec::new();
         let mut incoming = Vec::with_capacity(batch.len());
-        // Delivered more than max_deliveries times: each tried alone, after
-        // the others; dead-lettered only when a try of it never finished.
-        let mut suspects = Vec::new();
+        // Held by a source task that died: tried alone, after the others;
+        // dead-lettered only when a task died while trying it alone.
+        let mut alone = Vec::new();
         for (entry, key) in batch.iter().zip(&keys) {
             let deliveries = counts.get(&entry.id).copied().unwrap_or(1);
             let letter = |payload: &[u8], error: String| DeadLetter {
@@ -458,23 +458,23 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
                 Body::NoPayload(fields) => {
                     letters.push(letter(fields.as_bytes(), "the entry has no `payload` field".into()));
                 }
-                Body::Payload(payload) if deliveries > c.max_deliveries => match self.quarantine.begin(key) {
-                    Suspect::Try(trial) => {
-                        tracing::warn!(%key, deliveries, "redis entry delivered more than max_deliveries times; trying it alone");
-                        let one = Incoming { key, unix_ms: source::key_unix_ms(Source::Redis, key), payload };
-                        suspects.push((one, trial));
-                    }
-                    Suspect::Killer => letters.push(letter(
-                        payload,
-                        format!(
-                            "delivered {deliveries} times (max_deliveries is {}), and the source stopped while it \
-                             was being tried",
-                            c.max_deliveries
-                        ),
-                    )),
-                },
                 Body::Payload(payload) => {
-                    incoming.push(Incoming { key, unix_ms: source::key_unix_ms(Source::Redis, key), payload })
+                    let one = Incoming { key, unix_ms: source::key_unix_ms(Source::Redis, key), payload };
+                    match self.quarantine.verdict(key, deliveries, c.max_deliveries) {
+                        Verdict::Batch => incoming.push(one),
+                        Verdict::Alone => {
+                            tracing::warn!(%key, deliveries, "redis entry held by a source task that died; trying it alone");
+                            alone.push(one);
+                        }
+                        Verdict::Killer => letters.push(letter(
+                            payload,
+                            format!(
+                                "delivered {deliveries} times (max_deliveries is {}), and the source stopped while it \
+                                 was being tried alone",
+                                c.max_deliveries
+                            ),
+                        )),
+                    }
                 }
             }
         }
@@ -492,20 +492,20 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
                     }
                     letters_written = true;
                 }
-                let mut report = source::process(&self.ingestor, &self.dead_letters, Source::Redis, &incoming).await?;
-                for (one, _) in &suspects {
-                    let alone = source::process(&self.ingestor, &self.dead_letters, Source::Redis, &[*one]).await?;
-                    report.fates.extend(alone.fates);
+                let held = self.quarantine.hold(incoming.iter().map(|m| m.key.to_owned()), false);
+                let report = source::process(&self.ingestor, &self.dead_letters, Source::Redis, &incoming).await;
+                held.release();
+                let mut report = report?;
+                for one in &alone {
+                    let held = self.quarantine.hold([one.key.to_owned()], true);
+                    let result = source::process(&self.ingestor, &self.dead_letters, Source::Redis, &[*one]).await;
+                    held.release();
+                    report.fates.extend(result?.fates);
                 }
                 Ok(report)
             };
             match attempt.await {
-                Ok(report) => {
-                    for (_, trial) in suspects {
-                        trial.finished();
-                    }
-                    break report;
-                }
+                Ok(report) => break report,
                 Err(e) => {
                     add(&self.stats.storage_failures, 1);
                     metrics::counter!("ingestd_redis_storage_failures_total").increment(1);
@@ -515,9 +515,6 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
                         self.health.set_degraded(format!("storage: {e}"));
                     }
                     if !sleep(delay, shutdown).await {
-                        for (_, trial) in suspects {
-                            trial.finished();
-                        }
                         return Ok(Handled::Stopped);
                     }
                 }

@@ -28,8 +28,15 @@ struct Flaky {
     down: Arc<AtomicBool>,
 }
 
+/// The model name of a record that panics the source task (the test's
+/// stand-in for whatever defect kills a task mid-batch).
+const TASK_KILLER: &str = "test-task-killer";
+
 impl RecordSink for Flaky {
     async fn store(&self, records: Vec<UsageRecord>, source: Source) -> Result<Vec<StoreOutcome>, SinkError> {
+        if records.iter().any(|r| r.model.name == TASK_KILLER) {
+            panic!("test: this record kills the source task");
+        }
         if self.down.load(Ordering::Relaxed) {
             return Err(SinkError::Unavailable("the test took storage down".into()));
         }
@@ -246,25 +253,17 @@ async fn ten_thousand_entries_land_exactly_once(kind: Kind) {
     h.cleanup().await;
 }
 
-/// Invalid entries are dead-lettered and acked. An entry delivered more than
-/// `max_deliveries` times is *tried* (alone) before anything else happens to
-/// it: a valid one is stored, however its delivery count grew; only one
-/// whose earlier try never finished (the source died under it) is
-/// dead-lettered for its count.
+/// Invalid entries are dead-lettered and acked. An entry delivered more
+/// than `max_deliveries` times is not dead-lettered for its count alone:
+/// nothing killed a task under it, so it is stored with the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_entries_are_dead_lettered_and_acked() {
     let h = Harness::new(Kind::Sqlite).await;
     h.create_group().await;
-    // Entries some consumer kept failing on: delivered 7 times already.
-    h.add([h.record(0, true), h.record(4, true)]).await;
-    let hot = h.read_as("ghost", 2).await;
-    for id in &hot {
-        h.cmd("XCLAIM", &[&h.key, &h.group, "ghost", "0", id, "RETRYCOUNT", "7"]).await;
-    }
-    // The second one killed an earlier incarnation of this source mid-try.
-    let quarantine = source::Quarantine::new();
-    let source::Suspect::Try(trial) = quarantine.begin(&format!("{}:{}", h.key, hot[1])) else { unreachable!() };
-    drop(trial);
+    // An entry some consumer kept failing on: delivered 7 times already.
+    h.add([h.record(0, true)]).await;
+    let hot = h.read_as("ghost", 1).await;
+    h.cmd("XCLAIM", &[&h.key, &h.group, "ghost", "0", &hot[0], "RETRYCOUNT", "7"]).await;
 
     let mut bad_total = testkit::record_json(&h.org, 1);
     bad_total["usage"]["total_tokens"] = 1.into();
@@ -272,23 +271,63 @@ async fn poison_entries_are_dead_lettered_and_acked() {
     h.add(["{not json".to_owned(), bad_total.to_string(), partial, h.record(3, false)]).await;
     h.cmd("XADD", &[&h.key, "*", "data", "no payload here"]).await;
 
-    let run = h.start_with(RedisConsumerConfig { claim_idle_secs: 1, ..h.config("worker") }, quarantine);
-    eventually("everything acked", 20, || async { h.pending().await == 0 && run.stats.counts().read >= 7 }).await;
+    let run = h.start(RedisConsumerConfig { claim_idle_secs: 1, ..h.config("worker") });
+    eventually("everything acked", 20, || async { h.pending().await == 0 && run.stats.counts().read >= 6 }).await;
     let stats = run.stop().await.counts();
-    assert_eq!(stats.dead_lettered, 5, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 4, "{stats:?}");
     assert_eq!(stats.stored, 2, "{stats:?}");
-    assert_eq!(h.rows().await, 3, "the hot valid record, the valid record and the valid half of the batch");
+    assert_eq!(h.rows().await, 3, "the hot record, the valid record and the valid half of the batch");
     let letters = h.dead_letters().await;
-    assert_eq!(letters.len(), 5, "{letters:#?}");
-    assert!(
-        !letters.iter().any(|(k, _)| k.ends_with(&hot[0])),
-        "a valid entry is tried, not dead-lettered for its count"
-    );
-    let killer = letters.iter().find(|(k, _)| k.ends_with(&hot[1])).expect("the killer entry's dead letter");
-    assert!(killer.1.starts_with("delivered 8 times (max_deliveries is 5), and the source stopped"), "{}", killer.1);
+    assert_eq!(letters.len(), 4, "{letters:#?}");
+    assert!(!letters.iter().any(|(k, _)| k.ends_with(&hot[0])), "a good entry is not dead-lettered for its count");
     assert!(letters.iter().any(|(_, e)| e.starts_with("malformed JSON")), "{letters:#?}");
     assert!(letters.iter().any(|(_, e)| e.contains("no `payload` field")), "{letters:#?}");
     assert_eq!(letters.iter().filter(|(_, e)| e.contains("usage.total_tokens")).count(), 2, "{letters:#?}");
+    h.cleanup().await;
+}
+
+/// A record that kills the source task (the sink panics on it) is found and
+/// dead-lettered; the good entries that shared its batch are stored. Each
+/// restart reuses the quarantine, as ingestd's supervisor does: first the
+/// batch dies, then its entries are tried alone (the killer dies again),
+/// then the killer is dead-lettered for its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_kills_the_task_is_dead_lettered_and_its_neighbours_stored() {
+    let h = Harness::new(Kind::Sqlite).await;
+    h.create_group().await;
+    let mut killer = testkit::record_json(&h.org, 1);
+    killer["model"]["name"] = TASK_KILLER.into();
+    h.add([h.record(0, true), killer.to_string(), h.record(2, false)]).await;
+    let quarantine = source::Quarantine::new();
+    let config = RedisConsumerConfig { max_deliveries: 1, ..h.config("worker") };
+    let mut incarnations = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        incarnations += 1;
+        let run = h.start_with(config.clone(), quarantine.clone());
+        // Either the task dies (the killer was tried), or everything is done.
+        loop {
+            let done = h.pending().await == 0 && h.rows().await == 2;
+            if run.task.is_finished() || done {
+                break;
+            }
+            assert!(Instant::now() < deadline, "stuck after {incarnations} incarnations");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !run.task.is_finished() {
+            run.stop().await;
+            break;
+        }
+        let died = run.task.await;
+        assert!(died.as_ref().is_err_and(|e| e.is_panic()), "{died:?}");
+        assert!(incarnations < 5, "the killer is never isolated");
+    }
+    assert_eq!(incarnations, 3, "died in the batch, died alone, then dead-lettered");
+    assert_eq!(h.rows().await, 2, "the killer's neighbours are stored");
+    assert_eq!(h.pending().await, 0);
+    let letters = h.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert!(letters[0].1.contains("the source stopped while it was being tried alone"), "{}", letters[0].1);
     h.cleanup().await;
 }
 

@@ -22,9 +22,9 @@
 //!    a record the database refuses fails alone (the writer isolates it):
 //!    one bad message never stops the source or delays the others.
 //!
-//! Messages delivered more than `max_deliveries` times are tried alone
-//! first ([`Quarantine`]); only one whose try never finished is
-//! dead-lettered for its delivery count.
+//! A message that kills the source task itself is found by [`Quarantine`]:
+//! once delivered more than `max_deliveries` times it is tried alone, and
+//! only if the task dies under it then is it dead-lettered for its count.
 
 mod backoff;
 mod batch;
@@ -34,5 +34,5 @@ mod quarantine;
 pub use backoff::{Backoff, RetryConfig};
 pub use batch::{BatchReport, DeadLetterSink, Fate, Incoming, entry_id_ms, key_unix_ms, nats_key, process, record_id};
 pub use health::SourceHealth;
-pub use quarantine::{Quarantine, Suspect, Trial};
+pub use quarantine::{Held, Quarantine, Verdict};
 pub use storage::DeadLetter;

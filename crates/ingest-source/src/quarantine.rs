@@ -1,45 +1,67 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-/// Messages delivered more than `max_deliveries` times (SPEC §5) are
-/// *suspects*: each is tried alone, so that it cannot take a batch down
-/// with it, and remembered while it is tried. A suspect whose try never
-/// finished — the source task died under it — is known to kill the source:
-/// when it comes back it is dead-lettered without another try.
+/// Finds the message that kills a source task, without ever dead-lettering
+/// a good one (SPEC §5, `max_deliveries`).
 ///
-/// A message is tried before it is ever dead-lettered for its delivery
-/// count, so deliveries that did not fail (a storage outage, a consumer's
-/// own re-reads of its pending list after a lost connection) never send a
-/// good message to the dead letters.
+/// A source *holds* the keys of the messages it is processing and
+/// *releases* them when processing returned (stored, dead-lettered, or
+/// failed in storage). When its task dies mid-batch — a panic the per-message
+/// guards did not catch, an abort of the task — the keys stay held, and the
+/// next incarnation (the supervisor hands each restart the same
+/// `Quarantine`) learns that one of them killed it:
 ///
-/// Shared by every incarnation of one source in a process (the supervisor
-/// hands the same one to each restart); it does not survive the process.
+/// - a message delivered more than `max_deliveries` times that was held
+///   by a task that died *in a batch* is tried **alone**;
+/// - one that was held *alone* when the task died is the **killer**: it is
+///   dead-lettered for its count without another try;
+/// - every other message, whatever its count, goes into the normal batch.
+///
+/// So deliveries that did not fail — naks during a storage outage, a
+/// consumer's own re-reads of its pending list — never turn a message into
+/// a suspect, and a good message is never dead-lettered for its count. The
+/// state lives in the process: a message that kills the whole process (not
+/// only the task) is not caught this way.
 #[derive(Clone, Debug, Default)]
 pub struct Quarantine {
-    trying: Arc<Mutex<HashSet<String>>>,
+    state: Arc<Mutex<State>>,
 }
 
-/// What to do with a suspect.
-#[derive(Debug)]
-pub enum Suspect {
-    /// Try it alone; call [`Trial::finished`] once the try returned.
-    Try(Trial),
-    /// A try of it never finished: dead-letter it.
+#[derive(Debug, Default)]
+struct State {
+    /// Keys held now, and whether alone.
+    held: Option<(Vec<String>, bool)>,
+    died_in_batch: HashSet<String>,
+    died_alone: HashSet<String>,
+}
+
+/// Where a message goes, by [`Quarantine::verdict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// With the others of its fetch.
+    Batch,
+    /// Alone, after the others: a task died while it was in a batch.
+    Alone,
+    /// Dead-letter it: a task died while it was tried alone.
     Killer,
 }
 
-/// A suspect being tried. Dropped without [`finished`](Self::finished)
-/// (the task panicked or was aborted), it stays marked as a killer.
+/// Keys in hand; [`release`](Self::release) them once processing returned.
+/// Dropped unreleased (the task died), they stay held.
 #[derive(Debug)]
-pub struct Trial {
+#[must_use = "release the keys once processing returned"]
+pub struct Held {
     quarantine: Quarantine,
-    key: String,
 }
 
-impl Trial {
-    /// The try returned (whatever its result): the message did not kill the source.
-    pub fn finished(self) {
-        self.quarantine.lock().remove(&self.key);
+impl Held {
+    pub fn release(self) {
+        let mut state = self.quarantine.lock();
+        if let Some((keys, _)) = state.held.take() {
+            for key in &keys {
+                state.died_in_batch.remove(key);
+            }
+        }
     }
 }
 
@@ -48,16 +70,40 @@ impl Quarantine {
         Quarantine::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.trying.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a try of the suspect `key`, unless an earlier try never finished.
-    pub fn begin(&self, key: &str) -> Suspect {
-        if !self.lock().insert(key.to_owned()) {
-            return Suspect::Killer;
+    /// Where the message `key`, delivered `deliveries` times, goes.
+    pub fn verdict(&self, key: &str, deliveries: u64, max_deliveries: u64) -> Verdict {
+        let mut state = self.lock();
+        state.settle();
+        if deliveries <= max_deliveries {
+            return Verdict::Batch;
         }
-        Suspect::Try(Trial { quarantine: self.clone(), key: key.to_owned() })
+        if state.died_alone.remove(key) {
+            state.died_in_batch.remove(key);
+            return Verdict::Killer;
+        }
+        if state.died_in_batch.contains(key) { Verdict::Alone } else { Verdict::Batch }
+    }
+
+    /// Marks `keys` as in hand (`alone`: one message tried by itself).
+    pub fn hold(&self, keys: impl IntoIterator<Item = String>, alone: bool) -> Held {
+        let mut state = self.lock();
+        state.settle();
+        state.held = Some((keys.into_iter().collect(), alone));
+        Held { quarantine: self.clone() }
+    }
+}
+
+impl State {
+    /// Keys still held from before: their holder died.
+    fn settle(&mut self) {
+        if let Some((keys, alone)) = self.held.take() {
+            let died = if alone { &mut self.died_alone } else { &mut self.died_in_batch };
+            died.extend(keys);
+        }
     }
 }
 
@@ -65,14 +111,32 @@ impl Quarantine {
 mod tests {
     use super::*;
 
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| (*s).to_owned()).collect()
+    }
+
     #[test]
-    fn a_try_that_never_finished_marks_a_killer() {
+    fn only_a_message_held_alone_by_a_dying_task_is_a_killer() {
         let q = Quarantine::new();
-        let Suspect::Try(trial) = q.begin("s:1") else { panic!("first try") };
-        trial.finished();
-        let Suspect::Try(trial) = q.clone().begin("s:1") else { panic!("a finished try is forgotten") };
-        drop(trial); // the task died under it
-        assert!(matches!(q.begin("s:1"), Suspect::Killer));
-        assert!(matches!(q.begin("s:2"), Suspect::Try(_)), "others are unaffected");
+        // Counts alone mean nothing: nothing died.
+        assert_eq!(q.verdict("a", 9, 5), Verdict::Batch);
+        q.hold(keys(&["a", "b"]), false).release();
+        assert_eq!(q.verdict("a", 9, 5), Verdict::Batch);
+
+        // The task dies holding a batch (the Held is dropped unreleased).
+        drop(q.clone().hold(keys(&["a", "k", "b"]), false));
+        assert_eq!(q.verdict("a", 5, 5), Verdict::Batch, "within max_deliveries: with the others");
+        assert_eq!(q.verdict("a", 6, 5), Verdict::Alone);
+        assert_eq!(q.verdict("k", 6, 5), Verdict::Alone);
+        assert_eq!(q.verdict("z", 6, 5), Verdict::Batch, "not in the batch that died");
+        // "a" tried alone, fine: forgotten.
+        q.hold(keys(&["a"]), true).release();
+        assert_eq!(q.verdict("a", 7, 5), Verdict::Batch);
+        // "k" tried alone, and the task dies again: the killer.
+        drop(q.hold(keys(&["k"]), true));
+        assert_eq!(q.verdict("k", 7, 5), Verdict::Killer);
+        // Told once; "b" is still only suspect.
+        assert_eq!(q.verdict("k", 8, 5), Verdict::Batch);
+        assert_eq!(q.verdict("b", 7, 5), Verdict::Alone);
     }
 }

@@ -14,7 +14,9 @@ pub struct DatabaseConfig {
     pub sqlite_synchronous: SqliteSynchronous,
     /// Pool size. SQLite serializes writers anyway; reads and pings use the rest.
     pub max_connections: u32,
-    /// How long a statement waits for a lock (SQLite) or a pooled connection.
+    /// How long a statement waits for a lock (SQLite) or a pooled
+    /// connection; on PostgreSQL also the `statement_timeout` of every
+    /// statement but the migrations'.
     pub busy_timeout_ms: u64,
 }
 

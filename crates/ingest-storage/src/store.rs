@@ -108,6 +108,14 @@ impl Store {
                     .pragma("cache_size", "-65536")
             });
         }
+        if backend == Backend::Postgres {
+            // Every statement is bounded, so a commit stuck on a lock (an
+            // operator's `LOCK TABLE`, a long transaction elsewhere) ends in
+            // an error — a 503, nothing committed — instead of holding its
+            // callers forever. Migrations lift the bound for themselves.
+            let limit = format!("{}ms", Ord::max(config.busy_timeout_ms, 1));
+            opts.map_sqlx_postgres_opts(move |o| o.options([("statement_timeout", limit.as_str())]));
+        }
         let db = Database::connect(opts).await.map_err(Error::Connect)?;
         Ok(Store { db, backend })
     }
@@ -124,6 +132,9 @@ impl Store {
                 // in one transaction under an advisory lock): without it two
                 // of them create the same table and one fails to start.
                 let txn = self.db.begin().await?;
+                // Migrations may take long on a large table (and wait for
+                // the advisory lock): no statement timeout for them.
+                txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
                 txn.execute_unprepared("SELECT pg_advisory_xact_lock(7283910056)").await?;
                 Migrator::up(&txn, None).await.map_err(Error::Migrate)?;
                 txn.commit().await?;
@@ -245,6 +256,11 @@ impl Store {
         received_at: OffsetDateTime,
     ) -> Result<(HashSet<Key>, HashMap<Key, String>), Error> {
         let txn = self.db.begin().await?;
+        if self.backend == Backend::Postgres {
+            // A deferred constraint would fail only at COMMIT, outside the
+            // savepoints that isolate it.
+            txn.execute_unprepared("SET CONSTRAINTS ALL IMMEDIATE").await?;
+        }
         let mut inserted = HashSet::with_capacity(records.len());
         let mut refused = HashMap::new();
         let step = self.chunk_rows();
@@ -557,21 +573,26 @@ impl Store {
     }
 }
 
-/// Why the database refused a statement *because of the data in it* —
-/// PostgreSQL SQLSTATE classes 22 (data exception: `invalid byte sequence`,
-/// a value out of range) and 23 (a constraint), SQLite's CONSTRAINT, TOOBIG
-/// and MISMATCH — or `None` for every other failure (connection, lock,
-/// serialization, disk), which says nothing about the records.
+/// Why the database refused a statement *because of a value in it* —
+/// PostgreSQL SQLSTATE class 22 (data exception: `invalid byte sequence`, a
+/// value out of range, a string too long) and 23514 (a CHECK constraint);
+/// SQLite TOOBIG, MISMATCH, and the CHECK and trigger (`RAISE(ABORT)`)
+/// kinds of CONSTRAINT — or `None` for every other failure: a connection,
+/// a lock, a serialization failure, and also NOT NULL, foreign-key and
+/// unique violations, which mean the schema and ingestd disagree (a
+/// migration half done, an operator's change), not that one record is bad:
+/// those must stay retryable (503, nak), never become a refusal per record.
 fn refusal(backend: Backend, e: &sea_orm::DbErr) -> Option<String> {
     use sea_orm::{DbErr, RuntimeErr};
     let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else { return None };
     let sea_orm::sqlx::Error::Database(db) = &**e else { return None };
     let code = db.code()?;
     let data = match backend {
-        Backend::Postgres => code.starts_with("22") || code.starts_with("23"),
-        // The (extended) result code; its low byte is the primary code:
-        // SQLITE_TOOBIG (18), SQLITE_CONSTRAINT (19), SQLITE_MISMATCH (20).
-        Backend::Sqlite => code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 18..=20)),
+        Backend::Postgres => code.starts_with("22") || code == "23514",
+        // Primary (low byte) or extended result codes: SQLITE_TOOBIG (18),
+        // SQLITE_MISMATCH (20), SQLITE_CONSTRAINT_CHECK (275) and
+        // SQLITE_CONSTRAINT_TRIGGER (1811).
+        Backend::Sqlite => code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 18 | 20) || matches!(n, 275 | 1811)),
     };
     data.then(|| format!("{} ({code})", db.message()))
 }

@@ -36,7 +36,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use model::{Deadline, RecordSink, SinkError, Source, StoreOutcome, UsageRecord};
@@ -49,6 +49,9 @@ use crate::{Store, WriterConfig};
 
 /// A pause in arrivals this long ends the linger early (see `Worker::collect`).
 const ARRIVAL_GAP: Duration = Duration::from_micros(200);
+
+/// How long a commit under way at the shutdown deadline may still run.
+const GIVE_UP_GRACE: Duration = Duration::from_secs(5);
 
 /// How often a down database is pinged.
 pub const PROBE_EVERY: Duration = Duration::from_millis(250);
@@ -102,6 +105,8 @@ pub struct WriterHandle {
     give_up: Arc<watch::Sender<bool>>,
     /// Storage is known to be unreachable (see the module documentation).
     down: Arc<AtomicBool>,
+    /// Records in the transaction under way (0: none).
+    in_transaction: Arc<AtomicUsize>,
 }
 
 /// The running writer task.
@@ -125,9 +130,11 @@ impl Writer {
             stop: Arc::new(stop),
             give_up: Arc::new(give_up),
             down: Arc::new(AtomicBool::new(false)),
+            in_transaction: Arc::new(AtomicUsize::new(0)),
         };
         let worker = Worker {
             given_up,
+            in_transaction: handle.in_transaction.clone(),
             down: handle.down.clone(),
             store,
             rx,
@@ -168,8 +175,13 @@ impl Writer {
             Err(_) => {
                 tracing::warn!("the shutdown deadline passed with submissions queued; refusing them");
                 self.handle.give_up.send_replace(true);
-                if let Err(e) = task.await {
-                    tracing::error!(error = %e, "writer task failed");
+                // The transaction under way, if any, gets a little longer;
+                // past that the process exits and the database rolls it back
+                // (its callers' connections are cut: no answer, no promise).
+                match tokio::time::timeout(GIVE_UP_GRACE, task).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "writer task failed"),
+                    Ok(Ok(())) => {}
+                    Err(_) => tracing::error!("a commit was still running after the shutdown deadline; abandoning it"),
                 }
             }
         }
@@ -180,6 +192,12 @@ impl WriterHandle {
     /// Records waiting to be committed now.
     pub fn queue_depth(&self) -> usize {
         self.capacity - self.space.available_permits()
+    }
+
+    /// Records in the transaction under way now (0: the writer is idle or
+    /// collecting); taken submissions, whose callers wait for the outcome.
+    pub fn rows_in_transaction(&self) -> usize {
+        self.in_transaction.load(Ordering::Acquire)
     }
 
     /// Whether the writer still takes submissions.
@@ -260,6 +278,7 @@ impl RecordSink for WriterHandle {
 
 struct Worker {
     given_up: watch::Receiver<bool>,
+    in_transaction: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
     store: Store,
     rx: mpsc::UnboundedReceiver<Job>,
@@ -294,7 +313,10 @@ impl Worker {
                 .filter(|job| job.state.compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok())
                 .collect();
             if !batch.is_empty() {
+                let rows = batch.iter().map(|job| job.records.len()).sum();
+                self.in_transaction.store(rows, Ordering::Release);
                 self.commit(batch).await;
+                self.in_transaction.store(0, Ordering::Release);
             }
         }
         tracing::debug!("writer stopped");

@@ -424,6 +424,19 @@ async fn hold_write_lock(kind: Kind, db: &TestDatabase) -> (Store, sea_orm::Data
     (blocker, txn)
 }
 
+/// Waits until the writer has taken `rows` records into its transaction.
+async fn wait_for_transaction(sink: &ingest_storage::WriterHandle, rows: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sink.rows_in_transaction() < rows {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} rows in the transaction < {rows}",
+            sink.rows_in_transaction()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn wait_for_depth(sink: &ingest_storage::WriterHandle, depth: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while sink.queue_depth() < depth {
@@ -447,7 +460,7 @@ async fn a_refused_record_fails_alone_in_a_shared_commit(kind: Kind) {
         let sink = sink.clone();
         tokio::spawn(async move { sink.store(vec![record("org-first", 0)], Source::Http).await })
     };
-    wait_for_depth(&sink, 1).await;
+    wait_for_transaction(&sink, 1).await;
     let mut poison = record("org-poison", 1);
     poison.model.name = "poison".into();
     let poisoned = {
@@ -500,8 +513,7 @@ async fn a_withdrawn_submission_is_never_committed(kind: Kind) {
         let (sink, d) = (sink.clone(), deadline());
         tokio::spawn(async move { sink.store_before(vec![record("org-a", 0)], Source::Http, d).await })
     };
-    wait_for_depth(&sink, 1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_for_transaction(&sink, 1).await;
     // B: queued behind A; its deadline passes while it waits.
     let b = sink.store_before(vec![record("org-b", 0)], Source::Http, deadline()).await;
     assert!(matches!(b, Err(SinkError::TimedOut { secs: 1 })), "{b:?}");
@@ -536,7 +548,7 @@ async fn stream_submissions_wait_for_room_http_ones_do_not(kind: Kind) {
         let (sink, records) = (sink.clone(), (0..10).map(|i| record("org-http", i)).collect());
         tokio::spawn(async move { sink.store(records, Source::Http).await })
     };
-    wait_for_depth(&sink, 10).await;
+    wait_for_transaction(&sink, 10).await;
     let stream = {
         let (sink, records) = (sink.clone(), (0..8).map(|i| record("org-stream", i)).collect());
         tokio::spawn(async move { sink.store(records, Source::Nats).await })
@@ -740,4 +752,19 @@ fn every_record_validation_accepts_is_stored_by_both_backends() {
     runner.run(&strategy, check).unwrap();
     let random = stored.get() - exhaustive;
     assert!(random >= 40, "only {random} of 400 generated records were valid: the search is too narrow");
+}
+
+/// A NOT NULL (or foreign-key, or unique) violation means the schema and
+/// ingestd disagree — a migration half done — not that one record is bad:
+/// it must stay retryable (an error, 503 for HTTP, nak for streams), never
+/// become a permanent refusal of every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_that_disagrees_is_retryable_not_a_refusal() {
+    let (_db, store, writer) = setup(Kind::Postgres, WriterConfig::default()).await;
+    exec(&store, "ALTER TABLE usage_records ADD COLUMN added_by_a_newer_version integer NOT NULL").await;
+    let sink = writer.handle();
+    let out = sink.store(vec![record("org", 0), record("org", 1)], Source::Http).await;
+    assert!(matches!(out, Err(SinkError::Unavailable(_))), "{out:?}");
+    exec(&store, "ALTER TABLE usage_records DROP COLUMN added_by_a_newer_version").await;
+    assert_eq!(sink.store(vec![record("org", 0)], Source::Http).await.unwrap(), [I]);
 }

@@ -318,6 +318,14 @@ impl Config {
                 return err(key, format!("must be between 1 and {max} seconds, found {secs}"));
             }
         }
+        for (key, ms, max) in [
+            ("writer.linger_ms", self.writer.linger_ms, 60_000),
+            ("database.busy_timeout_ms", self.database.busy_timeout_ms, 3_600_000),
+        ] {
+            if ms > max {
+                return err(key, format!("must be at most {max} ms, found {ms}"));
+            }
+        }
         if self.server.max_concurrent_requests == 0 {
             return err("server.max_concurrent_requests", "must be at least 1".into());
         }
@@ -540,6 +548,12 @@ mod tests {
             (&[("INGESTD_SERVER__SHUTDOWN_GRACE_SECS", "0")], "server.shutdown_grace_secs"),
             (&[("INGESTD_SERVER__HEADER_READ_TIMEOUT_SECS", "0")], "server.header_read_timeout_secs"),
             (&[("INGESTD_SERVER__MAX_CONCURRENT_REQUESTS", "0")], "server.max_concurrent_requests"),
+            (&[("INGESTD_WRITER__LINGER_MS", "18446744073709551615")], "writer.linger_ms"),
+            (&[("INGESTD_DATABASE__BUSY_TIMEOUT_MS", "18446744073709551615")], "database.busy_timeout_ms"),
+            (
+                &[("NATS_URL", "nats://127.0.0.1:4222"), ("INGESTD_NATS__ACK_WAIT_SECS", "18446744073709551615")],
+                "nats.ack_wait_secs",
+            ),
             (
                 &[("INGESTD_VALIDATION__MAX_FUTURE_SKEW_SECS", "18446744073709551615")],
                 "validation.max_future_skew_secs",

@@ -147,12 +147,20 @@ impl App {
             // "closed" without Redis); a limiter deciding locally or
             // admitting everything keeps the service ready.
             let check: ReadinessCheck = Arc::new(move || {
-                let state = match (limiter.refusing(), limiter.fallback_active()) {
-                    (true, _) => Err("rate limiter: redis unreachable; fail_mode = \"closed\" refuses requests".into()),
-                    (false, true) => Ok(Some(format!("{}: fallback (deciding per fail_mode)", limiter.backend_name()))),
-                    (false, false) => Ok(Some(limiter.backend_name().to_owned())),
-                };
-                Box::pin(async move { state })
+                let limiter = limiter.clone();
+                Box::pin(async move {
+                    // An unready service gets no requests to close the breaker.
+                    limiter.probe().await;
+                    match (limiter.refusing(), limiter.fallback_active()) {
+                        (true, _) => {
+                            Err("rate limiter: redis unreachable; fail_mode = \"closed\" refuses requests".into())
+                        }
+                        (false, true) => {
+                            Ok(Some(format!("{}: fallback (deciding per fail_mode)", limiter.backend_name())))
+                        }
+                        (false, false) => Ok(Some(limiter.backend_name().to_owned())),
+                    }
+                })
             });
             readiness.push(("rate_limiter", check));
         }
@@ -175,6 +183,7 @@ impl App {
             readiness,
             metrics: Arc::new(move || {
                 metrics::gauge!("ingestd_writer_queue_depth").set(queue.queue_depth() as f64);
+                metrics::gauge!("ingestd_writer_transaction_rows").set(queue.rows_in_transaction() as f64);
                 for (name, health) in &source_gauges {
                     metrics::gauge!("ingestd_source_connected", "source" => *name).set(if health.connected() {
                         1.0
