@@ -151,15 +151,7 @@ async fn full_queue_is_refused_as_overloaded(kind: Kind) {
     let config = WriterConfig { queue_capacity: 10, max_batch_rows: 5, linger_ms: 0 };
     let (db, store, writer) = setup(kind, config).await;
     // Hold the write lock from another connection so the writer cannot commit.
-    let blocker = Store::connect(&db.config).await.unwrap();
-    let txn = blocker.connection().begin().await.unwrap();
-    let lock = match kind {
-        Kind::Sqlite => {
-            "INSERT INTO dead_letters (id, source, message_key, payload, error, first_seen_at, last_seen_at, delivery_count) VALUES ('x', 'http', 'k', x'00', 'e', 'now', 'now', 1)"
-        }
-        Kind::Postgres => "LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE",
-    };
-    txn.execute_unprepared(lock).await.unwrap();
+    let (_blocker, txn) = hold_write_lock(kind, &db).await;
     let sink = writer.handle();
     let mut pending = Vec::new();
     for i in 0..2 {
