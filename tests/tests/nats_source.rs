@@ -108,7 +108,8 @@ async fn messages_published_to_nats_become_rows() {
         js.publish(nats.subject.clone(), payload.into()).await.unwrap().await.unwrap();
     }
     let start = Instant::now();
-    while server.count(&org).await < 52 {
+    let dead = || server.store.count_dead_letters(Some(model::Source::Nats));
+    while server.count(&org).await < 52 || dead().await.unwrap() < 1 {
         assert!(start.elapsed() < Duration::from_secs(30), "{} of 52 rows", server.count(&org).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -124,6 +125,9 @@ async fn messages_published_to_nats_become_rows() {
     ] {
         assert!(metrics.contains(expected), "no {expected} in\n{metrics}");
     }
+    // Exactly: nothing stored twice, only the broken message dead-lettered.
+    assert_eq!(server.count(&org).await, 52);
+    assert_eq!(dead().await.unwrap(), 1);
     let db = server.stop().await;
     drop(db);
     js.delete_stream(&nats.stream).await.unwrap();
