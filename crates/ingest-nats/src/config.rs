@@ -20,9 +20,10 @@ pub struct NatsConfig {
     /// Deliveries before the server gives a message up; -1 = unlimited. Keep
     /// it unlimited: a storage outage must never exhaust deliveries.
     pub max_deliver: i64,
-    /// Deliveries after which a message that is still not stored is a
-    /// suspect: tried alone, and dead-lettered (then termed) if a try of it
-    /// never finished (SPEC §5). Unlike `max_deliver`, counted by ingestd.
+    /// Deliveries after which a message held by a source task that died is
+    /// tried alone, and dead-lettered (then termed) if the task dies again
+    /// under it (SPEC §5, `source::Quarantine`). Unlike `max_deliver`, not
+    /// the server's limit.
     pub max_deliveries: u64,
     /// Redelivery delays after an ack timeout, in seconds; empty = `ack_wait_secs`.
     pub backoff_secs: Vec<u64>,
