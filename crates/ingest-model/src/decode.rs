@@ -428,7 +428,16 @@ impl Decoder {
             self.fail(field, ErrorCode::ControlCharacters, "must not contain control characters");
             return None;
         }
-        Some(sent.trim().to_lowercase())
+        // 1 to 64 characters once trimmed, counted before lower-casing:
+        // `İ` lower-cases to two characters, and a provider that fits the
+        // limit as sent must not be refused for what ingestd does to it.
+        let trimmed = sent.trim();
+        match trimmed.chars().take(65).count() {
+            0 => self.fail(field, ErrorCode::TooShort, "must be at least 1 character(s) long"),
+            65.. => self.fail(field, ErrorCode::TooLong, "must be at most 64 characters long"),
+            _ => return Some(trimmed.to_lowercase()),
+        }
+        None
     }
 
     fn uuid(&mut self, field: &str, raw: &RawValue) -> Option<Uuid> {
@@ -453,7 +462,12 @@ impl Decoder {
             // range (`9999-12-31T23:59:59-01:00`): checked, and the years
             // every backend stores (SPEC §1) enforced here.
             Ok(t) => match t.checked_to_offset(time::UtcOffset::UTC) {
-                Some(utc) if (1..=9999).contains(&utc.year()) => Some(utc),
+                // Kept to the microsecond, PostgreSQL's precision: digits
+                // past it are dropped here, so every backend stores (and
+                // every answer shows) the same instant.
+                Some(utc) if (1..=9999).contains(&utc.year()) => {
+                    Some(utc.replace_microsecond(utc.microsecond()).unwrap_or(utc))
+                }
                 _ => {
                     self.fail(
                         field,

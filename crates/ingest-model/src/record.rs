@@ -13,7 +13,10 @@ pub struct UsageRecord {
     #[garde(custom(crate::validate::not_in_future))]
     #[serde(with = "time::serde::rfc3339")]
     pub timestamp: OffsetDateTime,
-    #[garde(custom(crate::validate::text(1, 64)))]
+    /// Checked as sent by the decoder (no control characters, 1 to 64
+    /// characters once trimmed); stored trimmed and lower-cased, which may
+    /// lengthen it (`İ` → `i̇`).
+    #[garde(skip)]
     pub provider: String,
     #[garde(dive)]
     pub model: ModelInfo,

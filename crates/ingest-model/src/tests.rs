@@ -274,6 +274,9 @@ fn lengths_and_characters() {
     check(set("/provider", json!("   ")), &[("provider", ErrorCode::TooShort)]);
     check(set("/provider", json!("x".repeat(65))), &[("provider", ErrorCode::TooLong)]);
     check(set("/provider", json!("é".repeat(64))), &[]);
+    // Counted as sent (trimmed): 64 × `İ` lower-cases to 128 characters.
+    check(set("/provider", json!(format!(" {} ", "İ".repeat(64)))), &[]);
+    check(set("/provider", json!("İ".repeat(65))), &[("provider", ErrorCode::TooLong)]);
     check(set("/model/name", json!("")), &[("model.name", ErrorCode::TooShort)]);
     check(set("/model/name", json!("m".repeat(257))), &[("model.name", ErrorCode::TooLong)]);
     check(set("/model/version", json!("v".repeat(129))), &[("model.version", ErrorCode::TooLong)]);
@@ -306,9 +309,9 @@ fn every_problem_is_reported_at_once() {
         },
         &[
             ("timestamp", ErrorCode::MissingField),
+            ("provider", ErrorCode::TooShort),
             ("usage.reasoning_tokens", ErrorCode::NegativeNumber),
             ("tags[0]", ErrorCode::InvalidType),
-            ("provider", ErrorCode::TooShort),
             ("tags[1]", ErrorCode::TooShort),
             ("usage.cached_tokens", ErrorCode::CachedExceedsPrompt),
         ],

@@ -139,10 +139,6 @@ fn message_of(e: &garde::Error) -> String {
     }
 }
 
-pub(crate) fn text<C>(min: usize, max: usize) -> impl FnOnce(&str, &C) -> garde::Result {
-    move |value, _| check_text(value, min, max)
-}
-
 pub(crate) fn identifier<C>(min: usize, max: usize) -> impl FnOnce(&str, &C) -> garde::Result {
     move |value, _| check_identifier(value, min, max)
 }
