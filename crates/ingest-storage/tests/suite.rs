@@ -561,7 +561,8 @@ async fn stream_submissions_wait_for_room_http_ones_do_not(kind: Kind) {
 /// years 0000/0001/9999 with offsets, leap seconds, 2^53/2^63/2^64
 /// boundaries, deep and huge metadata); each one the decoder accepts must
 /// be stored by SQLite *and* PostgreSQL (`Inserted`, never `Refused`, never
-/// an error).
+/// an error) and read back from each with every value as decoded: a
+/// differential check that neither database alters a value silently.
 #[test]
 fn every_record_validation_accepts_is_stored_by_both_backends() {
     use proptest::prelude::*;
@@ -573,7 +574,8 @@ fn every_record_validation_accepts_is_stored_by_both_backends() {
         let (mut dbs, mut writers) = (Vec::new(), Vec::new());
         for kind in [Kind::Sqlite, Kind::Postgres] {
             let db = TestDatabase::new(kind).await;
-            writers.push(Writer::spawn(db.store().await, WriterConfig::default()));
+            let store = db.store().await;
+            writers.push((Writer::spawn(store.clone(), WriterConfig::default()), store, kind));
             dbs.push(db);
         }
         (dbs, writers)
@@ -718,12 +720,17 @@ fn every_record_validation_accepts_is_stored_by_both_backends() {
         let ctx = model::validate::Context::new(&model::ValidationConfig::default(), time::OffsetDateTime::now_utc());
         let decoded = model::decode::record(raw, &ctx, uuid::Uuid::now_v7);
         let Ok(record) = decoded else { return Ok(()) };
-        for writer in &writers {
+        // Stored by both, and read back from both with every value as the
+        // decoder produced it: neither database alters one silently.
+        let expected = as_stored(&record);
+        for (writer, store, kind) in &writers {
             let outcome = rt.block_on(writer.handle().store(vec![record.clone()], Source::Http));
             prop_assert!(
                 matches!(outcome.as_deref(), Ok([StoreOutcome::Inserted])),
                 "accepted by validation, not stored: {outcome:?}\n{body}"
             );
+            let read = rt.block_on(read_back(store, &record));
+            prop_assert_eq!(&read, &expected, "{:?} altered the record\n{}", kind, body);
         }
         stored.set(stored.get() + 1);
         Ok(())
@@ -744,6 +751,84 @@ fn every_record_validation_accepts_is_stored_by_both_backends() {
     runner.run(&strategy, check).unwrap();
     let random = stored.get() - exhaustive;
     assert!(random >= 40, "only {random} of 400 generated records were valid: the search is too narrow");
+}
+
+/// The stored columns of `record`, as the decoder produced them: what a
+/// read of the row must give back.
+fn as_stored(r: &model::UsageRecord) -> serde_json::Value {
+    serde_json::json!({
+        "organization_id": r.organization_id,
+        "request_id": r.request_id.to_string(),
+        "project_id": r.project_id,
+        "user_id": r.user_id,
+        "provider": r.provider,
+        "model_name": r.model.name,
+        "model_version": r.model.version,
+        "context_window": r.model.context_window,
+        "prompt_tokens": r.usage.prompt_tokens,
+        "completion_tokens": r.usage.completion_tokens,
+        "total_tokens": r.usage.total_tokens,
+        "cached_tokens": r.usage.cached_tokens,
+        "reasoning_tokens": r.usage.reasoning_tokens,
+        "latency_ms": r.performance.latency_ms,
+        "time_to_first_token_ms": r.performance.time_to_first_token_ms,
+        "tags": r.tags,
+        "metadata": r.metadata,
+        "occurred_at_ns": r.timestamp.unix_timestamp_nanos().to_string(),
+    })
+}
+
+/// The row of `record` read back from `store`, in the shape of [`as_stored`]:
+/// JSON columns parsed (PostgreSQL's `jsonb` reorders keys and respells
+/// numbers; the values must be the same), timestamps as nanoseconds.
+async fn read_back(store: &Store, record: &model::UsageRecord) -> serde_json::Value {
+    use serde_json::Value;
+    let pg = store.connection().get_database_backend() == sea_orm::DatabaseBackend::Postgres;
+    let (id, ts) = if pg {
+        ("request_id::text", "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    } else {
+        ("request_id", "occurred_at")
+    };
+    let json = |c: &str| if pg { format!("{c}::text") } else { c.to_owned() };
+    let sql = format!(
+        "SELECT organization_id, {id}, project_id, user_id, provider, model_name, model_version, context_window, \
+         prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, latency_ms, \
+         time_to_first_token_ms, {}, {}, {ts} FROM usage_records WHERE organization_id = $1 AND {id} = $2",
+        json("tags"),
+        json("metadata"),
+    );
+    let statement = Statement::from_sql_and_values(
+        store.connection().get_database_backend(),
+        &sql,
+        [record.organization_id.clone().into(), record.request_id.to_string().into()],
+    );
+    let row = store.connection().query_one_raw(statement).await.unwrap().expect("the stored row");
+    let text = |i| row.try_get_by_index::<Option<String>>(i).unwrap();
+    let int = |i| row.try_get_by_index::<Option<i64>>(i).unwrap();
+    let real = |i| row.try_get_by_index::<Option<f64>>(i).unwrap();
+    let parsed = |i| text(i).map(|t| serde_json::from_str::<Value>(&t).unwrap());
+    let occurred = text(17).unwrap();
+    let occurred = time::OffsetDateTime::parse(&occurred, &time::format_description::well_known::Rfc3339).unwrap();
+    serde_json::json!({
+        "organization_id": text(0),
+        "request_id": text(1),
+        "project_id": text(2),
+        "user_id": text(3),
+        "provider": text(4),
+        "model_name": text(5),
+        "model_version": text(6),
+        "context_window": int(7),
+        "prompt_tokens": int(8),
+        "completion_tokens": int(9),
+        "total_tokens": int(10),
+        "cached_tokens": int(11),
+        "reasoning_tokens": int(12),
+        "latency_ms": real(13),
+        "time_to_first_token_ms": real(14),
+        "tags": parsed(15).unwrap_or(Value::Null),
+        "metadata": parsed(16),
+        "occurred_at_ns": occurred.unix_timestamp_nanos().to_string(),
+    })
 }
 
 /// A NOT NULL (or foreign-key, or unique) violation means the schema and
