@@ -39,7 +39,7 @@ fn poison(n: u64) -> serde_json::Value {
 }
 
 fn id_of(record: &serde_json::Value) -> Option<Uuid> {
-    record["request_id"].as_str().and_then(|s| Uuid::try_parse(s).ok())
+    ledger::marker_of(record)
 }
 
 /// What the poison trickle sent and saw.
@@ -204,7 +204,7 @@ async fn trickle(
         n += 1;
         let bad = poison(n);
         // Alone, or after a good record whose fate the ledger follows.
-        let good = (n / 3 % 2 == 1).then(|| testkit::record_json("org-trickle", n));
+        let good = (n / 3 % 2 == 1).then(|| ledger::record("org-trickle", n, n % 4 < 2).0);
         if let Some(good) = &good {
             ledger.attempt(&[id_of(good).context("id")?]);
         }
@@ -284,7 +284,8 @@ pub async fn large_stream_batch(args: &Args, dir: &Path) -> Result<Row> {
     let rate = capacity * 0.8;
     let steady = tokio::spawn(single_records(ingestd.addr, ledger.clone(), Some(rate), Duration::from_secs(secs + 3)));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let records: Vec<serde_json::Value> = (0..5000).map(|i| testkit::record_json("org-big", i)).collect();
+    // Without ids: the source derives them from the entry's id and the index.
+    let records: Vec<serde_json::Value> = (0..5000).map(|i| ledger::record("org-big", i, false).0).collect();
     let ids: Vec<Uuid> = records.iter().filter_map(id_of).collect();
     ledger.attempt(&ids);
     let redis_client = fred::clients::Client::new(FredConfig::from_url(&redis.url())?, None, None, None);
@@ -340,7 +341,7 @@ struct Singles {
 /// task, at most 2048 outstanding).
 async fn single_records(addr: SocketAddr, ledger: Arc<Ledger>, rate: Option<f64>, length: Duration) -> Result<Singles> {
     let send = move |ledger: Arc<Ledger>, n: u64| async move {
-        let r = testkit::record_json("org-steady", n);
+        let r = ledger::record("org-steady", n, true).0;
         let id = id_of(&r);
         if let Some(id) = id {
             ledger.attempt(&[id]);

@@ -1,13 +1,49 @@
 //! What was sent, what was acknowledged, and what the database holds.
+//!
+//! Every record the harness sends carries its own identity, a *marker*, in
+//! `metadata.chaos` — whether or not it has a `request_id`. The database is
+//! then counted per marker, not per `request_id`: a record sent without an id
+//! and stored twice shows as two rows of one marker (duplicated), and a row
+//! whose marker was never sent (or that has none) shows as unexpected. Rows
+//! are never told apart by the id the server gives them.
+//!
+//! That only means something if the senders never make a duplicate
+//! legitimate: a record without `request_id` is resent only after an answer
+//! that promises nothing was committed (503, 429), or with the same
+//! `Idempotency-Key`; stream producers resend with the same message identity
+//! (`Nats-Msg-Id`, the same explicit `XADD` id). Any second row is then a
+//! real duplicate.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use anyhow::Result;
-use sea_orm::ConnectionTrait;
+use anyhow::{Context as _, Result};
+use sea_orm::{ConnectionTrait, DatabaseBackend};
 use uuid::Uuid;
 
-/// Every record id sent and every one acknowledged (2xx), across restarts.
+/// The `metadata` key that holds a record's marker.
+pub const MARKER: &str = "chaos";
+
+/// A valid record of `org` numbered `n`, marked with a fresh marker; with a
+/// `request_id` (the marker's value) when `with_id`, else without one.
+pub fn record(org: &str, n: u64, with_id: bool) -> (serde_json::Value, Uuid) {
+    let mut record = testkit::record_json(org, n);
+    let marker = Uuid::now_v7();
+    record["metadata"][MARKER] = marker.to_string().into();
+    if with_id {
+        record["request_id"] = marker.to_string().into();
+    } else if let Some(fields) = record.as_object_mut() {
+        fields.remove("request_id");
+    }
+    (record, marker)
+}
+
+/// The marker of a record built by [`record`].
+pub fn marker_of(record: &serde_json::Value) -> Option<Uuid> {
+    record["metadata"][MARKER].as_str().and_then(|s| Uuid::try_parse(s).ok())
+}
+
+/// Every marker sent and every one acknowledged (2xx, a broker's ack), across restarts.
 #[derive(Debug, Default)]
 pub struct Ledger {
     inner: Mutex<Inner>,
@@ -33,39 +69,39 @@ impl Ledger {
         }
     }
 
-    pub fn attempt(&self, ids: &[Uuid]) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).attempted.extend(ids);
+    pub fn attempt(&self, markers: &[Uuid]) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).attempted.extend(markers);
     }
 
-    pub fn ack(&self, ids: &[Uuid]) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).acked.extend(ids);
+    pub fn ack(&self, markers: &[Uuid]) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).acked.extend(markers);
     }
 
     /// Compares the ledger with the rows of `usage_records` in `database_url`.
     pub async fn verify(&self, database_url: &str) -> Result<Verdict> {
         let config = storage::DatabaseConfig { url: database_url.to_owned(), ..Default::default() };
         let store = storage::Store::connect(&config).await?;
+        let backend = store.connection().get_database_backend();
+        let marker = match backend {
+            DatabaseBackend::Postgres => format!("metadata->>'{MARKER}'"),
+            _ => format!("json_extract(metadata, '$.{MARKER}')"),
+        };
         let rows = store
             .connection()
             .query_all_raw(sea_orm::Statement::from_string(
-                store.connection().get_database_backend(),
-                "SELECT CAST(request_id AS TEXT), COUNT(*) FROM usage_records GROUP BY request_id",
+                backend,
+                format!("SELECT {marker}, COUNT(*) FROM usage_records GROUP BY 1"),
             ))
             .await?;
-        let mut stored: HashMap<Uuid, i64> = HashMap::with_capacity(rows.len());
+        let mut stored: HashMap<Option<Uuid>, i64> = HashMap::with_capacity(rows.len());
         for row in &rows {
-            let id: String = row.try_get_by_index(0)?;
-            stored.insert(Uuid::try_parse(&id)?, row.try_get_by_index(1)?);
+            let marker: Option<String> = row.try_get_by_index(0)?;
+            // A marker that is not a UUID is nobody's: unexpected, like none.
+            let marker = marker.and_then(|m| Uuid::try_parse(&m).ok());
+            *stored.entry(marker).or_default() += row.try_get_by_index::<i64>(1).context("row count")?;
         }
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(Verdict {
-            attempted: inner.attempted.len(),
-            acknowledged: inner.acked.len(),
-            stored: stored.len(),
-            lost: inner.acked.iter().filter(|id| !stored.contains_key(id)).count(),
-            duplicated: stored.values().filter(|&&n| n > 1).count(),
-            unexpected: stored.keys().filter(|id| !inner.attempted.contains(id)).count(),
-        })
+        Ok(Verdict::of(&inner.attempted, &inner.acked, &stored))
     }
 }
 
@@ -81,17 +117,30 @@ pub async fn rows_of(database_url: &str, organization: &str) -> Result<u64> {
 pub struct Verdict {
     pub attempted: usize,
     pub acknowledged: usize,
-    /// Distinct records in the database.
+    /// Distinct sent records found in the database.
     pub stored: usize,
     /// Acknowledged but not stored.
     pub lost: usize,
-    /// Stored more than once.
+    /// Rows beyond the first of a record (two rows of one marker: 1).
     pub duplicated: usize,
-    /// Stored but never sent.
+    /// Rows of no record that was sent (a marker never sent, or none).
     pub unexpected: usize,
 }
 
 impl Verdict {
+    fn of(attempted: &HashSet<Uuid>, acked: &HashSet<Uuid>, stored: &HashMap<Option<Uuid>, i64>) -> Verdict {
+        let sent = |m: &Option<Uuid>| m.is_some_and(|m| attempted.contains(&m));
+        let rows = |n: &i64| usize::try_from(*n).unwrap_or(0);
+        Verdict {
+            attempted: attempted.len(),
+            acknowledged: acked.len(),
+            stored: stored.keys().filter(|m| sent(m)).count(),
+            lost: acked.iter().filter(|m| !stored.contains_key(&Some(**m))).count(),
+            duplicated: stored.iter().filter(|(m, _)| sent(m)).map(|(_, n)| rows(n).saturating_sub(1)).sum(),
+            unexpected: stored.iter().filter(|(m, _)| !sent(m)).map(|(_, n)| rows(n)).sum(),
+        }
+    }
+
     pub fn clean(&self) -> bool {
         self.lost == 0 && self.duplicated == 0 && self.unexpected == 0
     }

@@ -5,7 +5,9 @@
 //! every record acknowledged, and the check of the ledger against the
 //! database, in the manner of Jepsen's queue checker: attempted,
 //! acknowledged, stored, lost (acknowledged, not stored), duplicated (stored
-//! twice), unexpected (stored, never sent).
+//! twice), unexpected (stored, never sent). Records are counted by a marker
+//! of their own in `metadata`, not by `request_id`, so records sent without
+//! one count too (see [`ledger`]).
 
 pub mod ledger;
 pub mod load;

@@ -10,7 +10,7 @@ use serde_json::json;
 use testkit::http::Client;
 use uuid::Uuid;
 
-use crate::Ledger;
+use crate::{Ledger, ledger};
 
 /// How one request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +44,9 @@ pub struct LoadReport {
 
 impl Load {
     /// `workers` writers, each sending one request at a time: half single
-    /// records, half batches of 2 to 10, every record with a fresh id.
+    /// records, half batches of 2 to 10; three requests in five with a
+    /// `request_id` on every record, one with none and an `Idempotency-Key`,
+    /// one with neither (see [`ledger`] for when each is sent again).
     /// `pause` between requests (zero: as fast as answers come).
     pub fn start(addr: SocketAddr, workers: usize, ledger: Arc<Ledger>, pause: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
@@ -69,12 +71,36 @@ impl Load {
     }
 }
 
+/// How a request identifies its records, by turn: most carry their own
+/// `request_id`; some carry none and an `Idempotency-Key` (the server derives
+/// their ids from it); some carry neither, so the server gives them fresh ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Identity {
+    Ids,
+    IdempotencyKey,
+    Nothing,
+}
+
+/// A request being sent, and sent again until it is answered.
+struct Pending {
+    path: &'static str,
+    body: serde_json::Value,
+    markers: Vec<Uuid>,
+    identity: Identity,
+    key: String,
+    tries: u32,
+}
+
+/// Attempts of a request whose records carry an identity (an id, a key)
+/// before it is given up as unacknowledged.
+const MAX_TRIES: u32 = 5;
+
 async fn worker(addr: SocketAddr, w: u64, ledger: Arc<Ledger>, stop: Arc<AtomicBool>, pause: Duration) -> Vec<Event> {
     let mut events = Vec::new();
     let mut client: Option<Client> = None;
     let mut n: u64 = 0;
+    let mut pending: Option<Pending> = None;
     while !stop.load(Ordering::Relaxed) {
-        n += 1;
         let started = Instant::now();
         let c = match client.as_mut() {
             Some(c) => c,
@@ -87,29 +113,50 @@ async fn worker(addr: SocketAddr, w: u64, ledger: Arc<Ledger>, stop: Arc<AtomicB
                 }
             },
         };
-        let records: Vec<serde_json::Value> = (0..if n.is_multiple_of(2) { 1 } else { 2 + n % 9 })
-            .map(|i| testkit::record_json("org-chaos", w * 1000 + i))
-            .collect();
-        let ids: Vec<Uuid> =
-            records.iter().filter_map(|r| r["request_id"].as_str().and_then(|s| Uuid::try_parse(s).ok())).collect();
-        ledger.attempt(&ids);
-        let (path, body) = match records.len() {
-            1 => ("/v1/usage", records[0].clone()),
-            _ => ("/v1/usage/batch", json!({ "records": records })),
-        };
-        let sent = tokio::time::timeout(Duration::from_secs(10), c.post_json_checked(path, &body)).await;
-        let outcome = match sent {
-            Ok(Ok((code, retry_after))) => {
-                if code == 200 {
-                    ledger.ack(&ids);
-                }
-                Outcome::Status { code, retry_after }
-            }
+        let request = pending.get_or_insert_with(|| {
+            n += 1;
+            let identity = match n % 5 {
+                0 => Identity::Nothing,
+                1 => Identity::IdempotencyKey,
+                _ => Identity::Ids,
+            };
+            let count = if n.is_multiple_of(2) { 1 } else { 2 + n % 9 };
+            let (records, markers): (Vec<_>, Vec<_>) =
+                (0..count).map(|i| ledger::record("org-chaos", w * 1000 + i, identity == Identity::Ids)).unzip();
+            ledger.attempt(&markers);
+            let (path, body) = match records.len() {
+                1 => ("/v1/usage", records[0].clone()),
+                _ => ("/v1/usage/batch", json!({ "records": records })),
+            };
+            Pending { path, body, markers, identity, key: Uuid::now_v7().to_string(), tries: 0 }
+        });
+        request.tries += 1;
+        let mut headers = vec![("content-type", "application/json")];
+        if request.identity == Identity::IdempotencyKey {
+            headers.push(("idempotency-key", request.key.as_str()));
+        }
+        let sent = tokio::time::timeout(Duration::from_secs(10), c.post_checked(request.path, &headers, &request.body));
+        let outcome = match sent.await {
+            Ok(Ok((code, retry_after))) => Outcome::Status { code, retry_after },
             _ => {
                 client = None;
                 Outcome::Failed
             }
         };
+        // Sent again only when that cannot store a record twice: after an
+        // answer that promises nothing was committed, or with an identity
+        // the server recognises (an id, the same Idempotency-Key).
+        let again = match outcome {
+            Outcome::Status { code: 200, .. } => {
+                ledger.ack(&request.markers);
+                false
+            }
+            Outcome::Status { code: 503 | 429, .. } => true,
+            _ => request.identity != Identity::Nothing,
+        };
+        if !again || request.tries >= MAX_TRIES {
+            pending = None;
+        }
         events.push(Event { started, ended: Instant::now(), outcome });
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
@@ -137,15 +184,25 @@ impl LoadReport {
     }
 }
 
-/// `post_json` that reports a broken connection instead of panicking.
+/// A POST that reports a broken connection instead of panicking.
 trait PostChecked {
-    async fn post_json_checked(&mut self, path: &str, body: &serde_json::Value) -> Result<(u16, bool), ()>;
+    async fn post_checked(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> Result<(u16, bool), ()>;
 }
 
 impl PostChecked for Client {
-    async fn post_json_checked(&mut self, path: &str, body: &serde_json::Value) -> Result<(u16, bool), ()> {
+    async fn post_checked(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> Result<(u16, bool), ()> {
         let bytes = serde_json::to_vec(body).map_err(|_| ())?;
-        let reply = self.send("POST", path, &[("content-type", "application/json")], bytes).await.map_err(|_| ())?;
+        let reply = self.send("POST", path, headers, bytes).await.map_err(|_| ())?;
         Ok((reply.status.as_u16(), reply.header("retry-after").is_some()))
     }
 }

@@ -2,7 +2,10 @@
 //! real ingestd binary; run through `cargo xtask chaos`, which builds it.
 //!
 //! Each scenario keeps a ledger of every record sent and every record
-//! acknowledged, then compares it with the database. The table shows
+//! acknowledged, then compares it with the database, record by record: each
+//! carries a marker of its own in `metadata`, a share of them no
+//! `request_id`, so a record stored twice under two ids counts as duplicated
+//! (`ledger.rs`). The table shows
 //! attempted / acknowledged / stored / lost / duplicated / unexpected plus the
 //! scenario's own figures; the exit code is 1 when any lost, duplicated or
 //! unexpected count is above zero or a scenario's own check failed.
@@ -15,7 +18,8 @@
 //! 4. ingestd killed again and again mid-commit/ack (redelivered messages
 //!    stored once), then NATS killed and restarted under publish load.
 //! 5. redis-server killed and restarted under load, then one of two
-//!    consumers killed for good: the other claims its pending entries.
+//!    consumers killed for good, frozen (SIGSTOP) first until it is caught
+//!    holding unacknowledged entries: the other claims them.
 //! 6. The rate limiter's Redis killed under load: no 5xx, no 429 (the
 //!    budget is far above the load), the fallback is used and reported in
 //!    metrics, and Redis decides again once it is back.
@@ -24,7 +28,7 @@
 //!    acknowledged lost; latencies of 200s and 503s are reported.
 //! 8. Slowloris: 1,000 connections trickling header lines: each is closed
 //!    within the header-read timeout, and normal clients' p99 stays within
-//!    2× of its unloaded value.
+//!    2× (or 5 ms) of its unloaded value, in every mode.
 //! 9. Scale-out: three processes on one PostgreSQL, one Redis rate limiter
 //!    and one NATS durable consumer: the shared limit admits exactly its
 //!    capacity, every message and record is stored once.
@@ -371,8 +375,8 @@ async fn overload(args: &Args, dir: &std::path::Path) -> Result<Row> {
         let ledger = ledger.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let r = testkit::record_json("org-over", 0);
-            let id = uuid::Uuid::try_parse(r["request_id"].as_str().unwrap_or_default()).ok();
+            let (r, marker) = ingest_chaos::ledger::record("org-over", 0, true);
+            let id = Some(marker);
             let t0 = Instant::now();
             let Ok(mut c) = testkit::http::Client::connect(addr).await else { return (0u16, t0.elapsed()) };
             if let Some(id) = id {
@@ -524,21 +528,27 @@ async fn slowloris(args: &Args, dir: &std::path::Path) -> Result<Row> {
     if slowest > Duration::from_secs(timeout_secs + 2) {
         failures.push(format!("a slow connection lived {slowest:?} (header timeout {timeout_secs} s)"));
     }
+    // Judged in every mode (CI runs --quick). Over a few seconds on a shared
+    // machine a p99 of 2 ms can double by chance; a growth of under 5 ms is
+    // not what an attack that holds the server's workers looks like.
     let ratio = loaded_p99.as_secs_f64() / calm_p99.as_secs_f64().max(1e-6);
-    if !args.quick && ratio > 2.0 {
-        failures.push(format!("normal p99 grew {ratio:.2}× under the attack"));
+    if ratio > 2.0 && loaded_p99.saturating_sub(calm_p99) > Duration::from_millis(5) {
+        failures.push(format!(
+            "normal p99 grew {ratio:.2}× under the attack ({:.2} → {:.2} ms)",
+            calm_p99.as_secs_f64() * 1e3,
+            loaded_p99.as_secs_f64() * 1e3
+        ));
     }
     Ok(Row {
         scenario: "8 slowloris ×1000",
         verdict,
         figures: format!(
-            "{} slow connections closed, median after {:.2} s, slowest {:.2} s (header timeout {timeout_secs} s); normal p99 {:.2} ms alone, {:.2} ms during ({ratio:.2}×{})",
+            "{} slow connections closed, median after {:.2} s, slowest {:.2} s (header timeout {timeout_secs} s); normal p99 {:.2} ms alone, {:.2} ms during ({ratio:.2}×)",
             closed.len(),
             median.as_secs_f64(),
             slowest.as_secs_f64(),
             calm_p99.as_secs_f64() * 1e3,
             loaded_p99.as_secs_f64() * 1e3,
-            if args.quick { ", not judged with --quick" } else { "" }
         ),
         failures,
     })

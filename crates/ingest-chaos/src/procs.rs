@@ -92,6 +92,17 @@ impl Ingestd {
         Ok(())
     }
 
+    /// SIGSTOP: the process holds whatever it holds, doing nothing, until
+    /// [`resume`](Self::resume) or a kill.
+    pub fn pause(&self) -> Result<()> {
+        signal(self.child.id(), "-STOP")
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) -> Result<()> {
+        signal(self.child.id(), "-CONT")
+    }
+
     /// SIGTERM, then waits for the exit; how long it took.
     pub fn terminate(mut self, limit: Duration) -> Result<(ExitStatus, Duration)> {
         let started = Instant::now();

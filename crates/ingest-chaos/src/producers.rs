@@ -1,9 +1,12 @@
 //! Stream producers that keep the ledger: a record counts as acknowledged
 //! when the broker accepted it (a JetStream `PubAck`, an `XADD` reply), since
-//! from then on ingestd owes it to the database. A publish that fails is
-//! retried with the same record (same `request_id`) until it is accepted or
-//! the producer stops, as a careful client would: the broker may hold it
-//! twice, the database must not.
+//! from then on ingestd owes it to the database. One record in three has no
+//! `request_id` (the source derives one from the message's identity). A
+//! publish that fails is retried with the same message identity until it is
+//! accepted or the producer stops, as a careful client would: JetStream
+//! drops a repeated `Nats-Msg-Id`, and a repeated explicit `XADD` id is
+//! refused, so the broker holds each record once and any second row in the
+//! database is ingestd's duplicate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +16,7 @@ use fred::prelude::{ClientLike as _, Config as FredConfig, ReconnectPolicy};
 use fred::types::Value;
 use uuid::Uuid;
 
-use crate::Ledger;
+use crate::{Ledger, ledger};
 
 /// What the producers saw.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,10 +47,13 @@ impl Producers {
                     }
                 };
                 let js = async_nats::jetstream::new(client);
-                produce(w, &org, &ledger, &stop, pause, |payload| {
+                produce(w, &org, &ledger, &stop, pause, |payload, marker| {
                     let (js, subject) = (js.clone(), subject.clone());
                     async move {
-                        let ack = js.publish(subject, payload.into()).await.map_err(|_| ())?;
+                        let message = async_nats::jetstream::message::PublishMessage::build()
+                            .payload(payload.into())
+                            .message_id(marker.to_string());
+                        let ack = js.send_publish(subject, message).await.map_err(|_| ())?;
                         ack.await.map(|_| ()).map_err(|_| ())
                     }
                 })
@@ -65,12 +71,12 @@ impl Producers {
                 let client =
                     fred::clients::Client::new(config, None, None, Some(ReconnectPolicy::new_constant(0, 100)));
                 let _connection = client.init().await;
-                produce(w, &org, &ledger, &stop, pause, |payload| {
-                    let (client, key) = (client.clone(), key.clone());
-                    async move {
-                        let args: Vec<Value> = vec![key.into(), "*".into(), "payload".into(), payload.into()];
-                        client.custom::<Value, Value>(fred::cmd!("XADD"), args).await.map(|_| ()).map_err(|_| ())
-                    }
+                // The entry id of the record being published: kept across
+                // its retries, chosen afresh for the next record.
+                let entry = Arc::new(std::sync::Mutex::new((Uuid::nil(), String::new())));
+                produce(w, &org, &ledger, &stop, pause, |payload, marker| {
+                    let (client, key, entry) = (client.clone(), key.clone(), entry.clone());
+                    async move { xadd_once(&client, &key, &entry, marker, payload).await }
                 })
                 .await
             }
@@ -99,6 +105,47 @@ impl Producers {
     }
 }
 
+/// `XADD`s `payload` under an explicit entry id that stays the same while
+/// the record is retried, so the stream holds it at most once. Redis refuses
+/// an id not above the stream's last one: then either an earlier attempt of
+/// this record got in (its reply lost to a cut connection: accepted), or
+/// another producer's entry did (a fresh id next time).
+async fn xadd_once(
+    client: &fred::clients::Client,
+    key: &str,
+    entry: &std::sync::Mutex<(Uuid, String)>,
+    marker: Uuid,
+    payload: String,
+) -> Result<(), ()> {
+    // A fresh id is safe to use whenever the last one is known not to be in
+    // the stream; a few tries, as producers racing in one millisecond refuse
+    // each other's.
+    for _ in 0..20 {
+        let id = {
+            let mut entry = entry.lock().unwrap_or_else(|e| e.into_inner());
+            if entry.0 != marker {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|_| ())?;
+                *entry = (marker, format!("{}-{}", now.as_millis(), marker.as_u128() as u32));
+            }
+            entry.1.clone()
+        };
+        let args: Vec<Value> = vec![key.into(), id.as_str().into(), "payload".into(), payload.clone().into()];
+        match client.custom::<Value, Value>(fred::cmd!("XADD"), args).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.details().contains("equal or smaller") => {
+                let range = vec![Value::from(key), id.as_str().into(), id.as_str().into()];
+                let found: Value = client.custom(fred::cmd!("XRANGE"), range).await.map_err(|_| ())?;
+                if matches!(&found, Value::Array(entries) if !entries.is_empty()) {
+                    return Ok(());
+                }
+                entry.lock().unwrap_or_else(|e| e.into_inner()).0 = Uuid::nil();
+            }
+            Err(_) => return Err(()),
+        }
+    }
+    Err(())
+}
+
 /// One producer's loop: a fresh record, published until accepted.
 async fn produce<P, Fut>(
     w: u64,
@@ -109,19 +156,18 @@ async fn produce<P, Fut>(
     publish: P,
 ) -> ProduceReport
 where
-    P: Fn(String) -> Fut,
+    P: Fn(String, Uuid) -> Fut,
     Fut: Future<Output = Result<(), ()>>,
 {
     let mut report = ProduceReport::default();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        let record = testkit::record_json(org, w * 1_000_000_000 + n);
-        let Some(id) = record["request_id"].as_str().and_then(|s| Uuid::try_parse(s).ok()) else { continue };
+        let (record, id) = ledger::record(org, w * 1_000_000_000 + n, !n.is_multiple_of(3));
         let payload = record.to_string();
         ledger.attempt(&[id]);
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), publish(payload.clone())).await {
+            match tokio::time::timeout(Duration::from_secs(5), publish(payload.clone(), id)).await {
                 Ok(Ok(())) => {
                     ledger.ack(&[id]);
                     report.acked += 1;

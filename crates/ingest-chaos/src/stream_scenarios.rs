@@ -177,15 +177,23 @@ pub async fn redis_faults(args: &Args, dir: &Path) -> Result<Row> {
     let (redis, outage) = outage(redis, ThrowawayRedis::kill, ThrowawayRedis::restart).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // `a` dies holding entries it read and never acknowledged: killed the
-    // moment it holds some, and what it holds counted once it is dead.
+    // `a` dies holding entries it read and never acknowledged. Not left to
+    // chance: `a` is frozen (SIGSTOP) at random moments until it is caught
+    // holding some — frozen, it can neither acknowledge them nor take more —
+    // and killed right then. Between tries it runs on for a while.
     let client = redis_client(&redis.url()).await?;
     let held = async |client| -> Result<i64> {
         Ok(pending(client, key, group).await?.iter().find(|(c, _)| c == "a").map_or(0, |(_, n)| *n))
     };
-    let waiting = Instant::now();
-    while held(&client).await? == 0 && waiting.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        a.pause()?;
+        if held(&client).await? > 0 || tries == 500 {
+            break;
+        }
+        a.resume()?;
+        tokio::time::sleep(jitter(5, 40)).await;
     }
     let claimed_before = metric_sum(b.addr, "ingestd_redis_reclaimed_total", &[]).await;
     a.kill()?;
@@ -209,7 +217,7 @@ pub async fn redis_faults(args: &Args, dir: &Path) -> Result<Row> {
         failures.push(format!("entries still pending after the drain: {left:?}"));
     }
     if held_by_a == 0 {
-        failures.push("a never held an unacknowledged entry in 5 s: the claim was not exercised".to_owned());
+        failures.push(format!("a held no unacknowledged entry when frozen {tries} times: the claim was not exercised"));
     } else if (reclaimed as i64) < held_by_a {
         failures.push(format!("a held {held_by_a} entries and b claimed {reclaimed:.0} after a's death"));
     }
@@ -217,7 +225,7 @@ pub async fn redis_faults(args: &Args, dir: &Path) -> Result<Row> {
         scenario: "5 Redis restarted; consumer killed for good",
         verdict,
         figures: format!(
-            "server down {:.1} s; {} XADDs retried; a held {held_by_a} unacknowledged entries when killed, b claimed {reclaimed:.0} after that; pending after the drain {left:?}",
+            "server down {:.1} s; {} XADDs retried; a frozen {tries}× until it held unacknowledged entries, killed holding {held_by_a}, b claimed {reclaimed:.0} after that; pending after the drain {left:?}",
             outage.as_secs_f64(),
             produced.errors
         ),
@@ -283,8 +291,8 @@ pub async fn scale_out(args: &Args, dir: &Path) -> Result<Row> {
                 let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
                 let mut clients: Vec<Option<testkit::http::Client>> = addrs.iter().map(|_| None).collect();
                 for i in 0..attempts / 6 {
-                    let record = testkit::record_json(LIMITED, t * 10_000 + i);
-                    let id = record["request_id"].as_str().and_then(|s| uuid::Uuid::try_parse(s).ok());
+                    let (record, marker) = ledger::record(LIMITED, t * 10_000 + i, true);
+                    let id = Some(marker);
                     ledger.attempt(&id.into_iter().collect::<Vec<_>>());
                     let which = ((t + i) % 3) as usize;
                     let headers = [("content-type", "application/json"), ("x-organization-id", LIMITED)];
