@@ -390,9 +390,11 @@ async fn messages_published_while_ingestd_is_down_are_ingested_at_start() {
     h.wait_all_acked().await;
     stop(token, task).await;
 
-    // While it is stopped: the durable consumer keeps the position.
+    // While it is stopped: the durable consumer keeps the position (the
+    // server holds the 200 new messages for it, nothing is ingested).
     h.publish((100..300).map(|i| record(&h.org, i))).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let info = h.consumer().await.info().await.unwrap().clone();
+    assert_eq!((info.num_pending, info.num_ack_pending), (200, 0));
     assert_eq!(h.rows().await, 100);
     let (probe, health) = (h.probe(), SourceHealth::new());
     let (token, task) = spawn(h.source(&probe, &health));

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use testkit::http::Client;
@@ -132,9 +132,10 @@ async fn sigterm_under_load_loses_no_acknowledged_record() {
     let mut running = start(dir.path(), &url);
     let addr = running.addr;
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..16)
         .map(|c| {
-            let stop = stop.clone();
+            let (stop, answered) = (stop.clone(), answered.clone());
             tokio::spawn(async move {
                 let mut acked = Vec::new();
                 let Ok(mut client) = Client::connect(addr).await else { return acked };
@@ -144,7 +145,8 @@ async fn sigterm_under_load_loses_no_acknowledged_record() {
                     let body = serde_json::to_vec(&serde_json::json!({ "records": batch })).unwrap();
                     match client.send("POST", "/v1/usage/batch", &[("content-type", "application/json")], body).await {
                         Ok(reply) if reply.status == 200 => {
-                            acked.extend(batch.iter().map(|r| r["request_id"].as_str().unwrap().to_owned()))
+                            acked.extend(batch.iter().map(|r| r["request_id"].as_str().unwrap().to_owned()));
+                            answered.fetch_add(1, Ordering::Relaxed);
                         }
                         // 503 while draining, or the connection closed: not acknowledged.
                         Ok(_) | Err(_) => break,
@@ -155,7 +157,12 @@ async fn sigterm_under_load_loses_no_acknowledged_record() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The signal comes once the clients are writing: some batches answered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.load(Ordering::Relaxed) < 20 {
+        assert!(Instant::now() < deadline, "no batch was answered in 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let pid = running.child.id().to_string();
     let sent = Instant::now();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
