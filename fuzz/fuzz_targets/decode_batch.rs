@@ -4,7 +4,7 @@
 mod common;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Ok(envelope) = model::decode::batch(data) {
+    if let Ok(envelope) = model::decode::batch(data, 1000) {
         for raw in envelope.records {
             common::check(raw);
         }
