@@ -284,7 +284,15 @@ pub fn record_with(
     }
     let mut errors = d.errors;
     errors.extend(validate::validate(&record, ctx, &d.failed));
-    if errors.is_empty() { Ok(record) } else { Err(Rejected { request_id, errors }) }
+    if !errors.is_empty() {
+        return Err(Rejected { request_id, errors });
+    }
+    // Kept to the microsecond, PostgreSQL's precision, so every backend
+    // stores (and every answer shows) the same instant; dropped after the
+    // rules are checked on the instant as sent.
+    let t = record.timestamp;
+    record.timestamp = t.replace_microsecond(t.microsecond()).unwrap_or(t);
+    Ok(record)
 }
 
 #[derive(Deserialize)]
@@ -462,12 +470,7 @@ impl Decoder {
             // range (`9999-12-31T23:59:59-01:00`): checked, and the years
             // every backend stores (SPEC §1) enforced here.
             Ok(t) => match t.checked_to_offset(time::UtcOffset::UTC) {
-                // Kept to the microsecond, PostgreSQL's precision: digits
-                // past it are dropped here, so every backend stores (and
-                // every answer shows) the same instant.
-                Some(utc) if (1..=9999).contains(&utc.year()) => {
-                    Some(utc.replace_microsecond(utc.microsecond()).unwrap_or(utc))
-                }
+                Some(utc) if (1..=9999).contains(&utc.year()) => Some(utc),
                 _ => {
                     self.fail(
                         field,

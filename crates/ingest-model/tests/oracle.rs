@@ -1,10 +1,14 @@
 //! Validation against an independent oracle: SPEC §1's rules written out
-//! again here, plainly, over `serde_json::Value`, sharing no code with the
-//! decoder. For generated records — every field replaced by values chosen
-//! near the rules' edges — the decoder must accept exactly the records the
-//! oracle calls valid, and reject the others naming exactly the fields the
-//! oracle names. A property that only checked "no panic" could not tell a
-//! decoder that accepts everything from a correct one; this can.
+//! again here, plainly, over `serde_json::Value`, sharing none of the
+//! decoder's own code (only the libraries both stand on: `time`'s RFC 3339
+//! parser, `uuid`, `serde_json`'s numbers, so a disagreement inside those is
+//! out of its reach). For generated records — every field replaced by values
+//! chosen near the rules' edges — the decoder must accept exactly the
+//! records the oracle calls valid, and reject the others naming exactly the
+//! fields the oracle names. A property that only checked "no panic" could
+//! not tell a decoder that accepts everything from a correct one; this can.
+//! (`usage.cache_write_tokens`, SPEC §9, arrives with cost; the oracle gets
+//! its rule then.)
 
 use proptest::prelude::*;
 use serde_json::value::RawValue;
