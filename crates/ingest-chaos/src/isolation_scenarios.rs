@@ -98,7 +98,7 @@ pub async fn poison_trickle(args: &Args, dir: &Path) -> Result<Row> {
     let sent = trickle.await??;
     let report = load.stop().await;
     let (nats_produced, redis_produced) = (nats_load.stop().await, redis_load.stop().await);
-    let verdict = ledger.verify_drained(&url, Duration::from_secs(45)).await?;
+    let verdict = ledger.verify_settled(&url, Duration::from_secs(45), Duration::from_secs(3)).await?;
 
     // Every poison message reaches the dead letters, exactly once each.
     let deadline = Instant::now() + Duration::from_secs(30);

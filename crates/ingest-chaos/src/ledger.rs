@@ -9,8 +9,9 @@
 //!
 //! That only means something if the senders never make a duplicate
 //! legitimate: a record without `request_id` is resent only after an answer
-//! that promises nothing was committed (503, 429), or with the same
-//! `Idempotency-Key`; stream producers resend with the same message identity
+//! that promises nothing was committed (429; 503 `overloaded`, `timeout`,
+//! `shutting_down` — not `storage_unavailable`, which may hide a commit whose
+//! reply was lost), or with the same `Idempotency-Key`; stream producers resend with the same message identity
 //! (`Nats-Msg-Id`, the same explicit `XADD` id). Any second row is then a
 //! real duplicate.
 
@@ -69,6 +70,21 @@ impl Ledger {
         }
     }
 
+    /// [`verify_drained`](Self::verify_drained), then again after `settle`:
+    /// a stream source may still hold deliveries that come again (after
+    /// `ack_wait`, a claim's idle time) once nothing is missing, and a
+    /// duplicate would only show after them. The second verdict.
+    pub async fn verify_settled(
+        &self,
+        database_url: &str,
+        limit: std::time::Duration,
+        settle: std::time::Duration,
+    ) -> Result<Verdict> {
+        self.verify_drained(database_url, limit).await?;
+        tokio::time::sleep(settle).await;
+        self.verify(database_url).await
+    }
+
     pub fn attempt(&self, markers: &[Uuid]) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).attempted.extend(markers);
     }
@@ -84,7 +100,9 @@ impl Ledger {
         let backend = store.connection().get_database_backend();
         let marker = match backend {
             DatabaseBackend::Postgres => format!("metadata->>'{MARKER}'"),
-            _ => format!("json_extract(metadata, '$.{MARKER}')"),
+            // As text whatever its JSON type: a number there is a foreign
+            // marker (unexpected), not a failure to read.
+            _ => format!("CAST(json_extract(metadata, '$.{MARKER}') AS TEXT)"),
         };
         let rows = store
             .connection()

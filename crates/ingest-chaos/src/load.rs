@@ -136,22 +136,25 @@ async fn worker(addr: SocketAddr, w: u64, ledger: Arc<Ledger>, stop: Arc<AtomicB
             headers.push(("idempotency-key", request.key.as_str()));
         }
         let sent = tokio::time::timeout(Duration::from_secs(10), c.post_checked(request.path, &headers, &request.body));
-        let outcome = match sent.await {
-            Ok(Ok((code, retry_after))) => Outcome::Status { code, retry_after },
+        let (outcome, error) = match sent.await {
+            Ok(Ok((code, retry_after, error))) => (Outcome::Status { code, retry_after }, error),
             _ => {
                 client = None;
-                Outcome::Failed
+                (Outcome::Failed, None)
             }
         };
         // Sent again only when that cannot store a record twice: after an
         // answer that promises nothing was committed, or with an identity
-        // the server recognises (an id, the same Idempotency-Key).
-        let again = match outcome {
-            Outcome::Status { code: 200, .. } => {
+        // the server recognises (an id, the same Idempotency-Key). Not after
+        // `storage_unavailable`: the reply to a COMMIT lost with the
+        // connection may hide a commit (docs/api.md).
+        let again = match (outcome, error.as_deref()) {
+            (Outcome::Status { code: 200, .. }, _) => {
                 ledger.ack(&request.markers);
                 false
             }
-            Outcome::Status { code: 503 | 429, .. } => true,
+            (Outcome::Status { code: 429, .. }, _)
+            | (Outcome::Status { code: 503, .. }, Some("overloaded" | "timeout" | "shutting_down")) => true,
             _ => request.identity != Identity::Nothing,
         };
         if !again || request.tries >= MAX_TRIES {
@@ -191,7 +194,7 @@ trait PostChecked {
         path: &str,
         headers: &[(&str, &str)],
         body: &serde_json::Value,
-    ) -> Result<(u16, bool), ()>;
+    ) -> Result<(u16, bool, Option<String>), ()>;
 }
 
 impl PostChecked for Client {
@@ -200,9 +203,15 @@ impl PostChecked for Client {
         path: &str,
         headers: &[(&str, &str)],
         body: &serde_json::Value,
-    ) -> Result<(u16, bool), ()> {
+    ) -> Result<(u16, bool, Option<String>), ()> {
         let bytes = serde_json::to_vec(body).map_err(|_| ())?;
         let reply = self.send("POST", path, headers, bytes).await.map_err(|_| ())?;
-        Ok((reply.status.as_u16(), reply.header("retry-after").is_some()))
+        let error = match reply.status.as_u16() {
+            200 => None,
+            _ => serde_json::from_slice::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|v| v["code"].as_str().map(str::to_owned)),
+        };
+        Ok((reply.status.as_u16(), reply.header("retry-after").is_some(), error))
     }
 }

@@ -206,7 +206,9 @@ async fn sigkill_cycles(args: &Args, dir: &std::path::Path) -> Result<Row> {
     Ok(Row {
         scenario: "1 SIGKILL under load",
         verdict,
-        figures: format!("{cycles} kills; {failed_requests} requests cut off (not acknowledged, retried as new)"),
+        figures: format!(
+            "{cycles} kills; {failed_requests} requests cut off (not acknowledged; resent only where that cannot store twice)"
+        ),
         failures,
     })
 }
