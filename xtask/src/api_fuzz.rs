@@ -1,7 +1,10 @@
 //! `cargo xtask api-fuzz [--seed N] [--examples N]`: schemathesis against the
 //! release binary's own `/openapi.json`, negative data included, every check
-//! on (`tests/api/schemathesis.toml` adds, per operation, the answers SPEC
-//! requires that JSON Schema cannot express).
+//! on, once on SQLite and once on PostgreSQL (a database of its own on the
+//! server `cargo xtask test` would use). Positive data must be accepted
+//! (2xx): `tests/api/hooks.py` repairs generated records the rules between
+//! fields would refuse, and `tests/api/schemathesis.toml` adds, per
+//! operation, only the answers SPEC requires that JSON Schema cannot express.
 //! Fails on any 5xx and on any response the spec does not allow.
 //!
 //! schemathesis comes from a virtualenv under `target/tools/` that this
@@ -40,39 +43,85 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let target = crate::dist::target_dir(root)?;
     let st = schemathesis(&target)?;
     crate::cargo(&crate::RELEASE_BUILD)?;
-    let work = target.join("api-fuzz");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    let server = Server::start(&target.join("release/ingestd"), &work)?;
-    let config = root.join("tests/api/schemathesis.toml");
-    let schema = format!("{}/openapi.json", server.base);
-    let auth = format!("Authorization: Bearer {}", server.admin_key);
+    let (services, admin_url) = crate::services::Services::postgres_only()?;
+    let pg = PgDatabase::create(&admin_url)?;
     let mut failed = Vec::new();
-    for (pass, filter) in [("ingestion and keys", "--exclude-path-regex"), ("rate-limit admin", "--include-path-regex")]
-    {
-        println!("api-fuzz: schemathesis {VERSION}, {pass} operations, seed {seed}, {examples} examples each");
-        let status = Command::new(&st)
-            .arg("--config-file")
-            .arg(&config)
-            .args(["run", &schema, "-H", &auth, "--checks", "all", "--mode", "all"])
-            .args(["--max-examples", &examples, "--seed", &seed, filter, RATE_LIMIT_PATH])
-            .args(["--generation-database", "none", "--no-color", "--suppress-health-check", "too_slow"])
-            .current_dir(&work)
-            .status()
-            .with_context(|| format!("run {}", st.display()))?;
-        if !status.success() {
-            failed.push(pass);
+    for (backend, url) in [("SQLite", "sqlite://api-fuzz.db?mode=rwc".to_owned()), ("PostgreSQL", pg.url.clone())] {
+        let work = target.join("api-fuzz").join(backend.to_lowercase());
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        let server = Server::start(&target.join("release/ingestd"), &work, &url)?;
+        let config = root.join("tests/api/schemathesis.toml");
+        let schema = format!("{}/openapi.json", server.base);
+        let auth = format!("Authorization: Bearer {}", server.admin_key);
+        for (pass, filter) in
+            [("ingestion and keys", "--exclude-path-regex"), ("rate-limit admin", "--include-path-regex")]
+        {
+            println!(
+                "api-fuzz: schemathesis {VERSION} on {backend}, {pass} operations, seed {seed}, {examples} examples each"
+            );
+            let status = Command::new(&st)
+                .arg("--config-file")
+                .arg(&config)
+                .args(["run", &schema, "-H", &auth, "--checks", "all", "--mode", "all"])
+                .args(["--max-examples", &examples, "--seed", &seed, filter, RATE_LIMIT_PATH])
+                .args(["--generation-database", "none", "--no-color", "--suppress-health-check", "too_slow"])
+                // Repairs generated positive bodies the rules between
+                // fields would refuse (tests/api/hooks.py).
+                .env("SCHEMATHESIS_HOOKS", root.join("tests/api/hooks.py"))
+                .current_dir(&work)
+                .status()
+                .with_context(|| format!("run {}", st.display()))?;
+            if !status.success() {
+                failed
+                    .push(format!("{pass} on {backend} (the service's log is {})", work.join("ingestd.log").display()));
+            }
         }
     }
-    drop(server);
+    drop(pg);
+    drop(services);
     if !failed.is_empty() {
         bail!(
-            "schemathesis found problems in the {} operations (reproduce: cargo xtask api-fuzz --seed {seed}; the service's log is {})",
-            failed.join(" and "),
-            work.join("ingestd.log").display()
+            "schemathesis found problems in the {} operations (reproduce: cargo xtask api-fuzz --seed {seed})",
+            failed.join("; ")
         );
     }
     Ok(())
+}
+
+/// A database of its own on the PostgreSQL server, dropped when done.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create(admin_url: &str) -> Result<Self> {
+        let name = format!("ingestd_api_fuzz_{}", std::process::id());
+        let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
+        let db = PgDatabase { admin_url: admin_url.to_owned(), url: format!("{base}/{name}"), name };
+        db.psql(&format!("DROP DATABASE IF EXISTS {}", db.name))?;
+        db.psql(&format!("CREATE DATABASE {}", db.name))?;
+        Ok(db)
+    }
+
+    fn psql(&self, sql: &str) -> Result<()> {
+        let out = Command::new("psql")
+            .args([&self.admin_url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+            .output()
+            .context("run psql (Debian/Ubuntu: apt-get install postgresql-client)")?;
+        if !out.status.success() {
+            bail!("psql -c {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = self.psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
 }
 
 /// The schemathesis executable, installed into `target/tools/` when absent.
@@ -104,8 +153,8 @@ fn schemathesis(target: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// A release `ingestd` on a free port with a SQLite database of its own and
-/// an admin key, so the admin API is fuzzed too. Killed when dropped.
+/// A release `ingestd` on a free port with the database at `database_url`
+/// and an admin key, so the admin API is fuzzed too. Killed when dropped.
 struct Server {
     child: Child,
     base: String,
@@ -113,14 +162,14 @@ struct Server {
 }
 
 impl Server {
-    fn start(ingestd: &Path, work: &Path) -> Result<Self> {
+    fn start(ingestd: &Path, work: &Path, database_url: &str) -> Result<Self> {
         let port = free_port()?;
         let env = |cmd: &mut Command| {
             // Nothing from the caller's shell (REDIS_URL, NATS_URL, INGESTD_*…).
             cmd.current_dir(work)
                 .env_clear()
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-                .env("INGESTD_DATABASE__URL", "sqlite://api-fuzz.db?mode=rwc")
+                .env("INGESTD_DATABASE__URL", database_url)
                 .env("INGESTD_SERVER__BIND", format!("127.0.0.1:{port}"))
                 .env("RUST_LOG", "warn");
         };

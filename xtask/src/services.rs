@@ -33,6 +33,16 @@ impl Services {
         Ok(s)
     }
 
+    /// PostgreSQL alone (`cargo xtask api-fuzz`): its admin URL, and what
+    /// must live while it is used.
+    pub fn postgres_only() -> Result<(Self, String)> {
+        let mut s = Services { env: Vec::new(), children: Vec::new(), stop_commands: Vec::new(), _dirs: Vec::new() };
+        s.postgres()?;
+        let url = s.env.iter().find(|(k, _)| *k == "INGESTD_TEST_POSTGRES_URL").map(|(_, v)| v.clone());
+        let url = url.context("no PostgreSQL URL")?;
+        Ok((s, url))
+    }
+
     /// Services started elsewhere (`cargo xtask test --compose`), named by their URLs.
     pub fn given(env: Vec<(&'static str, String)>) -> Self {
         for (k, v) in &env {
