@@ -7,8 +7,18 @@ use model::validate::Context;
 use model::{ErrorCode, ValidationConfig};
 
 const FIELDS: &[&str] = &[
-    "", "request_id", "timestamp", "provider", "model", "organization_id", "project_id", "user_id", "usage",
-    "performance", "tags", "metadata",
+    "",
+    "request_id",
+    "timestamp",
+    "provider",
+    "model",
+    "organization_id",
+    "project_id",
+    "user_id",
+    "usage",
+    "performance",
+    "tags",
+    "metadata",
 ];
 
 fn context() -> Context {
