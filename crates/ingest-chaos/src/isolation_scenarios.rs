@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use fred::prelude::{ClientLike as _, Config as FredConfig};
 use fred::types::Value;
+use ingest_chaos::load::post_one;
 use ingest_chaos::procs::free_port;
 use ingest_chaos::{Ingestd, Ledger, Load, Postgres, Producers, ledger};
 use serde_json::json;
@@ -36,10 +37,6 @@ fn poison(n: u64) -> serde_json::Value {
         _ => r["model"]["name"] = json!("poison"),
     }
     r
-}
-
-fn id_of(record: &serde_json::Value) -> Option<Uuid> {
-    ledger::marker_of(record)
 }
 
 /// What the poison trickle sent and saw.
@@ -206,7 +203,7 @@ async fn trickle(
         // Alone, or after a good record whose fate the ledger follows.
         let good = (n / 3 % 2 == 1).then(|| ledger::record("org-trickle", n, n % 4 < 2).0);
         if let Some(good) = &good {
-            ledger.attempt(&[id_of(good).context("id")?]);
+            ledger.attempt(&[ledger::marker_of(good).context("id")?]);
         }
         let message = match &good {
             Some(good) => json!({ "records": [good, bad] }),
@@ -229,7 +226,7 @@ async fn trickle(
                 };
                 if as_expected {
                     if let Some(good) = &good {
-                        ledger.ack(&[id_of(good).context("id")?]);
+                        ledger.ack(&[ledger::marker_of(good).context("id")?]);
                     }
                 } else {
                     sent.http_wrong.push(format!("{} {body} for {message}", reply.status));
@@ -239,7 +236,7 @@ async fn trickle(
                 js.publish(subject.to_owned(), message.to_string().into()).await?.await?;
                 sent.nats += 1;
                 if let Some(good) = &good {
-                    ledger.ack(&[id_of(good).context("id")?]);
+                    ledger.ack(&[ledger::marker_of(good).context("id")?]);
                 }
             }
             _ => {
@@ -247,7 +244,7 @@ async fn trickle(
                 redis.custom::<Value, Value>(fred::cmd!("XADD"), args).await?;
                 sent.redis += 1;
                 if let Some(good) = &good {
-                    ledger.ack(&[id_of(good).context("id")?]);
+                    ledger.ack(&[ledger::marker_of(good).context("id")?]);
                 }
             }
         }
@@ -286,7 +283,7 @@ pub async fn large_stream_batch(args: &Args, dir: &Path) -> Result<Row> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Without ids: the source derives them from the entry's id and the index.
     let records: Vec<serde_json::Value> = (0..5000).map(|i| ledger::record("org-big", i, false).0).collect();
-    let ids: Vec<Uuid> = records.iter().filter_map(id_of).collect();
+    let ids: Vec<Uuid> = records.iter().filter_map(ledger::marker_of).collect();
     ledger.attempt(&ids);
     let redis_client = fred::clients::Client::new(FredConfig::from_url(&redis.url())?, None, None, None);
     redis_client.init().await?;
@@ -340,25 +337,7 @@ struct Singles {
 /// is `None`, else open loop at `rate` per second (each request on its own
 /// task, at most 2048 outstanding).
 async fn single_records(addr: SocketAddr, ledger: Arc<Ledger>, rate: Option<f64>, length: Duration) -> Result<Singles> {
-    let send = move |ledger: Arc<Ledger>, n: u64| async move {
-        let r = ledger::record("org-steady", n, true).0;
-        let id = id_of(&r);
-        if let Some(id) = id {
-            ledger.attempt(&[id]);
-        }
-        let Ok(mut c) = testkit::http::Client::connect(addr).await else { return 0 };
-        let bytes = serde_json::to_vec(&r).unwrap_or_default();
-        let code = match c.send("POST", "/v1/usage", &[("content-type", "application/json")], bytes).await {
-            Ok(reply) => reply.status.as_u16(),
-            Err(_) => 0,
-        };
-        if code == 200
-            && let Some(id) = id
-        {
-            ledger.ack(&[id]);
-        }
-        code
-    };
+    let send = move |ledger: Arc<Ledger>, n: u64| async move { post_one(addr, &ledger, "org-steady", n).await };
     let start = Instant::now();
     let mut tasks = Vec::new();
     match rate {

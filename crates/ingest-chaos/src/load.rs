@@ -168,6 +168,24 @@ async fn worker(addr: SocketAddr, w: u64, ledger: Arc<Ledger>, stop: Arc<AtomicB
     events
 }
 
+/// One fresh record of `org` (with its `request_id`) posted on a new
+/// connection, kept in the ledger: its status, 0 when there was no answer.
+/// For open-loop load, where every request is its own task.
+pub async fn post_one(addr: SocketAddr, ledger: &Ledger, org: &str, n: u64) -> u16 {
+    let (record, marker) = ledger::record(org, n, true);
+    let Ok(mut c) = Client::connect(addr).await else { return 0 };
+    ledger.attempt(&[marker]);
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    let code = match c.send("POST", "/v1/usage", &[("content-type", "application/json")], bytes).await {
+        Ok(reply) => reply.status.as_u16(),
+        Err(_) => 0,
+    };
+    if code == 200 {
+        ledger.ack(&[marker]);
+    }
+    code
+}
+
 impl LoadReport {
     /// Requests by status code (`0`: failed without an answer).
     pub fn by_status(&self) -> BTreeMap<u16, usize> {

@@ -377,23 +377,8 @@ async fn overload(args: &Args, dir: &std::path::Path) -> Result<Row> {
         let ledger = ledger.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let (r, marker) = ingest_chaos::ledger::record("org-over", 0, true);
-            let id = Some(marker);
             let t0 = Instant::now();
-            let Ok(mut c) = testkit::http::Client::connect(addr).await else { return (0u16, t0.elapsed()) };
-            if let Some(id) = id {
-                ledger.attempt(&[id]);
-            }
-            let bytes = serde_json::to_vec(&r).unwrap_or_default();
-            let code = match c.send("POST", "/v1/usage", &[("content-type", "application/json")], bytes).await {
-                Ok(reply) => reply.status.as_u16(),
-                Err(_) => 0,
-            };
-            if code == 200
-                && let Some(id) = id
-            {
-                ledger.ack(&[id]);
-            }
+            let code = ingest_chaos::load::post_one(addr, &ledger, "org-over", 0).await;
             (code, t0.elapsed())
         }));
     }
