@@ -1,7 +1,9 @@
 //! The admin API (`/admin/v1/…`, admin keys only): API keys and
-//! per-organization rate-limit policies. The HTTP side lives here; what the
-//! operations do is the [`Admin`] implementation's business (ingestd's,
-//! over its database).
+//! per-organization rate-limit policies. Every request and response body is
+//! a type of this module (or [`PolicyConfig`] of `ingest-ratelimit`), parsed
+//! and serialised only here, where the status codes are chosen too; what
+//! the operations do is the [`Admin`] implementation's business (ingestd's,
+//! over its database). `docs/openapi.json` is checked against these types.
 //!
 //! | route | |
 //! |---|---|
@@ -9,9 +11,10 @@
 //! | `POST /admin/v1/keys` | `{"scope": "org"\|"service"\|"admin", "organization_id"?, "label"?, "signing_secret"?: bool}` → 201 with the key, shown once |
 //! | `DELETE /admin/v1/keys/{id}` | revoke; 204, or 404 when unknown or already revoked |
 //! | `GET /admin/v1/orgs/{org}/rate-limit` | the policy in force and where it comes from |
-//! | `PUT /admin/v1/orgs/{org}/rate-limit` | `{"per_minute": n}` (or `per_hour`, `per_day`, or `max_requests` + `window_secs` [+ `burst_size`]) |
+//! | `PUT /admin/v1/orgs/{org}/rate-limit` | a [`PolicyConfig`]: `{"per_minute": n}` (or `per_hour`, `per_day`, or `max_requests` + `window_secs` [+ `burst_size`]) → [`RateLimitView`] |
 //! | `DELETE /admin/v1/orgs/{org}/rate-limit` | back to the configured policy; 204, or 404 when none was set |
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -19,7 +22,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use ratelimit::{Policy, PolicyConfig, PolicyProblem};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::ApiError;
@@ -44,11 +49,9 @@ pub trait Admin: Send + Sync + 'static {
     fn create_key(&self, request: NewKey) -> AdminFuture<'_, CreatedKey>;
     /// Whether an active key was revoked.
     fn revoke_key(&self, id: Uuid) -> AdminFuture<'_, bool>;
-    fn rate_limit(&self, org: String) -> AdminFuture<'_, serde_json::Value>;
-    /// `body` as sent (its text, so numbers are read exactly): the shape of a
-    /// `[rate_limit.orgs.…]` config section.
-    fn set_rate_limit(&self, org: String, body: Box<serde_json::value::RawValue>)
-    -> AdminFuture<'_, serde_json::Value>;
+    fn rate_limit(&self, org: String) -> AdminFuture<'_, RateLimitView>;
+    /// Sets `org`'s runtime policy (already parsed and checked here).
+    fn set_rate_limit(&self, org: String, policy: Policy) -> AdminFuture<'_, RateLimitView>;
     /// Whether a runtime policy was removed.
     fn remove_rate_limit(&self, org: String) -> AdminFuture<'_, bool>;
 }
@@ -59,17 +62,25 @@ pub enum AdminError {
     /// The request is wrong; the message says how (400).
     #[error("{0}")]
     Invalid(String),
-    /// The request is well-formed but asks for something that cannot be
-    /// (422), e.g. a rate-limit policy whose bucket is too deep.
-    #[error("{0}")]
-    Unprocessable(String),
     /// Storage failed (503).
     #[error("storage is unavailable")]
     Unavailable,
 }
 
+// The request and response bodies. Each is one Rust type, read and written
+// only here; `docs/openapi.json` is checked against them
+// (`tests::admin_bodies_agree_with_openapi`).
+
+/// `GET /admin/v1/keys`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
 /// A key as listed: never its secret.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct KeyView {
     pub id: Uuid,
     pub scope: String,
@@ -82,7 +93,7 @@ pub struct KeyView {
 }
 
 /// `POST /admin/v1/keys`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     pub scope: String,
@@ -96,7 +107,7 @@ pub struct NewKey {
 }
 
 /// A new key: the only time its secret is shown.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: KeyView,
@@ -111,6 +122,88 @@ impl std::fmt::Debug for CreatedKey {
     }
 }
 
+/// `GET|PUT /admin/v1/orgs/{org}/rate-limit`: the policy in force and
+/// where it comes from. (The `PUT` body is a [`PolicyConfig`], the shape of
+/// a `[rate_limit.orgs.…]` section.)
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitView {
+    pub organization_id: String,
+    pub source: PolicySource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u64>,
+    /// The window in seconds (a fraction for windows that are not whole seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst_size: Option<u64>,
+    /// `max_requests + burst_size`: how many requests a fresh bucket admits at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// False when rate limiting is disabled (policies are still kept).
+    pub enforced: bool,
+}
+
+impl RateLimitView {
+    /// `policy` is `None` only for the default policy of a service that
+    /// limits nothing.
+    pub fn new(organization_id: String, source: PolicySource, policy: Option<Policy>, enforced: bool) -> Self {
+        RateLimitView {
+            organization_id,
+            source,
+            max_requests: policy.map(|p| p.max_requests()),
+            window_secs: policy.map(|p| p.window().as_secs_f64()),
+            burst_size: policy.map(|p| p.burst_size()),
+            capacity: policy.map(|p| p.capacity()),
+            enforced,
+        }
+    }
+}
+
+/// Where the policy in force comes from.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySource {
+    /// Set through this API (stored; wins over the configuration).
+    Runtime,
+    /// `[rate_limit.orgs.…]` in the configuration.
+    Config,
+    /// `[rate_limit.default]`.
+    Default,
+}
+
+/// A `PUT …/rate-limit` body as a [`PolicyConfig`]: read from the text, so an
+/// explicit `null` is refused (leave the field out) and a whole number
+/// written with a fraction or exponent (`600.0`, `6e2`) is that whole number,
+/// as in records; then the policy it describes. Not a policy → 400; a policy
+/// no limiter can keep (its bucket deeper than 2^51 µs) → 422.
+fn policy_request(body: &RawValue) -> Result<Policy, ApiError> {
+    let invalid = |message: String| ApiError::InvalidRequest { message };
+    let fields: BTreeMap<String, &RawValue> =
+        serde_json::from_str(body.get()).map_err(|_| invalid("the body must be a JSON object".into()))?;
+    let mut out = serde_json::Map::new();
+    for (name, raw) in fields {
+        let text = raw.get();
+        let value = match model::decode::whole_number(text) {
+            _ if text == "null" => return Err(invalid(format!("{name}: null is not a value; leave the field out"))),
+            // From the text, never through a float: 600.00000000000001 stays a fraction.
+            Some(Some(whole)) if !text.starts_with('-') => whole.into(),
+            _ => serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?,
+        };
+        out.insert(name, value);
+    }
+    let config: PolicyConfig =
+        serde_json::from_value(serde_json::Value::Object(out)).map_err(|e| invalid(e.to_string()))?;
+    if config.is_empty() {
+        // In a config file an empty section means the default; here it is a mistake.
+        return Err(invalid("set per_minute, per_hour, per_day, or max_requests + window_secs".into()));
+    }
+    config.policy().map_err(|problem| match problem {
+        PolicyProblem::Invalid(message) => ApiError::InvalidRequest { message },
+        PolicyProblem::Unenforceable(message) => ApiError::InvalidPolicy { message },
+    })
+}
+
 type Resp = Response<Full<Bytes>>;
 
 /// Serves one admin request (authentication already done).
@@ -121,7 +214,7 @@ pub(crate) async fn dispatch(admin: &dyn Admin, req: Request<Incoming>) -> Resul
     let not_allowed = |allow: &'static str| ApiError::MethodNotAllowed { method: method.to_string(), allow };
     match segments.as_slice() {
         ["admin", "v1", "keys"] => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, &serde_json::json!({ "keys": admin.list_keys().await? }))),
+            Method::GET => Ok(json_response(StatusCode::OK, &KeyList { keys: admin.list_keys().await? })),
             Method::POST => {
                 let request: NewKey = read_json(req).await?;
                 Ok(json_response(StatusCode::CREATED, &admin.create_key(request).await?))
@@ -150,8 +243,9 @@ pub(crate) async fn dispatch(admin: &dyn Admin, req: Request<Incoming>) -> Resul
             match method {
                 Method::GET => Ok(json_response(StatusCode::OK, &admin.rate_limit(org).await?)),
                 Method::PUT => {
-                    let body: Box<serde_json::value::RawValue> = read_json(req).await?;
-                    Ok(json_response(StatusCode::OK, &admin.set_rate_limit(org, body).await?))
+                    let body: Box<RawValue> = read_json(req).await?;
+                    let policy = policy_request(&body)?;
+                    Ok(json_response(StatusCode::OK, &admin.set_rate_limit(org, policy).await?))
                 }
                 Method::DELETE => match admin.remove_rate_limit(org.clone()).await? {
                     true => Ok(no_content()),
@@ -168,7 +262,6 @@ impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
         match e {
             AdminError::Invalid(message) => ApiError::InvalidRequest { message },
-            AdminError::Unprocessable(message) => ApiError::InvalidPolicy { message },
             AdminError::Unavailable => ApiError::StorageUnavailable,
         }
     }

@@ -18,19 +18,19 @@
 //! [`model::Ingestor`], generic over [`model::RecordSink`].
 
 pub mod admin;
-pub mod auth;
 mod body;
 mod config;
 mod error;
-pub mod ratelimit;
+pub mod key_layer;
+pub mod limit_layer;
 mod routes;
 mod server;
 
-pub use admin::{Admin, AdminError, CreatedKey, KeyView, NewKey};
-pub use auth::AuthLayer;
+pub use admin::{Admin, AdminError, CreatedKey, KeyList, KeyView, NewKey, PolicySource, RateLimitView};
 pub use config::HttpConfig;
 pub use error::ApiError;
-pub use ratelimit::{Organization, RateLimitLayer};
+pub use key_layer::AuthLayer;
+pub use limit_layer::{Organization, RateLimitLayer};
 pub use server::{AppState, ReadinessCheck, serve};
 
 /// The API description served at `/openapi.json`.

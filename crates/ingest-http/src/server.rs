@@ -22,8 +22,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::admin::Admin;
-use crate::auth::AuthLayer;
-use crate::ratelimit::RateLimitLayer;
+use crate::key_layer::AuthLayer;
+use crate::limit_layer::RateLimitLayer;
 use crate::{ApiError, HttpConfig, routes};
 use auth::KeyRing;
 

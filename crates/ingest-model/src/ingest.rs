@@ -69,6 +69,27 @@ pub trait RecordSink: Send + Sync + 'static {
     }
 }
 
+/// A message a stream source could not ingest, kept for inspection and replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub source: Source,
+    /// The message's identity at its source (NATS: `stream:sequence@ms`;
+    /// Redis: `key:entry-id`); a message dead-lettered twice is one row
+    /// whose delivery count grows.
+    pub message_key: String,
+    pub payload: Vec<u8>,
+    /// Why it was refused, for people (JSON list of field errors, or a sentence).
+    pub error: String,
+}
+
+/// Where messages that cannot be ingested are kept (`ingest-storage`
+/// implements it over the `dead_letters` table).
+pub trait DeadLetterSink: Send + Sync + 'static {
+    /// Records `letter`; the same `(source, message_key)` again bumps its
+    /// delivery count instead of adding a row.
+    fn put(&self, letter: &DeadLetter) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
 /// When a caller stops waiting for a commit to begin, and the budget it
 /// had (reported in [`SinkError::TimedOut`]).
 #[derive(Clone, Copy, Debug)]

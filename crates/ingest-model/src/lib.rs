@@ -2,8 +2,8 @@
 //! JSON, which rules it must satisfy, and the one ingestion path every adapter
 //! (HTTP, NATS, Redis) shares.
 //!
-//! This crate does no IO. Storage is reached through the [`RecordSink`] trait,
-//! which `ingest-storage` implements; adapters call [`Ingestor::ingest`].
+//! This crate does no IO. Storage is reached through the [`RecordSink`] and
+//! [`DeadLetterSink`] traits, which `ingest-storage` implements; adapters call [`Ingestor::ingest`].
 //!
 //! Decoding is two-staged so that every problem in a record is reported at
 //! once, each with a field path and a stable [`ErrorCode`]:
@@ -21,7 +21,9 @@ mod response;
 pub mod validate;
 
 pub use error::{ErrorCode, FieldError};
-pub use ingest::{Deadline, IngestReport, Ingestor, RecordOutcome, RecordSink, SinkError, StoreOutcome};
+pub use ingest::{
+    DeadLetter, DeadLetterSink, Deadline, IngestReport, Ingestor, RecordOutcome, RecordSink, SinkError, StoreOutcome,
+};
 pub use record::{ModelInfo, Performance, Source, TokenUsage, UsageRecord};
 pub use response::{IngestionResponse, RecordError, ResponseStatus};
 pub use validate::ValidationConfig;
@@ -34,6 +36,22 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+/// A connection URL fit for logs and `config check`: the secret of its
+/// user info masked, `scheme://user:secret@host` → `scheme://user:***@host`,
+/// and a lone token (`nats://TOKEN@host`, `redis://:pw@host`) →
+/// `scheme://***@host`. Every crate that prints a URL goes through this.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    // The user info ends at the last `@` before the path: a password may hold `@`.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _)) if !user.is_empty() => format!("{scheme}://{user}:***@{host}"),
+        _ => format!("{scheme}://***@{host}"),
+    }
 }
 
 #[cfg(test)]

@@ -618,3 +618,17 @@ fn arb_json(depth: u32) -> impl Strategy<Value = Value> {
         ]
     })
 }
+
+#[test]
+fn mask_url_hides_every_secret_of_the_user_info() {
+    use crate::mask_url;
+    assert_eq!(mask_url("postgres://u:pw@db:5432/x"), "postgres://u:***@db:5432/x");
+    // A token alone is a secret (NATS token auth, Redis `requirepass`).
+    assert_eq!(mask_url("nats://s3cr3t@127.0.0.1:4222"), "nats://***@127.0.0.1:4222");
+    assert_eq!(mask_url("redis://:pw@127.0.0.1:6379/0"), "redis://***@127.0.0.1:6379/0");
+    // A password holding `@`, and an `@` in the path that is not user info.
+    assert_eq!(mask_url("postgres://u:p@ss@db/x"), "postgres://u:***@db/x");
+    assert_eq!(mask_url("sqlite:///tmp/a@b.db"), "sqlite:///tmp/a@b.db");
+    assert_eq!(mask_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    assert_eq!(mask_url("sqlite:ingestd.db"), "sqlite:ingestd.db");
+}

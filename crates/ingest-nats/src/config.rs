@@ -22,7 +22,7 @@ pub struct NatsConfig {
     pub max_deliver: i64,
     /// Deliveries after which a message held by a source task that died is
     /// tried alone, and dead-lettered (then termed) if the task dies again
-    /// under it (SPEC §5, `source::Quarantine`). Unlike `max_deliver`, not
+    /// under it (SPEC §5, `broker::Quarantine`). Unlike `max_deliver`, not
     /// the server's limit.
     pub max_deliveries: u64,
     /// Redelivery delays after an ack timeout, in seconds; empty = `ack_wait_secs`.

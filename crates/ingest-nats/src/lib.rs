@@ -1,7 +1,7 @@
 //! ingestd's NATS JetStream source (SPEC §5).
 //!
 //! A durable **pull** consumer with explicit acks. Each fetch of up to
-//! `fetch_batch` messages goes through [`source::process`] (decode, derived
+//! `fetch_batch` messages goes through [`broker::process`] (decode, derived
 //! ids, one writer submission, dead letters) and only when that returned —
 //! every record committed, every dead letter written — is each message acked
 //! (`+ACK`, or `+TERM` for a message dead-lettered whole). When storage fails
@@ -28,9 +28,10 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream};
+use broker::{Backoff, Fate, Health, Incoming, Quarantine, RetryConfig, Verdict};
 use futures::StreamExt;
+use model::{DeadLetter, DeadLetterSink};
 use model::{Ingestor, RecordSink, Source};
-use source::{Backoff, DeadLetter, DeadLetterSink, Fate, Incoming, Quarantine, RetryConfig, SourceHealth, Verdict};
 use tokio_util::sync::CancellationToken;
 
 pub use config::NatsConfig;
@@ -70,19 +71,13 @@ pub struct NatsSource<S, D> {
     ingestor: Ingestor<S>,
     dead_letters: D,
     retry: RetryConfig,
-    health: SourceHealth,
+    health: Health,
     quarantine: Quarantine,
     crash_after_commit: Option<Arc<AtomicBool>>,
 }
 
 impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
-    pub fn new(
-        config: NatsConfig,
-        ingestor: Ingestor<S>,
-        dead_letters: D,
-        retry: RetryConfig,
-        health: SourceHealth,
-    ) -> Self {
+    pub fn new(config: NatsConfig, ingestor: Ingestor<S>, dead_letters: D, retry: RetryConfig, health: Health) -> Self {
         NatsSource {
             config,
             ingestor,
@@ -118,7 +113,7 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
     /// flushes the acks and returns `Ok`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let cfg = &self.config;
-        self.health.set_disconnected(format!("connecting to {}", mask(&cfg.url)));
+        self.health.set_disconnected(format!("connecting to {}", model::mask_url(&cfg.url)));
         let Some(client) = self.connect(&shutdown).await else { return Ok(()) };
         let js = jetstream::new(client.clone());
         let mut setup_backoff = Backoff::new(self.retry.clone());
@@ -214,7 +209,7 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
         let mut backoff = Backoff::new(self.retry.clone());
         loop {
             let health = self.health.clone();
-            let url = mask(&self.config.url);
+            let url = model::mask_url(&self.config.url);
             let delays = Backoff::new(self.retry.clone());
             let options = async_nats::ConnectOptions::new()
                 .name(format!("ingestd {}", self.config.consumer))
@@ -240,11 +235,11 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
                 _ = shutdown.cancelled() => return None,
                 result = options.connect(self.config.url.as_str()) => match result {
                     Ok(client) => {
-                        tracing::info!(url = %mask(&self.config.url), "NATS connected");
+                        tracing::info!(url = %model::mask_url(&self.config.url), "NATS connected");
                         return Some(client);
                     }
                     Err(e) => {
-                        let why = format!("nats: cannot connect to {}: {e}", mask(&self.config.url));
+                        let why = format!("nats: cannot connect to {}: {e}", model::mask_url(&self.config.url));
                         tracing::warn!(error = %why, "retrying");
                         self.health.set_disconnected(why);
                     }
@@ -374,7 +369,7 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
                 continue;
             };
             let published_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-            let key = source::nats_key(info.stream, info.stream_sequence, published_ms);
+            let key = broker::nats_key(info.stream, info.stream_sequence, published_ms);
             let delivered = u64::try_from(info.delivered).unwrap_or(0);
             redelivered += u64::from(delivered > 1);
             match self.quarantine.verdict(&key, delivered, self.config.max_deliveries) {
@@ -442,11 +437,11 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
     ) -> Result<(), Error> {
         let batch: Vec<Incoming<'_>> = messages
             .iter()
-            .map(|(m, key)| Incoming { key, unix_ms: source::key_unix_ms(Source::Nats, key), payload: &m.payload })
+            .map(|(m, key)| Incoming { key, unix_ms: broker::key_unix_ms(Source::Nats, key), payload: &m.payload })
             .collect();
 
         // Keep the server from redelivering while a slow commit runs.
-        let work = source::process(&self.ingestor, &self.dead_letters, Source::Nats, &batch);
+        let work = broker::process(&self.ingestor, &self.dead_letters, Source::Nats, &batch);
         tokio::pin!(work);
         let every = (ack_wait / 2).max(Duration::from_millis(100));
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -517,15 +512,5 @@ async fn sleep(delay: Duration, shutdown: &CancellationToken) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
-    }
-}
-
-/// `nats://user:secret@host` → `nats://user:***@host`.
-fn mask(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://***@{host}"),
     }
 }

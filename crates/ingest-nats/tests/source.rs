@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, message::PublishMessage, stream};
+use broker::{Health, RetryConfig};
 use ingest_nats::{Error, NatsConfig, NatsSource};
 use model::{Ingestor, RecordSink, SinkError, Source, StoreOutcome, UsageRecord, ValidationConfig};
-use source::{RetryConfig, SourceHealth};
 use storage::{Store, Writer, WriterConfig, WriterHandle};
 use testkit::nats::{ThrowawayNats, unique};
 use testkit::{Kind, TestDatabase};
@@ -111,7 +111,7 @@ impl Harness {
         Probe::new(self.writer.handle())
     }
 
-    fn source(&self, probe: &Probe, health: &SourceHealth) -> NatsSource<Probe, Store> {
+    fn source(&self, probe: &Probe, health: &Health) -> NatsSource<Probe, Store> {
         NatsSource::new(
             self.config.clone(),
             Ingestor::new(probe.clone(), ValidationConfig::default()),
@@ -244,7 +244,7 @@ async fn ten_thousand_messages_land_exactly_once(kind: Kind) {
     h.create_stream().await;
     let n = 10_000u64;
     h.publish((0..n).map(|i| record(&h.org, i))).await;
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     let (token, task) = spawn(h.source(&probe, &health));
     h.wait_rows(n).await;
     h.wait_all_acked().await;
@@ -260,7 +260,7 @@ testkit::on_every_backend!(ten_thousand_messages_land_exactly_once);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_and_the_stream_keeps_flowing() {
     let h = Harness::shared(Kind::Sqlite).await;
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     let (token, task) = spawn(h.source(&probe, &health));
     wait_until("the source created the stream", || health.check().is_ok()).await;
     let org = &h.org;
@@ -295,7 +295,7 @@ async fn a_batch_message_with_a_bad_record_stores_the_valid_ones() {
     let envelope =
         format!(r#"{{"message_id":"m-1","event_type":"batch","payload":{{"records":[{}]}}}}"#, record(org, 3));
     h.publish([batch, envelope]).await;
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     let (token, task) = spawn(h.source(&probe, &health));
     h.wait_rows(3).await;
     h.wait_all_acked().await;
@@ -307,7 +307,7 @@ async fn a_batch_message_with_a_bad_record_stores_the_valid_ones() {
 async fn server_killed_and_restarted_mid_stream_everything_lands_once() {
     let mut nats = ThrowawayNats::start();
     let h = Harness::new(Kind::Sqlite, &nats.url()).await;
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     let (token, task) = spawn(h.source(&probe, &health));
     wait_until("the source created the stream", || health.check().is_ok()).await;
 
@@ -360,7 +360,7 @@ async fn a_crash_between_commit_and_ack_redelivers_without_duplicates() {
 
     // First process: commits its first fetch, then "dies" before acking.
     let armed = Arc::new(AtomicBool::new(true));
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     let crashed = h.source(&probe, &health).crash_after_commit(armed.clone());
     let result = tokio::time::timeout(DEADLINE, crashed.run(CancellationToken::new())).await.unwrap();
     assert!(matches!(result, Err(Error::Failpoint)), "{result:?}");
@@ -369,7 +369,7 @@ async fn a_crash_between_commit_and_ack_redelivers_without_duplicates() {
     assert!(h.consumer().await.info().await.unwrap().num_ack_pending > 0, "and acked none of it");
 
     // A fresh process gets those messages again after ack_wait: no new rows.
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     let (token, task) = spawn(h.source(&probe, &health));
     h.wait_rows(250).await;
     h.wait_all_acked().await;
@@ -384,7 +384,7 @@ async fn messages_published_while_ingestd_is_down_are_ingested_at_start() {
     // Before any ingestd ever ran (the stream exists, the consumer not yet).
     h.create_stream().await;
     h.publish((0..100).map(|i| record(&h.org, i))).await;
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     let (token, task) = spawn(h.source(&probe, &health));
     h.wait_rows(100).await;
     h.wait_all_acked().await;
@@ -398,7 +398,7 @@ async fn messages_published_while_ingestd_is_down_are_ingested_at_start() {
     let info = h.consumer().await.info().await.unwrap().clone();
     assert_eq!(info.num_pending + info.num_ack_pending as u64, 200, "{info:?}");
     assert_eq!(h.rows().await, 100);
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     let (token, task) = spawn(h.source(&probe, &health));
     h.wait_rows(300).await;
     h.wait_all_acked().await;
@@ -416,8 +416,8 @@ async fn two_processes_share_one_consumer_without_duplicates() {
     // Slow commits, so that both processes have fetches outstanding.
     a.0.delay_ms.store(20, Ordering::SeqCst);
     b.0.delay_ms.store(20, Ordering::SeqCst);
-    let (ta, ja) = spawn(h.source(&a, &SourceHealth::new()));
-    let (tb, jb) = spawn(h.source(&b, &SourceHealth::new()));
+    let (ta, ja) = spawn(h.source(&a, &Health::new()));
+    let (tb, jb) = spawn(h.source(&b, &Health::new()));
     h.publish((0..3000).map(|i| record(&h.org, i))).await;
     h.wait_rows(3000).await;
     h.wait_all_acked().await;
@@ -433,7 +433,7 @@ async fn two_processes_share_one_consumer_without_duplicates() {
 async fn storage_unavailable_messages_are_nakd_and_delivered_later() {
     let h = Harness::shared(Kind::Sqlite).await;
     h.create_stream().await;
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     probe.0.down.store(true, Ordering::SeqCst);
     let (token, task) = spawn(h.source(&probe, &health));
     h.publish((0..200).map(|i| record(&h.org, i))).await;
@@ -458,11 +458,11 @@ async fn long_commits_send_progress_so_nothing_is_redelivered() {
     h.create_stream().await;
     let (slow, other) = (h.probe(), h.probe());
     slow.0.delay_ms.store(3000, Ordering::SeqCst);
-    let (ts, js) = spawn(h.source(&slow, &SourceHealth::new()));
+    let (ts, js) = spawn(h.source(&slow, &Health::new()));
     h.publish((0..20).map(|i| record(&h.org, i))).await;
     wait_until("the slow process is committing", || Probe::get(&slow.0.started) > 0).await;
     // A second process on the same consumer would get anything redelivered.
-    let (to, jo) = spawn(h.source(&other, &SourceHealth::new()));
+    let (to, jo) = spawn(h.source(&other, &Health::new()));
     h.wait_rows(20).await;
     h.wait_all_acked().await;
     assert_eq!(Probe::get(&slow.0.inserted), 20, "the slow commit held on to its messages");
@@ -476,7 +476,7 @@ async fn shutdown_finishes_and_acks_the_batch_in_hand() {
     let h = Harness::shared(Kind::Sqlite).await;
     h.create_stream().await;
     h.publish((0..50).map(|i| record(&h.org, i))).await;
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     probe.0.delay_ms.store(1000, Ordering::SeqCst);
     let (token, task) = spawn(h.source(&probe, &health));
     wait_until("a commit is under way", || Probe::get(&probe.0.started) > 0).await;
@@ -497,7 +497,7 @@ async fn an_existing_stream_without_the_subject_is_reported() {
     })
     .await
     .unwrap();
-    let (probe, health) = (h.probe(), SourceHealth::new());
+    let (probe, health) = (h.probe(), Health::new());
     let (token, task) = spawn(h.source(&probe, &health));
     let start = Instant::now();
     let why = loop {

@@ -13,7 +13,9 @@
 //! - [`RateLimiter`]: the async trait (`check`, `usage`, `set_org_limit`, `remove_org_limit`) over a shared
 //!   [`PolicyRegistry`] (default policy + runtime overrides). Backends: [`MemoryLimiter`] (sharded, swept,
 //!   hard-capped), `RedisLimiter` (feature `redis`: one atomic `EVALSHA` per check, circuit breaker and
-//!   [`FailMode`](crate::redis::FailMode)), and [`NoopLimiter`]. [`Limiter`] picks one at runtime without `dyn`.
+//!   [`FailMode`]), and [`NoopLimiter`]. [`Limiter`] picks one at runtime without `dyn`.
+//! - [`RateLimitConfig`]: the settings as serde data (backend, fail mode, default policy as
+//!   [`PolicyConfig`], per-key overrides); [`RateLimitConfig::build`] makes the [`Limiter`].
 //! - [`Clock`]: injectable time ([`SystemClock`], [`ManualClock`] for tests).
 //!
 //! # What it deliberately does not do
@@ -38,6 +40,7 @@
 //! ```
 
 mod clock;
+mod config;
 mod gcra;
 mod limiter;
 mod memory;
@@ -47,6 +50,10 @@ pub mod redis;
 mod registry;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{
+    BuildError, DEFAULT_PER_MINUTE, FailMode, MAX_POLICY_NUMBER, PolicyConfig, PolicyProblem, RateLimitBackend,
+    RateLimitConfig,
+};
 pub use gcra::{Decision, decide};
 pub use limiter::{Error, NoopLimiter, RateLimiter, Usage};
 pub use memory::{MemoryConfig, MemoryLimiter};

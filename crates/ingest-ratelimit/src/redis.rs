@@ -39,17 +39,7 @@ end
 return {0, tat, now}
 "#;
 
-/// What to do while Redis is unhealthy (error, timeout, or circuit open).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailMode {
-    /// Decide with an in-process [`MemoryLimiter`] (per-instance limits) until Redis recovers. The default.
-    #[default]
-    Local,
-    /// Admit everything (as a fresh bucket would).
-    Open,
-    /// Surface [`Error::Unavailable`]; the caller refuses the request.
-    Closed,
-}
+pub use crate::config::FailMode;
 
 /// Which clock decides.
 #[derive(Debug, Clone, Default)]

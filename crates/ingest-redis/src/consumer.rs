@@ -3,11 +3,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use broker::{Backoff, Fate, Health, Incoming, Quarantine, RetryConfig, Verdict};
 use fred::cmd;
 use fred::prelude::{Builder, ClientLike, Config as FredConfig, ReconnectPolicy};
 use fred::types::Value;
+use model::{DeadLetter, DeadLetterSink};
 use model::{Ingestor, RecordSink, SinkError, Source};
-use source::{Backoff, DeadLetter, DeadLetterSink, Fate, Incoming, Quarantine, RetryConfig, SourceHealth, Verdict};
 use tokio_util::sync::CancellationToken;
 
 use crate::RedisConsumerConfig;
@@ -108,7 +109,7 @@ pub struct RedisSource<S, D> {
     ingestor: Ingestor<S>,
     dead_letters: D,
     retry: RetryConfig,
-    health: SourceHealth,
+    health: Health,
     stats: Arc<Stats>,
     quarantine: Quarantine,
 }
@@ -139,7 +140,7 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
         ingestor: Ingestor<S>,
         dead_letters: D,
         retry: RetryConfig,
-        health: SourceHealth,
+        health: Health,
     ) -> Self {
         let name = config.consumer_name("");
         RedisSource {
@@ -459,7 +460,7 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
                     letters.push(letter(fields.as_bytes(), "the entry has no `payload` field".into()));
                 }
                 Body::Payload(payload) => {
-                    let one = Incoming { key, unix_ms: source::key_unix_ms(Source::Redis, key), payload };
+                    let one = Incoming { key, unix_ms: broker::key_unix_ms(Source::Redis, key), payload };
                     match self.quarantine.verdict(key, deliveries, c.max_deliveries) {
                         Verdict::Batch => incoming.push(one),
                         Verdict::Alone => {
@@ -493,12 +494,12 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
                     letters_written = true;
                 }
                 let held = self.quarantine.hold(incoming.iter().map(|m| m.key.to_owned()), false);
-                let report = source::process(&self.ingestor, &self.dead_letters, Source::Redis, &incoming).await;
+                let report = broker::process(&self.ingestor, &self.dead_letters, Source::Redis, &incoming).await;
                 held.release();
                 let mut report = report?;
                 for one in &alone {
                     let held = self.quarantine.hold([one.key.to_owned()], true);
-                    let result = source::process(&self.ingestor, &self.dead_letters, Source::Redis, &[*one]).await;
+                    let result = broker::process(&self.ingestor, &self.dead_letters, Source::Redis, &[*one]).await;
                     held.release();
                     report.fates.extend(result?.fates);
                 }

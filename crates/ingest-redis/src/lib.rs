@@ -12,7 +12,7 @@
 //! 3. otherwise reads new entries with a blocking `XREADGROUP … >` on a
 //!    connection of its own, so the block never delays other commands.
 //!
-//! Every batch goes through [`source::process`] (decoding, derived ids,
+//! Every batch goes through [`broker::process`] (decoding, derived ids,
 //! **one** writer submission, dead letters) and is then acknowledged with
 //! **one** `XACK`. An entry without a `payload` field, an invalid one, or one
 //! delivered more than `max_deliveries` times goes to the dead-letter table
@@ -27,7 +27,7 @@
 //!
 //! Deliberately not here: the configuration's loading (ingestd), the
 //! writer and the database (behind [`model::RecordSink`] and
-//! [`source::DeadLetterSink`]), and the Redis rate limiter, which only
+//! [`broker::DeadLetterSink`]), and the Redis rate limiter, which only
 //! shares the URL.
 
 mod config;

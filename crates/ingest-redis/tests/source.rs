@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use broker::{Health, RetryConfig};
 use fred::cmd;
 use fred::prelude::{Builder, ClientLike, Config as FredConfig, ReconnectPolicy};
 use fred::types::Value;
 use ingest_redis::{RedisConsumerConfig, RedisSource, Stats};
 use model::{Ingestor, RecordSink, SinkError, Source, StoreOutcome, UsageRecord, ValidationConfig};
 use sea_orm::{ConnectionTrait, Statement};
-use source::{RetryConfig, SourceHealth};
 use storage::{Store, Writer, WriterConfig, WriterHandle};
 use testkit::redis::{ThrowawayRedis, unique, url};
 use testkit::{Kind, TestDatabase};
@@ -60,7 +60,7 @@ struct Running {
     stop: CancellationToken,
     task: JoinHandle<Result<(), ingest_redis::Error>>,
     stats: Arc<Stats>,
-    health: SourceHealth,
+    health: Health,
 }
 
 impl Running {
@@ -128,13 +128,13 @@ impl Harness {
     }
 
     fn start(&self, config: RedisConsumerConfig) -> Running {
-        self.start_with(config, source::Quarantine::new())
+        self.start_with(config, broker::Quarantine::new())
     }
 
-    fn start_with(&self, config: RedisConsumerConfig, quarantine: source::Quarantine) -> Running {
+    fn start_with(&self, config: RedisConsumerConfig, quarantine: broker::Quarantine) -> Running {
         let ingestor =
             Ingestor::new(Flaky { inner: self.writer.handle(), down: self.down.clone() }, ValidationConfig::default());
-        let health = SourceHealth::new();
+        let health = Health::new();
         let source = RedisSource::new(&self.url, config, ingestor, self.store.clone(), retry(), health.clone())
             .with_quarantine(quarantine);
         let stats = source.stats();
@@ -298,7 +298,7 @@ async fn an_entry_that_kills_the_task_is_dead_lettered_and_its_neighbours_stored
     let mut killer = testkit::record_json(&h.org, 1);
     killer["model"]["name"] = TASK_KILLER.into();
     h.add([h.record(0, true), killer.to_string(), h.record(2, false)]).await;
-    let quarantine = source::Quarantine::new();
+    let quarantine = broker::Quarantine::new();
     let config = RedisConsumerConfig { max_deliveries: 1, ..h.config("worker") };
     let mut incarnations = 0;
     let deadline = Instant::now() + Duration::from_secs(30);

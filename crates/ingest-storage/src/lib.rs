@@ -20,5 +20,5 @@ mod writer;
 pub use admin::{ApiKeyRow, OrgRateLimit};
 pub use config::{DatabaseConfig, SqliteSynchronous, WriterConfig};
 pub use error::Error;
-pub use store::{Backend, DeadLetter, DeadLetterFilter, Store, StoredDeadLetter};
+pub use store::{Backend, DeadLetterFilter, Store, StoredDeadLetter};
 pub use writer::{Writer, WriterHandle};

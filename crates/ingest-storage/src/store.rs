@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use model::{Source, UsageRecord};
+use model::{DeadLetter, DeadLetterSink, SinkError, Source, UsageRecord};
 use sea_orm::sea_query::{
     Expr, ExprTrait, OnConflict, PostgresQueryBuilder, Query, QueryStatementWriter, SqliteQueryBuilder,
 };
@@ -30,17 +30,10 @@ pub struct Store {
     backend: Backend,
 }
 
-/// A message a stream source could not ingest, kept for inspection and replay.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub source: Source,
-    /// The message's identity at its source (NATS: `stream:sequence`; Redis:
-    /// `key:entry-id`); a message dead-lettered twice is one row whose
-    /// delivery count grows.
-    pub message_key: String,
-    pub payload: Vec<u8>,
-    /// Why it was refused, for people (JSON list of field errors, or a sentence).
-    pub error: String,
+impl DeadLetterSink for Store {
+    async fn put(&self, letter: &DeadLetter) -> Result<(), SinkError> {
+        self.dead_letter(letter).await.map_err(|e| SinkError::Unavailable(Box::new(e)))
+    }
 }
 
 /// A dead letter as stored, for `ingestd dlq list|replay`.

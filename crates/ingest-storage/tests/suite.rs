@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use ingest_storage::{ApiKeyRow, DeadLetter, OrgRateLimit, Store, Writer, WriterConfig};
+use ingest_storage::{ApiKeyRow, OrgRateLimit, Store, Writer, WriterConfig};
+use model::DeadLetter;
 use model::{Deadline, RecordSink, SinkError, Source, StoreOutcome};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use testkit::{Kind, TestDatabase, record};

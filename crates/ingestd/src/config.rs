@@ -2,21 +2,19 @@
 //! (or `--config FILE`) ← environment. This is the only place that reads
 //! files or the environment; each crate owns the plain struct of its section.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
-use ratelimit::Policy;
 use serde::{Deserialize, Serialize};
 
-pub use http_edge::HttpConfig;
+pub use broker::RetryConfig;
+pub use ingest_http::HttpConfig;
+pub use ingest_nats::NatsConfig;
+pub use ingest_redis::RedisConsumerConfig;
 pub use model::ValidationConfig;
-pub use nats_source::NatsConfig;
-pub use redis_source::RedisConsumerConfig;
-pub use source::RetryConfig;
+pub use ratelimit::{FailMode, PolicyConfig, PolicyProblem, RateLimitBackend, RateLimitConfig};
 pub use storage::{DatabaseConfig, WriterConfig};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -48,160 +46,6 @@ pub enum AuthMode {
     ApiKey,
     /// No authentication (local development); logged as a warning at every start.
     None,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Limit ingestion requests per organization (SPEC §4).
-    pub enabled: bool,
-    pub backend: RateLimitBackend,
-    /// What the Redis backend does while Redis is unhealthy.
-    pub fail_mode: FailMode,
-    /// Longest a Redis check may take before it counts as a failure.
-    pub redis_timeout_ms: u64,
-    /// The policy of every organization without an override. Empty: 60 000 per minute.
-    pub default: PolicyConfig,
-    /// Overrides by organization id.
-    pub orgs: BTreeMap<String, PolicyConfig>,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        RateLimitConfig {
-            enabled: true,
-            backend: RateLimitBackend::Memory,
-            fail_mode: FailMode::Local,
-            redis_timeout_ms: 10,
-            default: PolicyConfig::default(),
-            orgs: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RateLimitBackend {
-    /// Per-process state.
-    #[default]
-    Memory,
-    /// Shared state in Redis (`redis.url`), for several ingestd processes.
-    Redis,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailMode {
-    /// Decide with a per-process limiter until Redis recovers.
-    #[default]
-    Local,
-    /// Admit every request.
-    Open,
-    /// Refuse every request with 503.
-    Closed,
-}
-
-/// One of `per_minute`, `per_hour`, `per_day`, or `max_requests` +
-/// `window_secs` (+ `burst_size`, default 0).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicyConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_minute: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_hour: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_day: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_requests: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub window_secs: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub burst_size: Option<u64>,
-}
-
-/// The largest number any policy setting takes (10^15): far above any real
-/// rate, and small enough that the GCRA state stays exact in Redis's doubles.
-pub const MAX_POLICY_NUMBER: u64 = 1_000_000_000_000_000;
-
-/// The default policy when `[rate_limit.default]` says nothing.
-pub const DEFAULT_PER_MINUTE: u64 = 60_000;
-
-impl PolicyConfig {
-    fn is_empty(&self) -> bool {
-        *self == PolicyConfig::default()
-    }
-
-    /// The policy this section describes; `key` names it in errors.
-    pub fn to_policy(&self, key: &str) -> Result<Policy, ConfigError> {
-        self.policy().map_err(|msg| ConfigError(format!("invalid configuration: {key}: {msg}")))
-    }
-
-    /// The policy this section describes, or what is wrong with it.
-    pub fn policy(&self) -> Result<Policy, PolicyProblem> {
-        use PolicyProblem::Invalid;
-        let numbers = [
-            ("per_minute", self.per_minute),
-            ("per_hour", self.per_hour),
-            ("per_day", self.per_day),
-            ("max_requests", self.max_requests),
-            ("window_secs", self.window_secs),
-            ("burst_size", self.burst_size),
-        ];
-        if let Some((name, _)) = numbers.iter().find(|(_, n)| n.is_some_and(|n| n > MAX_POLICY_NUMBER)) {
-            return Err(Invalid(format!("{name} must be at most {MAX_POLICY_NUMBER}")));
-        }
-        let presets = [("per_minute", self.per_minute), ("per_hour", self.per_hour), ("per_day", self.per_day)];
-        let mut set = presets.iter().filter(|(_, v)| v.is_some());
-        let custom = self.max_requests.is_some() || self.window_secs.is_some();
-        let policy = match (set.next(), set.next(), custom) {
-            (Some((a, _)), Some((b, _)), _) => return Err(Invalid(format!("set one of {a} and {b}, not both"))),
-            (Some((name, _)), None, true) => {
-                return Err(Invalid(format!("set {name} or max_requests + window_secs, not both")));
-            }
-            (Some((name, Some(n))), None, false) => {
-                if self.burst_size.is_some() {
-                    return Err(Invalid(format!(
-                        "burst_size goes with max_requests + window_secs; {name} has its own burst"
-                    )));
-                }
-                match *name {
-                    "per_minute" => Policy::per_minute(*n),
-                    "per_hour" => Policy::per_hour(*n),
-                    _ => Policy::per_day(*n),
-                }
-            }
-            (_, _, true) => {
-                let (Some(max), Some(window)) = (self.max_requests, self.window_secs) else {
-                    return Err(Invalid("max_requests and window_secs go together".into()));
-                };
-                Policy::new(max, Duration::from_secs(window), self.burst_size.unwrap_or(0))
-            }
-            (None, _, false) if self.is_empty() => Policy::per_minute(DEFAULT_PER_MINUTE),
-            _ => return Err(Invalid("set per_minute, per_hour, per_day, or max_requests + window_secs".into())),
-        };
-        policy.map_err(|e| match e {
-            ratelimit::PolicyError::TooLarge { .. } => PolicyProblem::Unenforceable(e.to_string()),
-            _ => Invalid(e.to_string()),
-        })
-    }
-}
-
-/// What is wrong with a policy section.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PolicyProblem {
-    /// Not a policy: a zero, two presets, a missing half of a pair, a number too large.
-    Invalid(String),
-    /// A policy, but one no limiter can keep (its bucket is deeper than 2^51 µs).
-    Unenforceable(String),
-}
-
-impl std::fmt::Display for PolicyProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PolicyProblem::Invalid(m) | PolicyProblem::Unenforceable(m) => f.write_str(m),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,9 +194,11 @@ impl Config {
         if self.writer.queue_capacity == 0 || self.writer.max_batch_rows == 0 {
             return err("writer", "queue_capacity and max_batch_rows must be at least 1".into());
         }
-        self.rate_limit.default.to_policy("rate_limit.default")?;
-        for (org, policy) in &self.rate_limit.orgs {
-            policy.to_policy(&format!("rate_limit.orgs.{org:?}"))?;
+        if let Err(problem) = self.rate_limit.default.policy() {
+            return err("rate_limit.default", problem.to_string());
+        }
+        if let Err(e) = self.rate_limit.org_policies() {
+            return Err(ConfigError(format!("invalid configuration: rate_limit.{e}")));
         }
         if self.rate_limit.enabled && self.rate_limit.backend == RateLimitBackend::Redis && self.redis.url.is_empty() {
             return err("rate_limit.backend", "\"redis\" needs redis.url (REDIS_URL)".into());
@@ -383,7 +229,7 @@ impl Config {
         masked.nats.url = mask_url(&masked.nats.url);
         masked.redis.url = mask_url(&masked.redis.url);
         if masked.rate_limit.default.is_empty() {
-            masked.rate_limit.default.per_minute = Some(DEFAULT_PER_MINUTE);
+            masked.rate_limit.default.per_minute = Some(ratelimit::DEFAULT_PER_MINUTE);
         }
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
@@ -423,18 +269,14 @@ fn describe(e: figment::Error, origins: &[(String, String)]) -> String {
     out
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
-pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
+pub use model::mask_url;
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use ratelimit::Policy;
+
     use super::*;
 
     fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -454,7 +296,7 @@ mod tests {
         assert_eq!(c.nats.subject, "llm.usage");
         assert_eq!(c.redis.consumer.max_deliveries, 5);
         assert!(c.rate_limit.enabled);
-        assert_eq!(c.rate_limit.default.to_policy("d").unwrap(), Policy::per_minute(60_000).unwrap());
+        assert_eq!(c.rate_limit.default.policy().unwrap(), Policy::per_minute(60_000).unwrap());
         assert!(c.to_masked_toml().contains("per_minute = 60000"));
     }
 
@@ -468,8 +310,8 @@ mod tests {
             ("INGESTD_RATE_LIMIT__FAIL_MODE", "closed"),
         ])
         .unwrap();
-        assert_eq!(c.rate_limit.default.to_policy("d").unwrap(), Policy::per_hour(3600).unwrap());
-        let acme = c.rate_limit.orgs["acme"].to_policy("o").unwrap();
+        assert_eq!(c.rate_limit.default.policy().unwrap(), Policy::per_hour(3600).unwrap());
+        let acme = c.rate_limit.orgs["acme"].policy().unwrap();
         assert_eq!(acme, Policy::new(10, Duration::from_secs(1), 5).unwrap());
         assert_eq!(acme.capacity(), 15);
         assert_eq!(c.rate_limit.fail_mode, FailMode::Closed);
@@ -491,6 +333,17 @@ mod tests {
         );
         assert_eq!(c.nats.backoff_secs, [1, 5]);
         assert!(c.to_masked_toml().contains("nats://u:***@127.0.0.1:4222"));
+    }
+
+    #[test]
+    fn config_check_masks_a_nats_token() {
+        // `nats://TOKEN@host` is token auth: the whole user info is the secret.
+        let c = load(&[("NATS_URL", "nats://s3cr3t-token@127.0.0.1:4222"), ("REDIS_URL", "redis://:redis-pw@h:6379")])
+            .unwrap();
+        let shown = c.to_masked_toml();
+        assert!(shown.contains("nats://***@127.0.0.1:4222"), "{shown}");
+        assert!(shown.contains("redis://***@h:6379"), "{shown}");
+        assert!(!shown.contains("s3cr3t") && !shown.contains("redis-pw"), "{shown}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the letter edited in place, …).
 //!
 //! A replay goes through the same path as the stream source did
-//! ([`source::process`]) with the same message key, so records get the same
+//! ([`broker::process`]) with the same message key, so records get the same
 //! derived ids as at their first delivery: records a partial batch already
 //! stored come back as duplicates, never as second rows. A letter whose
 //! records are now all stored is marked `replayed_at` and kept; one that
@@ -12,8 +12,8 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
+use broker::{Fate, Incoming};
 use model::{Ingestor, Source};
-use source::{Fate, Incoming};
 use storage::{DeadLetterFilter, Store, StoredDeadLetter, Writer};
 use time::format_description::well_known::Rfc3339;
 
@@ -117,8 +117,8 @@ pub async fn replay(config: &Config, filter: &DeadLetterFilter) -> Result<Replay
         for l in &letters {
             let source: Source = l.letter.source;
             let key = l.letter.message_key.as_str();
-            let incoming = Incoming { key, unix_ms: source::key_unix_ms(source, key), payload: &l.letter.payload };
-            let report = source::process(&ingestor, &store, source, &[incoming])
+            let incoming = Incoming { key, unix_ms: broker::key_unix_ms(source, key), payload: &l.letter.payload };
+            let report = broker::process(&ingestor, &store, source, &[incoming])
                 .await
                 .with_context(|| format!("replaying dead letter {}", l.id))?;
             match report.fates[0] {

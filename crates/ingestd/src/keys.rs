@@ -13,15 +13,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use auth::{KeyRing, Principal, Scope, SigningSecret};
-use http_edge::admin::{AdminError, AdminFuture};
-use http_edge::{Admin, CreatedKey, KeyView, NewKey};
+use ingest_http::admin::{AdminError, AdminFuture};
+use ingest_http::admin::{PolicySource, RateLimitView};
+use ingest_http::{Admin, CreatedKey, KeyView, NewKey};
 use ratelimit::{Policy, PolicyRegistry};
 use storage::{ApiKeyRow, OrgRateLimit, Store};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
-
-use crate::config::{PolicyConfig, PolicyProblem};
 
 /// How often each process re-reads keys and runtime policies.
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -145,29 +144,6 @@ fn new_key(scope: Scope, organization: Option<String>, label: Option<String>, si
     Ok(NewApiKey { row, key, signing_secret })
 }
 
-/// A `PUT …/rate-limit` body made ready for [`PolicyConfig`]: an explicit
-/// `null` is refused (leave the field out), and a whole number written with a
-/// fraction or exponent (`600.0`, `6e2`) is a whole number, as in records.
-fn policy_body(body: &serde_json::value::RawValue) -> Result<serde_json::Value, AdminError> {
-    let invalid = |e: serde_json::Error| AdminError::Invalid(e.to_string());
-    let fields: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
-        serde_json::from_str(body.get()).map_err(|_| AdminError::Invalid("the body must be a JSON object".into()))?;
-    let mut out = serde_json::Map::new();
-    for (name, raw) in fields {
-        let text = raw.get();
-        let value = match model::decode::whole_number(text) {
-            _ if text == "null" => {
-                return Err(AdminError::Invalid(format!("{name}: null is not a value; leave the field out")));
-            }
-            // From the text, never through a float: 600.00000000000001 stays a fraction.
-            Some(Some(whole)) if !text.starts_with('-') => whole.into(),
-            _ => serde_json::from_str(text).map_err(invalid)?,
-        };
-        out.insert(name, value);
-    }
-    Ok(serde_json::Value::Object(out))
-}
-
 fn digest_of(row: &ApiKeyRow) -> auth::Digest {
     let mut digest = [0u8; 32];
     if row.digest.len() == 32 {
@@ -279,22 +255,15 @@ impl RateLimits {
     }
 
     /// The policy in force for `org` and where it comes from.
-    pub async fn view(&self, org: &str, default: Option<Policy>) -> Result<serde_json::Value> {
+    pub async fn view(&self, org: &str) -> Result<RateLimitView> {
         let runtime = self.store.list_org_rate_limits().await?.into_iter().find(|r| r.organization_id == org);
+        let default = self.registry.as_ref().map(|r| r.default_policy());
         let (source, policy) = match (&runtime, self.configured.get(org)) {
-            (Some(row), _) => ("runtime", Some(policy_of(row)?)),
-            (None, Some(p)) => ("config", Some(*p)),
-            (None, None) => ("default", default),
+            (Some(row), _) => (PolicySource::Runtime, Some(policy_of(row)?)),
+            (None, Some(p)) => (PolicySource::Config, Some(*p)),
+            (None, None) => (PolicySource::Default, default),
         };
-        let mut view = serde_json::json!({ "organization_id": org, "source": source });
-        if let Some(p) = policy {
-            view["max_requests"] = p.max_requests().into();
-            view["window_secs"] = p.window().as_secs_f64().into();
-            view["burst_size"] = p.burst_size().into();
-            view["capacity"] = p.capacity().into();
-        }
-        view["enforced"] = self.registry.is_some().into();
-        Ok(view)
+        Ok(RateLimitView::new(org.to_owned(), source, policy, self.registry.is_some()))
     }
 }
 
@@ -390,35 +359,15 @@ impl Admin for AdminApi {
         })
     }
 
-    fn rate_limit(&self, org: String) -> AdminFuture<'_, serde_json::Value> {
-        Box::pin(async move {
-            let default = self.limits.registry.as_ref().map(|r| r.default_policy());
-            self.limits.view(&org, default).await.map_err(unavailable)
-        })
+    fn rate_limit(&self, org: String) -> AdminFuture<'_, RateLimitView> {
+        Box::pin(async move { self.limits.view(&org).await.map_err(unavailable) })
     }
 
-    fn set_rate_limit(
-        &self,
-        org: String,
-        body: Box<serde_json::value::RawValue>,
-    ) -> AdminFuture<'_, serde_json::Value> {
+    fn set_rate_limit(&self, org: String, policy: Policy) -> AdminFuture<'_, RateLimitView> {
         Box::pin(async move {
-            let config: PolicyConfig =
-                serde_json::from_value(policy_body(&body)?).map_err(|e| AdminError::Invalid(e.to_string()))?;
-            if config == PolicyConfig::default() {
-                // In a config file an empty section means the default; here it is a mistake.
-                return Err(AdminError::Invalid(
-                    "set per_minute, per_hour, per_day, or max_requests + window_secs".into(),
-                ));
-            }
-            let policy = config.policy().map_err(|problem| match problem {
-                PolicyProblem::Invalid(m) => AdminError::Invalid(m),
-                PolicyProblem::Unenforceable(m) => AdminError::Unprocessable(m),
-            })?;
             self.limits.set(&org, policy).await.map_err(unavailable)?;
             tracing::info!(organization = org, "runtime rate limit set through the admin API");
-            let default = self.limits.registry.as_ref().map(|r| r.default_policy());
-            self.limits.view(&org, default).await.map_err(unavailable)
+            self.limits.view(&org).await.map_err(unavailable)
         })
     }
 

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use http_edge::{AppState, ReadinessCheck};
+use ingest_http::{AppState, ReadinessCheck};
 use model::Ingestor;
-use ratelimit::{Limiter, MemoryLimiter, PolicyRegistry, RedisLimiter};
+use ratelimit::Limiter;
 use storage::{Store, Writer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -60,10 +60,17 @@ impl App {
                 pending.join(", ")
             );
         }
-        let configured = configured_policies(&config)?;
+        let invalid = |e: ratelimit::BuildError| anyhow::anyhow!("invalid configuration: rate_limit.{e}");
+        let configured = config.rate_limit.org_policies().map_err(invalid)?;
         let (limiter, registry) = match config.rate_limit.enabled {
             true => {
-                let (limiter, registry) = build_limiter(&config, &configured)?;
+                // Starts whether Redis answers or not (SPEC §4): until it
+                // does, requests are decided per fail mode, as during any outage.
+                let (limiter, registry) = config.rate_limit.build(&config.redis.url).map_err(|e| match e {
+                    ratelimit::BuildError::Limiter(e) => anyhow::Error::new(e)
+                        .context(format!("rate-limit backend redis at {}", config::mask_url(&config.redis.url))),
+                    e => invalid(e),
+                })?;
                 (Some(Arc::new(limiter)), Some(registry))
             }
             false => (None, None),
@@ -172,7 +179,7 @@ impl App {
             });
             readiness.push((*name, check));
         }
-        let source_gauges: Vec<(&'static str, source::SourceHealth)> =
+        let source_gauges: Vec<(&'static str, broker::Health)> =
             sources.iter().map(|(name, _, health)| (*name, health.clone())).collect();
         let metrics = telemetry::metrics_handle();
         let queue = writer.handle();
@@ -206,7 +213,7 @@ impl App {
             keys: keys.as_ref().map(|k| k.ring().clone()),
             // Without keys there is no admin: an open admin API would let
             // anyone mint keys that outlive `auth.mode = "none"`.
-            admin: keys.clone().map(|keys| Arc::new(keys::AdminApi { keys, limits }) as Arc<dyn http_edge::Admin>),
+            admin: keys.clone().map(|keys| Arc::new(keys::AdminApi { keys, limits }) as Arc<dyn ingest_http::Admin>),
         });
         tracing::info!(addr = %listener.local_addr()?, version = VERSION, "ingestd listening");
         // On shutdown the sources stop fetching at once and finish their batch
@@ -224,7 +231,7 @@ impl App {
                 stop_on_shutdown.cancel();
             }
         };
-        let served = http_edge::serve(listener, state, shutdown).await;
+        let served = ingest_http::serve(listener, state, shutdown).await;
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }
@@ -247,53 +254,10 @@ impl App {
 }
 
 /// A running stream source: its name (readiness, metrics), task and health.
-type Spawned = (&'static str, tokio::task::JoinHandle<Result<()>>, source::SourceHealth);
+type Spawned = (&'static str, tokio::task::JoinHandle<Result<()>>, broker::Health);
 
 /// How often idle rate-limit keys are dropped (inserts also sweep, amortised).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
-/// `[rate_limit.orgs]` as policies.
-fn configured_policies(config: &Config) -> Result<std::collections::BTreeMap<String, ratelimit::Policy>> {
-    let mut out = std::collections::BTreeMap::new();
-    for (org, policy) in &config.rate_limit.orgs {
-        out.insert(org.clone(), policy.to_policy(&format!("rate_limit.orgs.{org:?}"))?);
-    }
-    Ok(out)
-}
-
-/// The limiter `rate_limit` describes, with its per-organization overrides,
-/// and its policy registry (which runtime policies update).
-fn build_limiter(
-    config: &Config,
-    configured: &std::collections::BTreeMap<String, ratelimit::Policy>,
-) -> Result<(Limiter, Arc<PolicyRegistry>)> {
-    let rl = &config.rate_limit;
-    let registry = Arc::new(PolicyRegistry::new(rl.default.to_policy("rate_limit.default")?));
-    for (org, policy) in configured {
-        registry.set_override(org, *policy);
-    }
-    let shared = registry.clone();
-    let limiter = match rl.backend {
-        config::RateLimitBackend::Memory => Limiter::Memory(MemoryLimiter::new(registry)),
-        config::RateLimitBackend::Redis => {
-            let settings = ratelimit::redis::RedisConfig {
-                call_timeout: Duration::from_millis(rl.redis_timeout_ms),
-                fail_mode: match rl.fail_mode {
-                    config::FailMode::Local => ratelimit::redis::FailMode::Local,
-                    config::FailMode::Open => ratelimit::redis::FailMode::Open,
-                    config::FailMode::Closed => ratelimit::redis::FailMode::Closed,
-                },
-                ..Default::default()
-            };
-            // Starts whether Redis answers or not (SPEC §4): until it does,
-            // requests are decided per fail mode, as during any outage.
-            let limiter = RedisLimiter::connect_lazy(&config.redis.url, registry, settings)
-                .with_context(|| format!("rate-limit backend redis at {}", config::mask_url(&config.redis.url)))?;
-            Limiter::Redis(limiter)
-        }
-    };
-    Ok((limiter, shared))
-}
 
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = Vec::new();

@@ -1,8 +1,8 @@
 //! Builds and spawns the NATS JetStream source when `nats.url` is set.
 
+use broker::{Health, Quarantine};
+use ingest_nats::NatsSource;
 use model::Ingestor;
-use nats_source::NatsSource;
-use source::{Quarantine, SourceHealth};
 use storage::{Store, WriterHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +18,7 @@ pub(crate) fn spawn(
     if !config.nats.enabled() {
         return None;
     }
-    let health = SourceHealth::new();
+    let health = Health::new();
     let quarantine = Quarantine::new();
     let (nats, validation, store, retry) =
         (config.nats.clone(), config.validation.clone(), store.clone(), config.retry.clone());

@@ -1,9 +1,9 @@
 //! Builds and spawns the Redis Streams source when `redis.url` is set and
 //! `redis.consumer.enabled`.
 
+use broker::{Health, Quarantine};
+use ingest_redis::RedisSource;
 use model::Ingestor;
-use redis_source::RedisSource;
-use source::{Quarantine, SourceHealth};
 use storage::{Store, WriterHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,7 @@ pub(crate) fn spawn(
     }
     let mut consumer = redis.consumer.clone();
     consumer.name = consumer.consumer_name(&hostname());
-    let health = SourceHealth::new();
+    let health = Health::new();
     let quarantine = Quarantine::new();
     let (url, validation, store, retry) =
         (redis.url.clone(), config.validation.clone(), store.clone(), config.retry.clone());

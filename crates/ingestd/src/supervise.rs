@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use source::{Backoff, RetryConfig, SourceHealth};
+use broker::{Backoff, Health, RetryConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// The returned task ends with the last run's result once shut down.
 pub(crate) fn supervise<F, Fut>(
     name: &'static str,
-    health: SourceHealth,
+    health: Health,
     retry: RetryConfig,
     shutdown: CancellationToken,
     mut start: F,
@@ -72,7 +72,7 @@ mod tests {
     #[tokio::test]
     async fn a_stopped_source_is_restarted_and_unready_meanwhile() {
         let runs = Arc::new(AtomicU32::new(0));
-        let health = SourceHealth::new();
+        let health = Health::new();
         let shutdown = CancellationToken::new();
         let retry = RetryConfig { initial_delay_ms: 50, max_delay_ms: 50, ..RetryConfig::default() };
         let task = {

@@ -1,10 +1,10 @@
 //! `ingestd dlq list|replay` against both storage backends: letters made by
 //! the stream path itself, replayed after the cause is fixed.
 
+use broker::{Fate, Incoming};
 use ingestd::Config;
 use ingestd::dlq::{self, ReplaySummary};
 use model::{Ingestor, Source};
-use source::{Fate, Incoming};
 use storage::{DeadLetterFilter, Writer};
 use testkit::{Kind, TestDatabase, record_json};
 
@@ -38,7 +38,7 @@ async fn replay_stores_fixed_letters_once_and_marks_them(kind: Kind) {
     ];
     let writer = Writer::spawn(store.clone(), config.writer.clone());
     let ingestor = Ingestor::new(writer.handle(), config.validation.clone());
-    let report = source::process(&ingestor, &store, Source::Redis, &messages).await.unwrap();
+    let report = broker::process(&ingestor, &store, Source::Redis, &messages).await.unwrap();
     assert_eq!(
         report.fates,
         [Fate::Partial { accepted: 1, duplicates: 0, rejected: 1 }, Fate::DeadLettered, Fate::DeadLettered]

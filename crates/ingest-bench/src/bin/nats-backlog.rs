@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, stream};
+use broker::{Health, RetryConfig};
+use ingest_nats::{NatsConfig, NatsSource};
 use model::{Ingestor, RecordSink, SinkError, Source, StoreOutcome, UsageRecord, ValidationConfig};
-use nats_source::{NatsConfig, NatsSource};
-use source::{RetryConfig, SourceHealth};
 use storage::{DatabaseConfig, Store, Writer, WriterConfig, WriterHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -168,9 +168,9 @@ impl Bench {
             // The source keys messages with their publish time too: the same
             // shape of ids (time-ordered v8), 100 messages per millisecond.
             let published_ms = epoch_ms + i as u64 / 100;
-            let key = source::nats_key(&self.config.stream, i as u64 + 1, published_ms);
-            let unix_ms = source::key_unix_ms(Source::Nats, &key);
-            for r in ingestor.decode(&raw, |i| source::record_id(Source::Nats, &key, unix_ms, i)) {
+            let key = broker::nats_key(&self.config.stream, i as u64 + 1, published_ms);
+            let unix_ms = broker::key_unix_ms(Source::Nats, &key);
+            for r in ingestor.decode(&raw, |i| broker::record_id(Source::Nats, &key, unix_ms, i)) {
                 records.push(r.map_err(|e| anyhow::anyhow!("invalid benchmark record: {e:?}"))?);
             }
         }
@@ -214,7 +214,7 @@ impl Bench {
             Ingestor::new(sink.clone(), ValidationConfig::default()),
             store,
             RetryConfig::default(),
-            SourceHealth::new(),
+            Health::new(),
         );
         let token = CancellationToken::new();
         let start = Instant::now();
@@ -244,7 +244,7 @@ impl Bench {
             Ingestor::new(sink.clone(), ValidationConfig::default()),
             store,
             RetryConfig::default(),
-            SourceHealth::new(),
+            Health::new(),
         );
         let token = CancellationToken::new();
         let task = tokio::spawn(source.run(token.clone()));

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use broker::{Health, RetryConfig};
 use fred::cmd;
 use fred::prelude::{ClientLike, Config as FredConfig};
 use fred::types::Value;
+use ingest_redis::{RedisConsumerConfig, RedisSource};
 use model::{Ingestor, RecordSink, SinkError, Source, StoreOutcome, UsageRecord, ValidationConfig};
-use redis_source::{RedisConsumerConfig, RedisSource};
-use source::{RetryConfig, SourceHealth};
 use storage::{DatabaseConfig, Store, Writer, WriterConfig, WriterHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -169,7 +169,7 @@ async fn run(entries: u64, rate: u64, secs: u64) -> Result<serde_json::Value> {
     let db = fresh_db("drain").await?;
     let ingestor = Ingestor::new(db.writer.handle(), ValidationConfig::default());
     let source =
-        RedisSource::new(&url, consumer(&key), ingestor, db.store.clone(), RetryConfig::default(), SourceHealth::new());
+        RedisSource::new(&url, consumer(&key), ingestor, db.store.clone(), RetryConfig::default(), Health::new());
     let stats = source.stats();
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -198,7 +198,7 @@ async fn run(entries: u64, rate: u64, secs: u64) -> Result<serde_json::Value> {
         Ingestor::new(sink, ValidationConfig::default()),
         db.store.clone(),
         RetryConfig::default(),
-        SourceHealth::new(),
+        Health::new(),
     );
     let stats = source.stats();
     let stop = CancellationToken::new();

@@ -21,7 +21,7 @@ use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::ApiError;
-use crate::ratelimit::{ORGANIZATION_HEADER, Organization};
+use crate::limit_layer::{ORGANIZATION_HEADER, Organization};
 
 /// Puts [`AuthService`] in front of a service.
 #[derive(Clone, Debug)]

@@ -1,7 +1,7 @@
 //! The rate-limit layer (SPEC §4): one check per ingestion request, before
 //! its body is read.
 //!
-//! The organization is the one the API-key layer ([`crate::auth`]) put in the
+//! The organization is the one the API-key layer ([`crate::key_layer`]) put in the
 //! request's extensions ([`Organization`]); otherwise the `X-Organization-Id`
 //! header; otherwise `anonymous`. It is never taken from the body, which nobody has
 //! vouched for. Only `/v1/…` is limited: probes, metrics and the API

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 /// A source's state as `/health/ready` and `/metrics` show it. Cheap to clone;
 /// the source writes, the service reads.
 #[derive(Clone, Debug, Default)]
-pub struct SourceHealth {
+pub struct Health {
     inner: Arc<Inner>,
 }
 
@@ -14,9 +14,9 @@ struct Inner {
     problem: Mutex<Option<String>>,
 }
 
-impl SourceHealth {
+impl Health {
     pub fn new() -> Self {
-        SourceHealth::default()
+        Health::default()
     }
 
     /// Connected to the server, and the last batch (if any) was committed.
@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn reports_the_latest_state() {
-        let h = SourceHealth::new();
+        let h = Health::new();
         assert_eq!(h.check(), Err("not connected".into()));
         h.set_ok();
         assert_eq!(h.check(), Ok(()));

@@ -1,23 +1,9 @@
-use std::future::Future;
-
 use model::decode::{self, Rejected};
-use model::{FieldError, Ingestor, RecordOutcome, RecordSink, SinkError, Source, UsageRecord, ids};
+use model::{
+    DeadLetter, DeadLetterSink, FieldError, Ingestor, RecordOutcome, RecordSink, SinkError, Source, UsageRecord, ids,
+};
 use serde::Serialize;
-use storage::{DeadLetter, Store};
 use uuid::Uuid;
-
-/// Where messages that cannot be ingested are kept (the `dead_letters` table).
-pub trait DeadLetterSink: Send + Sync + 'static {
-    /// Records `letter`; the same `(source, message_key)` again bumps its
-    /// delivery count instead of adding a row.
-    fn put(&self, letter: &DeadLetter) -> impl Future<Output = Result<(), SinkError>> + Send;
-}
-
-impl DeadLetterSink for Store {
-    async fn put(&self, letter: &DeadLetter) -> Result<(), SinkError> {
-        self.dead_letter(letter).await.map_err(|e| SinkError::Unavailable(Box::new(e)))
-    }
-}
 
 /// One message of a fetch.
 #[derive(Clone, Copy, Debug)]

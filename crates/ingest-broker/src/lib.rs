@@ -32,7 +32,6 @@ mod health;
 mod quarantine;
 
 pub use backoff::{Backoff, RetryConfig};
-pub use batch::{BatchReport, DeadLetterSink, Fate, Incoming, entry_id_ms, key_unix_ms, nats_key, process, record_id};
-pub use health::SourceHealth;
+pub use batch::{BatchReport, Fate, Incoming, entry_id_ms, key_unix_ms, nats_key, process, record_id};
+pub use health::Health;
 pub use quarantine::{Held, Quarantine, Verdict};
-pub use storage::DeadLetter;
