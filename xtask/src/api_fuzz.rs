@@ -42,7 +42,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     let target = crate::dist::target_dir(root)?;
     let st = schemathesis(&target)?;
-    crate::cargo(&crate::RELEASE_BUILD)?;
+    crate::build_ingestd()?;
     let (services, admin_url) = crate::services::Services::postgres_only()?;
     let pg = PgDatabase::create(&admin_url)?;
     let mut failed = Vec::new();

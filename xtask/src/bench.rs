@@ -45,8 +45,8 @@ fn writer() -> Result<()> {
 /// 20k entries/s (`ingest-bench redis-drain`).
 fn redis() -> Result<()> {
     let services = crate::services::Services::ensure()?;
-    crate::cargo(&["build", "--release", "-p", "ingest-bench", "--bin", "redis-drain"])?;
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    crate::build_tools(&["ingest-bench"])?;
+    let target = crate::dist::target_dir(&crate::project_root())?;
     let mut cmd = Command::new(Path::new(&target).join("release").join("redis-drain"));
     services.apply(&mut cmd);
     cmd.env("RUST_LOG", "warn");
@@ -98,9 +98,9 @@ fn redis() -> Result<()> {
 /// against the writer alone in the same run, then publish-to-commit latency
 /// at a steady rate (`ingest-bench`'s `nats-backlog`).
 fn nats(args: &[String]) -> Result<()> {
-    crate::cargo(&["build", "--release", "-p", "ingest-bench", "--bin", "nats-backlog"])?;
+    crate::build_tools(&["ingest-bench"])?;
     let services = crate::services::Services::ensure()?;
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let target = crate::dist::target_dir(&crate::project_root())?;
     let mut cmd = Command::new(Path::new(&target).join("release").join("nats-backlog"));
     cmd.args(args).env("RUST_LOG", "warn");
     services.apply(&mut cmd);
@@ -135,8 +135,9 @@ struct Measured {
 }
 
 fn http() -> Result<()> {
-    crate::cargo(&["build", "--release", "-p", "ingestd", "-p", "ingest-bench"])?;
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    crate::build_ingestd()?;
+    crate::build_tools(&["ingest-bench"])?;
+    let target = crate::dist::target_dir(&crate::project_root())?;
     let bin = Path::new(&target).join("release");
     let secs: u64 = std::env::var("XTASK_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut rows = Vec::new();

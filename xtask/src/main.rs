@@ -4,11 +4,12 @@
 //!   and NATS found or started (see `services.rs`); with `--compose`, started
 //!   in Docker from `deploy/compose.test.yml` instead (needs a running Docker
 //!   engine). Extra arguments go to the test runner.
-//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, `test`, then
+//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings` (the workspace and
+//!   `tools/`), `test`, then
 //!   `fuzz all 60`, then `chaos --quick`, then `api-fuzz`.
 //! - `bench [writer|http|all]`: benchmarks (see `docs/benchmarks.md`).
 //! - `chaos [--quick] [--only 1,3]`: fault scenarios against the release
-//!   binary (`crates/ingest-chaos`; results in `docs/reliability.md`).
+//!   binary (`tools/chaos`, its own workspace; results in `docs/reliability.md`).
 //! - `api-fuzz [--seed N] [--examples N]`: schemathesis (from PyPI) against
 //!   the release binary's `/openapi.json` on SQLite and on PostgreSQL,
 //!   negative data included, positive data required to pass (`api_fuzz.rs`).
@@ -27,13 +28,14 @@ mod api_fuzz;
 mod bench;
 #[cfg(test)]
 mod deploy_checks;
+mod deps;
 mod dist;
 mod fuzz;
 mod services;
 
 use std::process::{Command, ExitCode};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 fn main() -> ExitCode {
     match run() {
@@ -55,10 +57,22 @@ fn run() -> Result<()> {
         "ci" => {
             let root = project_root();
             stage("fmt", || {
-                cargo(&["fmt", "--all", "--", "--check"]).context("cargo fmt --check (run `cargo fmt --all`)")
+                cargo(&["fmt", "--all", "--", "--check"]).context("cargo fmt --check (run `cargo fmt --all`)")?;
+                cargo(&["fmt", "--all", "--manifest-path", "tools/Cargo.toml", "--", "--check"])
+                    .context("cargo fmt --check in tools/ (run `cargo fmt --all` there)")
             })?;
             stage("clippy", || {
-                cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])
+                cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
+                let tools = root.join("tools/Cargo.toml");
+                let target = dist::target_dir(&root)?;
+                let mut cmd = Command::new("cargo");
+                cmd.args(["clippy", "--workspace", "--all-targets", "--locked", "--manifest-path"])
+                    .arg(&tools)
+                    .arg("--target-dir")
+                    .arg(&target)
+                    .args(["--", "-D", "warnings"]);
+                ensure!(cmd.status().context("run cargo")?.success(), "cargo clippy in tools/ failed");
+                Ok(())
             })?;
             stage("test", || test(&rest))?;
             stage("fuzz", || fuzz::run(&root, &["all".to_owned(), "60".to_owned()]))?;
@@ -132,7 +146,10 @@ fn test(extra: &[String]) -> Result<()> {
 /// Builds the release binaries and runs the fault scenarios; fails when any
 /// acknowledged record was lost, duplicated, or a scenario's check failed.
 fn chaos(args: &[String]) -> Result<()> {
-    cargo(&crate::RELEASE_BUILD)?;
+    build_ingestd()?;
+    build_tools(&["ingest-chaos"])?;
+    // The ledger must be able to fail before its verdicts count.
+    test_tools(&services::Services::ensure()?)?;
     let bin = dist::target_dir(&project_root())?.join("release");
     let status = Command::new(bin.join("ingest-chaos"))
         .arg("--ingestd")
@@ -186,10 +203,47 @@ impl Drop for Compose {
     }
 }
 
-/// The release build of `chaos` and `api-fuzz`: one command for both, so the
-/// second finds everything built (built apart, the two packages' different
-/// dependency features make Cargo recompile ingestd each time).
-pub(crate) const RELEASE_BUILD: [&str; 6] = ["build", "--release", "-p", "ingestd", "-p", "ingest-chaos"];
+/// The release `ingestd` that `chaos`, `api-fuzz` and `bench http` test:
+/// the main workspace's build of it alone, as `cargo xtask dist` builds it
+/// (no tooling crate is built with it, so no feature of theirs is unified
+/// into it).
+pub(crate) fn build_ingestd() -> Result<()> {
+    cargo(&["build", "--release", "--locked", "-p", "ingestd"])
+}
+
+/// A release build of `packages` of the tooling workspace `tools/`, into
+/// the main target directory (dependencies built with the same features are
+/// shared); its binaries land in `<target>/release/`.
+pub(crate) fn build_tools(packages: &[&str]) -> Result<()> {
+    let root = project_root();
+    let (manifest, target) = (root.join("tools/Cargo.toml"), dist::target_dir(&root)?);
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--release", "--locked", "--manifest-path"]).arg(&manifest).arg("--target-dir").arg(&target);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !cmd.status().context("run cargo")?.success() {
+        bail!("building {packages:?} of tools/ failed");
+    }
+    Ok(())
+}
+
+/// The tests of the tooling workspace (the chaos ledger's planted faults),
+/// in release like the tools themselves, with the test services.
+fn test_tools(services: &services::Services) -> Result<()> {
+    let root = project_root();
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--release", "--locked", "--manifest-path"])
+        .arg(root.join("tools/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(dist::target_dir(&root)?)
+        .arg("--workspace");
+    services.apply(&mut cmd);
+    if !cmd.status().context("run cargo")?.success() {
+        bail!("the tests of tools/ failed");
+    }
+    Ok(())
+}
 
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let status = Command::new("cargo").args(args).status().context("run cargo")?;
@@ -199,6 +253,6 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn project_root() -> std::path::PathBuf {
+pub(crate) fn project_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }

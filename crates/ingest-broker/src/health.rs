@@ -51,6 +51,19 @@ impl Health {
     }
 }
 
+/// A source is ready while connected and committing; its gauge is
+/// `ingestd_source_connected{source}`.
+impl model::Component for Health {
+    fn readiness(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = model::Readiness> + Send + '_>> {
+        let state = self.check().map(|()| None);
+        Box::pin(async move { state })
+    }
+
+    fn record_gauges(&self, name: &'static str) {
+        metrics::gauge!("ingestd_source_connected", "source" => name).set(if self.connected() { 1.0 } else { 0.0 });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,7 +311,305 @@ fn percent_decode(segment: &str) -> Result<String, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use std::collections::BTreeSet;
+
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// `docs/openapi.json`, and a schema of it with `$ref`s followed.
+    struct Doc(Value);
+
+    impl Doc {
+        fn load() -> Doc {
+            Doc(serde_json::from_str(crate::OPENAPI).expect("docs/openapi.json is JSON"))
+        }
+
+        fn resolve<'a>(&'a self, schema: &'a Value) -> &'a Value {
+            match schema.get("$ref").and_then(Value::as_str) {
+                Some(r) => {
+                    let pointer = r.strip_prefix('#').expect("local $ref");
+                    self.resolve(self.0.pointer(pointer).unwrap_or_else(|| panic!("{r} is not in the document")))
+                }
+                None => schema,
+            }
+        }
+
+        /// The operation's request or response body: (schema, examples).
+        fn body(&self, path: &str, method: &str, status: Option<&str>) -> (&Value, Vec<&Value>) {
+            let op = &self.0["paths"][path][method];
+            let content = match status {
+                None => &op["requestBody"]["content"]["application/json"],
+                Some(code) => &op["responses"][code]["content"]["application/json"],
+            };
+            assert!(content.is_object(), "{method} {path} {status:?}: no JSON body documented");
+            let mut examples: Vec<&Value> = content.get("example").into_iter().collect();
+            if let Some(named) = content.get("examples").and_then(Value::as_object) {
+                examples.extend(named.values().map(|e| &e["value"]));
+            }
+            assert!(!examples.is_empty(), "{method} {path} {status:?}: no example");
+            (&content["schema"], examples)
+        }
+
+        /// Every property the schema names, through `allOf`/`oneOf`/`anyOf`.
+        fn properties(&self, schema: &Value) -> BTreeSet<String> {
+            let schema = self.resolve(schema);
+            let mut out: BTreeSet<String> = schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k.clone())
+                .collect();
+            for combinator in ["allOf", "oneOf", "anyOf"] {
+                for part in schema.get(combinator).and_then(Value::as_array).into_iter().flatten() {
+                    out.extend(self.properties(part));
+                }
+            }
+            out
+        }
+
+        /// What is wrong with `value` against `schema` (the subset the
+        /// document uses: type, enum, const, required, properties,
+        /// additionalProperties, items, minimum/maximum, allOf/oneOf).
+        /// Properties the schema does not name are errors here even without
+        /// `additionalProperties: false`: the document must name every field.
+        fn check(&self, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+            let schema = self.resolve(schema);
+            let mut errors = Vec::new();
+            if let Some(parts) = schema.get("allOf").and_then(Value::as_array) {
+                // Together they describe one object: fields are checked against the union.
+                let names = self.properties(schema);
+                if let Some(object) = value.as_object() {
+                    errors.extend(
+                        object.keys().filter(|k| !names.contains(*k)).map(|k| format!("{at}.{k}: not documented")),
+                    );
+                }
+                for part in parts {
+                    errors.extend(self.check_open(part, value, at));
+                }
+                return errors;
+            }
+            if let Some(parts) = schema.get("oneOf").and_then(Value::as_array) {
+                let matching = parts.iter().filter(|p| self.check(p, value, at).is_empty()).count();
+                if matching != 1 {
+                    errors.push(format!("{at}: matches {matching} of the oneOf alternatives, not one"));
+                }
+                return errors;
+            }
+            self.check_shape(schema, value, at, true, &mut errors);
+            errors
+        }
+
+        /// `check` for one part of an `allOf`: other parts document other fields.
+        fn check_open(&self, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+            let mut errors = Vec::new();
+            self.check_shape(self.resolve(schema), value, at, false, &mut errors);
+            errors
+        }
+
+        fn check_shape(&self, schema: &Value, value: &Value, at: &str, closed: bool, errors: &mut Vec<String>) {
+            let types: Vec<&str> = match &schema["type"] {
+                Value::String(t) => vec![t.as_str()],
+                Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            let actual = match value {
+                Value::Null => "null",
+                Value::Bool(_) => "boolean",
+                Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+                Value::Number(_) => "number",
+                Value::String(_) => "string",
+                Value::Array(_) => "array",
+                Value::Object(_) => "object",
+            };
+            let documented =
+                types.is_empty() || types.contains(&actual) || (actual == "integer" && types.contains(&"number"));
+            if !documented {
+                errors.push(format!("{at}: {actual}, documented as {types:?}"));
+                return;
+            }
+            if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+                && !allowed.contains(value)
+            {
+                errors.push(format!("{at}: {value} is not one of {allowed:?}"));
+            }
+            if let Some(constant) = schema.get("const")
+                && constant != value
+            {
+                errors.push(format!("{at}: {value} is not {constant}"));
+            }
+            if let (Some(n), Some(min)) = (value.as_f64(), schema.get("minimum").and_then(Value::as_f64))
+                && n < min
+            {
+                errors.push(format!("{at}: {n} < minimum {min}"));
+            }
+            if let (Some(n), Some(max)) = (value.as_f64(), schema.get("maximum").and_then(Value::as_f64))
+                && n > max
+            {
+                errors.push(format!("{at}: {n} > maximum {max}"));
+            }
+            if let Value::Array(items) = value
+                && let Some(item) = schema.get("items")
+            {
+                for (i, v) in items.iter().enumerate() {
+                    errors.extend(self.check(item, v, &format!("{at}[{i}]")));
+                }
+            }
+            if let Value::Object(object) = value {
+                let properties = schema.get("properties").and_then(Value::as_object);
+                for name in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+                    let name = name.as_str().unwrap_or_default();
+                    if !object.contains_key(name) {
+                        errors.push(format!("{at}.{name}: required, missing"));
+                    }
+                }
+                for (name, v) in object {
+                    match properties.and_then(|p| p.get(name)) {
+                        Some(property) => errors.extend(self.check(property, v, &format!("{at}.{name}"))),
+                        None if closed => errors.push(format!("{at}.{name}: not documented")),
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each example of the body reads into `T` and writes back unchanged.
+    fn examples_round_trip<T: Serialize + DeserializeOwned>(examples: &[&Value], what: &str) {
+        for example in examples {
+            let typed: T = serde_json::from_value((*example).clone()).unwrap_or_else(|e| {
+                panic!("{what}: the example {example} is not a {}: {e}", std::any::type_name::<T>())
+            });
+            assert_eq!(&serde_json::to_value(&typed).unwrap(), *example, "{what}: the example does not round-trip");
+        }
+    }
+
+    /// `full` (every optional field set) is valid against the schema, and
+    /// the schema names exactly the fields of the type.
+    fn type_matches_schema<T: Serialize>(doc: &Doc, schema: &Value, full: &T, what: &str) {
+        let value = serde_json::to_value(full).unwrap();
+        let errors = doc.check(schema, &value, what);
+        assert!(errors.is_empty(), "{what}: {} does not match the document: {errors:#?}", std::any::type_name::<T>());
+        let fields: BTreeSet<String> = value.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(doc.properties(schema), fields, "{what}: documented properties vs the type's fields");
+    }
+
+    fn key_view() -> KeyView {
+        KeyView {
+            id: Uuid::nil(),
+            scope: "org".into(),
+            organization_id: Some("acme".into()),
+            label: Some("exporter".into()),
+            signed: true,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            revoked_at: Some("2026-01-02T00:00:00Z".into()),
+        }
+    }
+
+    fn policy(max: u64) -> Policy {
+        Policy::new(max, std::time::Duration::from_secs(60), max / 10).unwrap()
+    }
+
+    #[test]
+    fn admin_bodies_agree_with_openapi() {
+        let doc = Doc::load();
+        let keys = "/admin/v1/keys";
+        let rate_limit = "/admin/v1/orgs/{org}/rate-limit";
+
+        let (schema, examples) = doc.body(keys, "get", Some("200"));
+        examples_round_trip::<KeyList>(&examples, "GET keys");
+        type_matches_schema(&doc, schema, &KeyList { keys: vec![key_view()] }, "GET keys");
+
+        let (schema, examples) = doc.body(keys, "post", None);
+        for example in &examples {
+            let _: NewKey = serde_json::from_value((*example).clone()).expect("POST keys example is a NewKey");
+        }
+        let full = NewKey {
+            scope: "org".into(),
+            organization_id: Some("acme".into()),
+            label: Some("exporter".into()),
+            signing_secret: true,
+        };
+        type_matches_schema(&doc, schema, &full, "POST keys");
+        let service = json!({"scope": "service", "label": null, "signing_secret": false});
+        let service: NewKey = serde_json::from_value(service).unwrap();
+        let mut written = serde_json::to_value(&service).unwrap();
+        written.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+        assert_eq!(doc.check(schema, &written, "POST keys (service)"), Vec::<String>::new());
+
+        let (schema, examples) = doc.body(keys, "post", Some("201"));
+        for example in &examples {
+            let typed: CreatedKey = serde_json::from_value((*example).clone()).expect("201 example is a CreatedKey");
+            assert_eq!(&serde_json::to_value(&typed).unwrap(), *example, "201 example round-trips");
+        }
+        let created =
+            CreatedKey { key: key_view(), api_key: "ingestd_x".into(), signing_secret: Some("whsec_x".into()) };
+        type_matches_schema(&doc, schema, &created, "POST keys 201");
+
+        for (method, status) in [("get", "200"), ("put", "200")] {
+            let (schema, examples) = doc.body(rate_limit, method, Some(status));
+            examples_round_trip::<RateLimitView>(&examples, method);
+            let full = RateLimitView::new("acme".into(), PolicySource::Runtime, Some(policy(600)), true);
+            type_matches_schema(&doc, schema, &full, method);
+            let bare =
+                serde_json::to_value(RateLimitView::new("acme".into(), PolicySource::Default, None, false)).unwrap();
+            assert_eq!(doc.check(schema, &bare, method), Vec::<String>::new(), "{method}: no policy at all");
+        }
+
+        let (schema, examples) = doc.body(rate_limit, "put", None);
+        for example in &examples {
+            let typed: PolicyConfig =
+                serde_json::from_value((*example).clone()).expect("PUT example is a PolicyConfig");
+            assert!(typed.policy().is_ok(), "the PUT example {example} is a policy");
+        }
+        let every_field = PolicyConfig {
+            per_minute: Some(1),
+            per_hour: Some(1),
+            per_day: Some(1),
+            max_requests: Some(1),
+            window_secs: Some(1),
+            burst_size: Some(0),
+        };
+        let fields: BTreeSet<String> =
+            serde_json::to_value(&every_field).unwrap().as_object().unwrap().keys().cloned().collect();
+        assert_eq!(doc.properties(schema), fields, "PUT rate-limit: documented properties vs PolicyConfig");
+        for one in [
+            PolicyConfig { per_minute: Some(600), ..PolicyConfig::default() },
+            PolicyConfig { per_day: Some(1), ..PolicyConfig::default() },
+            PolicyConfig {
+                max_requests: Some(10),
+                window_secs: Some(1),
+                burst_size: Some(5),
+                ..PolicyConfig::default()
+            },
+        ] {
+            let value = serde_json::to_value(&one).unwrap();
+            assert_eq!(doc.check(schema, &value, "PUT rate-limit"), Vec::<String>::new(), "{value}");
+        }
+    }
+
+    /// The checker above can fail: a field the document does not name, a
+    /// wrong type, a missing required field.
+    #[test]
+    fn the_schema_check_finds_what_is_wrong() {
+        let doc = Doc::load();
+        let (schema, _) = doc.body("/admin/v1/orgs/{org}/rate-limit", "get", Some("200"));
+        let mut view =
+            serde_json::to_value(RateLimitView::new("a".into(), PolicySource::Config, Some(policy(60)), true)).unwrap();
+        view["undocumented"] = 1.into();
+        view["enforced"] = "yes".into();
+        view.as_object_mut().unwrap().remove("source");
+        let errors = doc.check(schema, &view, "view");
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        let (schema, _) = doc.body("/admin/v1/keys", "post", Some("201"));
+        let mut created =
+            serde_json::to_value(CreatedKey { key: key_view(), api_key: "k".into(), signing_secret: None }).unwrap();
+        created["extra"] = true.into();
+        assert_eq!(doc.check(schema, &created, "created").len(), 1);
+    }
 
     #[test]
     fn path_segments_are_percent_decoded() {

@@ -5,8 +5,8 @@
 //! `POST /v1/usage/batch`, `GET /metrics`, `GET /openapi.json`.
 //!
 //! The stack, outermost first: request id (`x-request-id`, generated when
-//! absent, echoed) → tracing span → CORS → API key ([`auth`]) →
-//! rate limit per organization ([`ratelimit`], before the body is read) → load
+//! absent, echoed) → tracing span → CORS → API key ([`key_layer`]) →
+//! rate limit per organization ([`limit_layer`], before the body is read) → load
 //! shedding over a concurrency limit → the router, where each handler runs
 //! under the request timeout. Bodies are read with a byte limit and
 //! decompressed (gzip, zstd) with the same limit on the *decompressed* size,
@@ -25,13 +25,16 @@ pub mod key_layer;
 pub mod limit_layer;
 mod routes;
 mod server;
+mod state;
 
 pub use admin::{Admin, AdminError, CreatedKey, KeyList, KeyView, NewKey, PolicySource, RateLimitView};
 pub use config::HttpConfig;
 pub use error::ApiError;
 pub use key_layer::AuthLayer;
+pub use limit_layer::LimiterHealth;
 pub use limit_layer::{Organization, RateLimitLayer};
-pub use server::{AppState, ReadinessCheck, serve};
+pub use server::serve;
+pub use state::AppState;
 
 /// The API description served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");

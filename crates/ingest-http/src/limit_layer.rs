@@ -194,6 +194,40 @@ fn set_headers(headers: &mut HeaderMap, name: &'static str, policy: &Policy, dec
     }
 }
 
+/// The limiter as a [`Component`](model::Component): unready only while it
+/// refuses every request (`fail_mode = "closed"` without Redis); deciding
+/// locally or admitting everything keeps the service ready. Its gauges are
+/// the fallback state and count and the in-memory key count.
+pub struct LimiterHealth(pub Arc<Limiter>);
+
+impl model::Component for LimiterHealth {
+    fn readiness(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = model::Readiness> + Send + '_>> {
+        Box::pin(async move {
+            let limiter = &self.0;
+            // An unready service gets no requests to close the breaker.
+            limiter.probe().await;
+            match (limiter.refusing(), limiter.fallback_active()) {
+                (true, _) => Err("rate limiter: redis unreachable; fail_mode = \"closed\" refuses requests".into()),
+                (false, true) => Ok(Some(format!("{}: fallback (deciding per fail_mode)", limiter.backend_name()))),
+                (false, false) => Ok(Some(limiter.backend_name().to_owned())),
+            }
+        })
+    }
+
+    fn record_gauges(&self, _name: &'static str) {
+        let limiter = &self.0;
+        let backend = limiter.backend_name();
+        metrics::gauge!("ingestd_rate_limit_fallback_active", "backend" => backend).set(if limiter.fallback_active() {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::counter!("ingestd_rate_limit_fallbacks_total", "backend" => backend)
+            .absolute(limiter.fallback_count());
+        metrics::gauge!("ingestd_rate_limit_memory_keys").set(limiter.memory_keys() as f64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

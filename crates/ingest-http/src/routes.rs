@@ -18,8 +18,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::json_response;
-use crate::server::AppState;
-use crate::{ApiError, body};
+use crate::{ApiError, AppState, body};
 
 /// Every route: (path, allowed methods). `/openapi.json` documents each one;
 /// a test holds the two together.
@@ -95,7 +94,12 @@ async fn dispatch<S: RecordSink>(state: &AppState<S>, path: &str) -> Result<Resp
     match path {
         "/health" => Ok(health(state)),
         "/health/ready" => Ok(ready(state).await),
-        "/metrics" => Ok(text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", (state.metrics)())),
+        "/metrics" => {
+            for (name, component) in &state.components {
+                component.record_gauges(name);
+            }
+            Ok(text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", (state.metrics)()))
+        }
         "/openapi.json" => Ok(text(StatusCode::OK, "application/json", crate::OPENAPI.to_owned())),
         _ => Err(ApiError::NotFound { path: path.to_owned() }),
     }
@@ -115,8 +119,8 @@ fn health<S>(state: &AppState<S>) -> Resp {
 async fn ready<S>(state: &AppState<S>) -> Resp {
     let mut components = serde_json::Map::new();
     let mut ok = true;
-    for (name, check) in &state.readiness {
-        let result = tokio::time::timeout(Duration::from_secs(2), check()).await;
+    for (name, component) in &state.components {
+        let result = tokio::time::timeout(Duration::from_secs(2), component.readiness()).await;
         let status = match result {
             Ok(Ok(None)) => json!({ "status": "up" }),
             Ok(Ok(Some(state))) => json!({ "status": "up", "state": state }),

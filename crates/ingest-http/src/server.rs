@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,44 +12,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use model::{Ingestor, RecordSink};
-use ratelimit::Limiter;
+use model::RecordSink;
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, service_fn};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::admin::Admin;
 use crate::key_layer::AuthLayer;
 use crate::limit_layer::RateLimitLayer;
-use crate::{ApiError, HttpConfig, routes};
-use auth::KeyRing;
-
-/// A readiness probe of one component: `Ok` when it is usable, with a note
-/// on its state when there is one to tell (e.g. "deciding locally"); `Err`
-/// says why it is not.
-pub type ReadinessCheck =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send>> + Send + Sync>;
-
-/// What the handlers share.
-pub struct AppState<S> {
-    pub ingestor: Ingestor<S>,
-    pub config: HttpConfig,
-    /// Named probes for `/health/ready`.
-    pub readiness: Vec<(&'static str, ReadinessCheck)>,
-    /// Renders `/metrics`.
-    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
-    pub version: &'static str,
-    /// Checks each ingestion request's organization (SPEC §4); `None`: no
-    /// limiting and no rate-limit headers.
-    pub limiter: Option<Arc<Limiter>>,
-    /// The keys accepted (SPEC §3); `None` with `auth.mode = "none"`:
-    /// nothing is checked and records of any organization are taken.
-    pub keys: Option<Arc<KeyRing>>,
-    /// Serves `/admin/v1/…`; `None`: those routes are 404.
-    pub admin: Option<Arc<dyn Admin>>,
-}
+use crate::{ApiError, AppState, routes};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

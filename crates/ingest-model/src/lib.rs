@@ -12,6 +12,7 @@
 //! 2. [`validate`] runs the garde rules and the business rules on the typed
 //!    record.
 
+mod component;
 pub mod decode;
 mod error;
 pub mod ids;
@@ -20,6 +21,7 @@ mod record;
 mod response;
 pub mod validate;
 
+pub use component::{Component, Readiness};
 pub use error::{ErrorCode, FieldError};
 pub use ingest::{
     DeadLetter, DeadLetterSink, Deadline, IngestReport, Ingestor, RecordOutcome, RecordSink, SinkError, StoreOutcome,

@@ -74,13 +74,13 @@ fn redis(c: &mut Criterion) {
     use std::time::Instant;
 
     use ingest_ratelimit::RedisLimiter;
-    use ingest_ratelimit::redis::RedisConfig;
+    use ingest_ratelimit::redis::RedisLimiterConfig;
 
     const TASKS: u64 = 64;
     let url = std::env::var("INGESTD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let config = RedisConfig { key_prefix: format!("bench-rl:{nanos:x}:"), ..RedisConfig::default() };
+    let config = RedisLimiterConfig { key_prefix: format!("bench-rl:{nanos:x}:"), ..RedisLimiterConfig::default() };
     let limiter = runtime.block_on(async {
         match RedisLimiter::connect(&url, registry(), config).await {
             Ok(l) => Arc::new(l),

@@ -189,7 +189,7 @@ impl RateLimitConfig {
             RateLimitBackend::Memory => Limiter::Memory(MemoryLimiter::new(registry.clone())),
             #[cfg(feature = "redis")]
             RateLimitBackend::Redis => {
-                let settings = crate::redis::RedisConfig {
+                let settings = crate::redis::RedisLimiterConfig {
                     call_timeout: Duration::from_millis(self.redis_timeout_ms),
                     fail_mode: self.fail_mode,
                     ..Default::default()

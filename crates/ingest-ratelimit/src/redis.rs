@@ -48,13 +48,13 @@ pub enum TimeSource {
     #[default]
     Server,
     /// A client-side clock passed with each call (deterministic tests; instances must be in sync). Key expiry still
-    /// runs on the server's clock, so combine a manual clock with [`RedisConfig::expiry_slack`].
+    /// runs on the server's clock, so combine a manual clock with [`RedisLimiterConfig::expiry_slack`].
     Client(Arc<dyn Clock>),
 }
 
 /// Settings of a [`RedisLimiter`].
 #[derive(Debug, Clone)]
-pub struct RedisConfig {
+pub struct RedisLimiterConfig {
     /// Prepended to every key; the key itself is wrapped in a hash tag: `{prefix}{<key>}`. Default `"ratelimit:"`.
     pub key_prefix: String,
     /// Hard bound on one check's round trip (including a `NOSCRIPT` reload). Default 10 ms.
@@ -75,7 +75,7 @@ pub struct RedisConfig {
     pub fallback: MemoryConfig,
 }
 
-impl Default for RedisConfig {
+impl Default for RedisLimiterConfig {
     fn default() -> Self {
         Self {
             key_prefix: "ratelimit:".to_owned(),
@@ -93,10 +93,10 @@ impl Default for RedisConfig {
 
 /// A GCRA limiter keeping each key's `tat` in Redis, so every instance shares one budget per key.
 ///
-/// Each check is one `EVALSHA` of [`GCRA_LUA`] (reloaded on `NOSCRIPT`) bounded by [`RedisConfig::call_timeout`].
+/// Each check is one `EVALSHA` of [`GCRA_LUA`] (reloaded on `NOSCRIPT`) bounded by [`RedisLimiterConfig::call_timeout`].
 /// Keys are `{prefix}{<key>}` (one hash slot per key in a cluster) and expire when their bucket is full again.
-/// After [`RedisConfig::failure_threshold`] consecutive failures a circuit breaker skips Redis for
-/// [`RedisConfig::cool_down`], then lets one probe through; every failed or skipped check is answered per
+/// After [`RedisLimiterConfig::failure_threshold`] consecutive failures a circuit breaker skips Redis for
+/// [`RedisLimiterConfig::cool_down`], then lets one probe through; every failed or skipped check is answered per
 /// [`FailMode`] and counted ([`RedisLimiter::fallback_count`]).
 #[derive(Debug)]
 pub struct RedisLimiter {
@@ -121,7 +121,7 @@ impl RedisLimiter {
     /// Connect a new pool to `url` (`redis://host:port/db`, `rediss://` for TLS) and load the script.
     ///
     /// Fails if Redis cannot be reached now; once running, outages are handled per [`FailMode`].
-    pub async fn connect(url: &str, registry: Arc<PolicyRegistry>, config: RedisConfig) -> Result<Self, Error> {
+    pub async fn connect(url: &str, registry: Arc<PolicyRegistry>, config: RedisLimiterConfig) -> Result<Self, Error> {
         let pool = Self::pool_for(url, &config)?;
         pool.init().await.map_err(unavailable)?;
         let limiter = Self::from_pool(pool, registry, config);
@@ -136,7 +136,11 @@ impl RedisLimiter {
     /// [`connected`](Self::connected). Fails only for a URL that cannot work.
     ///
     /// A service that must start while Redis is down uses this one.
-    pub fn connect_lazy(url: &str, registry: Arc<PolicyRegistry>, config: RedisConfig) -> Result<Arc<Self>, Error> {
+    pub fn connect_lazy(
+        url: &str,
+        registry: Arc<PolicyRegistry>,
+        config: RedisLimiterConfig,
+    ) -> Result<Arc<Self>, Error> {
         let pool = Self::pool_for(url, &config)?;
         let mut limiter = Self::from_pool(pool, registry, config);
         limiter.connected = Arc::new(AtomicBool::new(false));
@@ -206,7 +210,7 @@ impl RedisLimiter {
         self.fail_mode
     }
 
-    fn pool_for(url: &str, config: &RedisConfig) -> Result<Pool, Error> {
+    fn pool_for(url: &str, config: &RedisLimiterConfig) -> Result<Pool, Error> {
         let redis_config = Config::from_url(url).map_err(unavailable)?;
         let mut builder = Builder::from_config(redis_config);
         builder
@@ -223,7 +227,7 @@ impl RedisLimiter {
     }
 
     /// Use an existing (initialised) pool.
-    pub fn from_pool(pool: Pool, registry: Arc<PolicyRegistry>, config: RedisConfig) -> Self {
+    pub fn from_pool(pool: Pool, registry: Arc<PolicyRegistry>, config: RedisLimiterConfig) -> Self {
         let fallback_clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let fallback = MemoryLimiter::with_config(registry.clone(), fallback_clock, config.fallback);
         // The call timeout itself is enforced (once) around the whole call, NOSCRIPT reload included.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Rng, ThrowawayRedis};
 use fred::prelude::{KeysInterface, LuaInterface};
-use ingest_ratelimit::redis::{FailMode, GCRA_LUA, RedisConfig};
+use ingest_ratelimit::redis::{FailMode, GCRA_LUA, RedisLimiterConfig};
 use ingest_ratelimit::{
     Clock, Error, MAX_BUCKET_MICROS, ManualClock, MemoryConfig, MemoryLimiter, Policy, PolicyRegistry, RateLimiter,
     decide,
@@ -50,7 +50,7 @@ async fn two_instances_sharing_redis_admit_exactly_capacity_together() {
 async fn lua_script_agrees_with_decide() {
     let clock = ManualClock::starting_now();
     // Not a test of timeouts: the 10 ms default fails on a loaded machine.
-    let config = RedisConfig { call_timeout: Duration::from_secs(2), ..RedisConfig::default() };
+    let config = RedisLimiterConfig { call_timeout: Duration::from_secs(2), ..RedisLimiterConfig::default() };
     let limiter = common::connect_shared(registry(Policy::per_minute(1).unwrap()), config).await;
     let pool = limiter.pool();
     let key = format!("{}agree", common::unique_prefix());
@@ -123,8 +123,11 @@ async fn memory_and_redis_decide_identically_on_the_same_trace() {
 #[tokio::test]
 async fn server_time_hash_tag_and_expiry() {
     let prefix = common::unique_prefix();
-    let config =
-        RedisConfig { key_prefix: prefix.clone(), call_timeout: Duration::from_millis(500), ..Default::default() };
+    let config = RedisLimiterConfig {
+        key_prefix: prefix.clone(),
+        call_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
     let limiter = common::connect_shared(registry(Policy::per_hour(3600).unwrap()), config).await; // T = 1 s, C = 3636
     let key = limiter.redis_key("org-7");
     assert_eq!(key, format!("{prefix}{{org-7}}"));
@@ -153,9 +156,12 @@ async fn server_time_hash_tag_and_expiry() {
 async fn unreachable_redis_fails_to_connect_with_an_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("redis://127.0.0.1:{port}");
-    let result =
-        ingest_ratelimit::RedisLimiter::connect(&url, registry(Policy::per_minute(1).unwrap()), RedisConfig::default())
-            .await;
+    let result = ingest_ratelimit::RedisLimiter::connect(
+        &url,
+        registry(Policy::per_minute(1).unwrap()),
+        RedisLimiterConfig::default(),
+    )
+    .await;
     assert!(matches!(result, Err(Error::Unavailable(_))), "{result:?}");
 }
 
@@ -164,7 +170,7 @@ async fn unreachable_redis_fails_to_connect_with_an_error() {
 async fn script_flush_is_survived() {
     let server = ThrowawayRedis::start();
     let clock = ManualClock::starting_now();
-    let config = RedisConfig { call_timeout: Duration::from_millis(500), ..common::client_clock_config(&clock) };
+    let config = RedisLimiterConfig { call_timeout: Duration::from_millis(500), ..common::client_clock_config(&clock) };
     let limiter = common::connect(&server.url(), registry(Policy::per_minute(60).unwrap()), config).await;
     for _ in 0..10 {
         assert!(limiter.check("org", 1).await.unwrap().is_allowed());
@@ -179,8 +185,8 @@ async fn script_flush_is_survived() {
     limiter.quit().await.unwrap();
 }
 
-fn outage_config(clock: &ManualClock, mode: FailMode) -> RedisConfig {
-    RedisConfig {
+fn outage_config(clock: &ManualClock, mode: FailMode) -> RedisLimiterConfig {
+    RedisLimiterConfig {
         call_timeout: Duration::from_millis(300),
         failure_threshold: 3,
         cool_down: Duration::from_millis(200),

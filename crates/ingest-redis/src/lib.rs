@@ -27,7 +27,7 @@
 //!
 //! Deliberately not here: the configuration's loading (ingestd), the
 //! writer and the database (behind [`model::RecordSink`] and
-//! [`broker::DeadLetterSink`]), and the Redis rate limiter, which only
+//! [`model::DeadLetterSink`]), and the Redis rate limiter, which only
 //! shares the URL.
 
 mod config;

@@ -30,6 +30,25 @@ pub struct Store {
     backend: Backend,
 }
 
+/// Ready while the database answers a ping.
+impl model::Component for Store {
+    fn readiness(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = model::Readiness> + Send + '_>> {
+        Box::pin(async move { self.ping().await.map(|()| None).map_err(|e| error_chain(&e)) })
+    }
+}
+
+/// `e` and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 impl DeadLetterSink for Store {
     async fn put(&self, letter: &DeadLetter) -> Result<(), SinkError> {
         self.dead_letter(letter).await.map_err(|e| SinkError::Unavailable(Box::new(e)))

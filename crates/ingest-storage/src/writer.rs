@@ -492,3 +492,17 @@ impl std::error::Error for SharedError {
         std::error::Error::source(&*self.0)
     }
 }
+
+/// Ready while the writer runs; its gauges are the queue's depth and the
+/// rows of the transaction under way.
+impl model::Component for WriterHandle {
+    fn readiness(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = model::Readiness> + Send + '_>> {
+        let open = self.is_open();
+        Box::pin(async move { if open { Ok(None) } else { Err("the writer has stopped".to_owned()) } })
+    }
+
+    fn record_gauges(&self, _name: &'static str) {
+        metrics::gauge!("ingestd_writer_queue_depth").set(self.queue_depth() as f64);
+        metrics::gauge!("ingestd_writer_transaction_rows").set(self.rows_in_transaction() as f64);
+    }
+}

@@ -6,6 +6,7 @@
 //! it), else the standard local port. A test that cannot reach its service
 //! fails with a message naming what to start; it never passes silently.
 
+pub mod conformance;
 pub mod http;
 pub mod nats;
 pub mod redis;

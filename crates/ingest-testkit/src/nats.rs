@@ -7,8 +7,6 @@
 //! shared server is never touched.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -51,11 +49,7 @@ pub struct ThrowawayNats {
 impl ThrowawayNats {
     /// Starts the server and waits until it accepts connections.
     pub fn start() -> Self {
-        let server = Throwaway::start("nats-server", |port, dir| {
-            let mut cmd = Command::new(binary());
-            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir);
-            cmd
-        });
+        let server = crate::throwaway::started(ingest_throwaway::nats());
         ThrowawayNats { port: server.port, server }
     }
 
@@ -71,15 +65,6 @@ impl ThrowawayNats {
     /// Starts it again on the same port with the same store directory, so
     /// streams, consumers and their positions survive.
     pub fn restart(&mut self) {
-        self.server.restart();
+        self.server.restart().unwrap_or_else(|e| panic!("cannot restart the throwaway server: {e}"));
     }
-}
-
-fn binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|p| p.is_file()))
-        .unwrap_or_default();
-    on_path.or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file())).unwrap_or_else(|| {
-        panic!("nats-server is not installed (Debian/Ubuntu: `apt-get install nats-server`); this test starts its own")
-    })
 }

@@ -2,7 +2,6 @@
 //! throwaway `redis-server` a test may kill and restart.
 
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -50,18 +49,7 @@ pub struct ThrowawayRedis {
 
 impl ThrowawayRedis {
     pub fn start() -> Self {
-        let server = Throwaway::start("redis-server", |port, dir| {
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(dir).args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ]);
-            cmd
-        });
+        let server = crate::throwaway::started(ingest_throwaway::redis());
         ThrowawayRedis { port: server.port, server }
     }
 
@@ -76,6 +64,6 @@ impl ThrowawayRedis {
 
     /// Starts the server again on the same port and data directory (kills it first if running).
     pub fn restart(&mut self) {
-        self.server.restart();
+        self.server.restart().unwrap_or_else(|e| panic!("cannot restart the throwaway server: {e}"));
     }
 }

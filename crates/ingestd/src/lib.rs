@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ingest_http::{AppState, ReadinessCheck};
-use model::Ingestor;
+use ingest_http::AppState;
+use model::{Component, Ingestor};
 use ratelimit::Limiter;
 use storage::{Store, Writer};
 use tokio::net::TcpListener;
@@ -126,88 +126,26 @@ impl App {
                 }
             })
         });
-        let storage_check: ReadinessCheck = {
-            let store = store.clone();
-            Arc::new(move || {
-                let store = store.clone();
-                Box::pin(
-                    async move { store.ping().await.map(|()| None).map_err(|e| format!("{e}: {}", source_chain(&e))) },
-                )
-            })
-        };
-        let writer_check: ReadinessCheck = {
-            let handle = writer.handle();
-            Arc::new(move || {
-                let open = handle.is_open();
-                Box::pin(async move { if open { Ok(None) } else { Err("the writer has stopped".to_owned()) } })
-            })
-        };
         // Stream sources: they stop when shutdown begins, before the writer.
         let stop_sources = CancellationToken::new();
         let sources: Vec<Spawned> = nats::spawn(&config, writer.handle(), &store, stop_sources.clone())
             .into_iter()
             .chain(redis::spawn(&config, writer.handle(), &store, stop_sources.clone()))
             .collect();
-        let mut readiness = vec![("storage", storage_check), ("writer", writer_check)];
+        let mut components: Vec<(&'static str, Arc<dyn Component>)> =
+            vec![("storage", Arc::new(store.clone())), ("writer", Arc::new(writer.handle()))];
         if let Some(limiter) = limiter.clone() {
-            // Unready only while it refuses every request (fail_mode =
-            // "closed" without Redis); a limiter deciding locally or
-            // admitting everything keeps the service ready.
-            let check: ReadinessCheck = Arc::new(move || {
-                let limiter = limiter.clone();
-                Box::pin(async move {
-                    // An unready service gets no requests to close the breaker.
-                    limiter.probe().await;
-                    match (limiter.refusing(), limiter.fallback_active()) {
-                        (true, _) => {
-                            Err("rate limiter: redis unreachable; fail_mode = \"closed\" refuses requests".into())
-                        }
-                        (false, true) => {
-                            Ok(Some(format!("{}: fallback (deciding per fail_mode)", limiter.backend_name())))
-                        }
-                        (false, false) => Ok(Some(limiter.backend_name().to_owned())),
-                    }
-                })
-            });
-            readiness.push(("rate_limiter", check));
+            components.push(("rate_limiter", Arc::new(ingest_http::LimiterHealth(limiter))));
         }
         for (name, _, health) in &sources {
-            let health = health.clone();
-            let check: ReadinessCheck = Arc::new(move || {
-                let state = health.check().map(|()| None);
-                Box::pin(async move { state })
-            });
-            readiness.push((*name, check));
+            components.push((*name, Arc::new(health.clone())));
         }
-        let source_gauges: Vec<(&'static str, broker::Health)> =
-            sources.iter().map(|(name, _, health)| (*name, health.clone())).collect();
         let metrics = telemetry::metrics_handle();
-        let queue = writer.handle();
-        let limiter_gauges = limiter.clone();
         let state = Arc::new(AppState {
             ingestor: Ingestor::new(writer.handle(), config.validation.clone()),
             config: config.server.clone(),
-            readiness,
-            metrics: Arc::new(move || {
-                metrics::gauge!("ingestd_writer_queue_depth").set(queue.queue_depth() as f64);
-                metrics::gauge!("ingestd_writer_transaction_rows").set(queue.rows_in_transaction() as f64);
-                for (name, health) in &source_gauges {
-                    metrics::gauge!("ingestd_source_connected", "source" => *name).set(if health.connected() {
-                        1.0
-                    } else {
-                        0.0
-                    });
-                }
-                if let Some(limiter) = &limiter_gauges {
-                    let backend = limiter.backend_name();
-                    metrics::gauge!("ingestd_rate_limit_fallback_active", "backend" => backend)
-                        .set(if limiter.fallback_active() { 1.0 } else { 0.0 });
-                    metrics::counter!("ingestd_rate_limit_fallbacks_total", "backend" => backend)
-                        .absolute(limiter.fallback_count());
-                    metrics::gauge!("ingestd_rate_limit_memory_keys").set(limiter.memory_keys() as f64);
-                }
-                metrics.render()
-            }),
+            components,
+            metrics: Arc::new(move || metrics.render()),
             version: VERSION,
             limiter,
             keys: keys.as_ref().map(|k| k.ring().clone()),
@@ -258,16 +196,6 @@ type Spawned = (&'static str, tokio::task::JoinHandle<Result<()>>, broker::Healt
 
 /// How often idle rate-limit keys are dropped (inserts also sweep, amortised).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out.join(": ")
-}
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {

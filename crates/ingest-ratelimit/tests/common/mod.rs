@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[cfg(feature = "redis")]
-use ingest_ratelimit::redis::{RedisConfig, TimeSource};
+use ingest_ratelimit::redis::{RedisLimiterConfig, TimeSource};
 #[cfg(feature = "redis")]
 use ingest_ratelimit::{ManualClock, PolicyRegistry, RedisLimiter};
 
@@ -29,24 +29,24 @@ pub fn unique_prefix() -> String {
 
 #[cfg(feature = "redis")]
 /// Settings for deterministic tests: client clock, unique prefix, generous timeouts (debug builds, shared CPU).
-pub fn client_clock_config(clock: &ManualClock) -> RedisConfig {
-    RedisConfig {
+pub fn client_clock_config(clock: &ManualClock) -> RedisLimiterConfig {
+    RedisLimiterConfig {
         key_prefix: unique_prefix(),
         call_timeout: Duration::from_millis(500),
         time: TimeSource::Client(Arc::new(clock.clone())),
         expiry_slack: Duration::from_secs(60),
-        ..RedisConfig::default()
+        ..RedisLimiterConfig::default()
     }
 }
 
 #[cfg(feature = "redis")]
 /// Connect to the shared test Redis; panics (never skips) when it cannot be reached.
-pub async fn connect_shared(registry: Arc<PolicyRegistry>, config: RedisConfig) -> RedisLimiter {
+pub async fn connect_shared(registry: Arc<PolicyRegistry>, config: RedisLimiterConfig) -> RedisLimiter {
     connect(&redis_url(), registry, config).await
 }
 
 #[cfg(feature = "redis")]
-pub async fn connect(url: &str, registry: Arc<PolicyRegistry>, config: RedisConfig) -> RedisLimiter {
+pub async fn connect(url: &str, registry: Arc<PolicyRegistry>, config: RedisLimiterConfig) -> RedisLimiter {
     match RedisLimiter::connect(url, registry, config).await {
         Ok(limiter) => limiter,
         Err(e) => panic!("cannot reach Redis at {url}: {e}; {REDIS_HINT}"),

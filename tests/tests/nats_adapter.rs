@@ -1,78 +1,23 @@
-//! The NATS source against a real nats-server with JetStream and a real
-//! store. Each test has its own stream, subject, consumer and organization;
+//! What only the NATS source does, against a real nats-server with
+//! JetStream and a real store (the contract both sources keep is
+//! `nats_conformance.rs`). Each test has its own stream, subject, consumer and organization;
 //! tests that kill the server start their own (`ThrowawayNats`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, message::PublishMessage, stream};
 use broker::{Health, RetryConfig};
 use ingest_nats::{Error, NatsConfig, NatsSource};
-use model::{Ingestor, RecordSink, SinkError, Source, StoreOutcome, UsageRecord, ValidationConfig};
-use storage::{Store, Writer, WriterConfig, WriterHandle};
+use model::{Ingestor, Source, ValidationConfig};
+use storage::{Store, Writer, WriterConfig};
+use testkit::conformance::Probe;
 use testkit::nats::{ThrowawayNats, unique};
 use testkit::{Kind, TestDatabase};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The writer, seen through a switch and some counters: storage can be made
-/// unavailable, commits slowed down, and what each source did is counted.
-#[derive(Clone)]
-struct Probe(Arc<ProbeState>);
-
-struct ProbeState {
-    inner: WriterHandle,
-    down: AtomicBool,
-    delay_ms: AtomicUsize,
-    started: AtomicUsize,
-    refused: AtomicUsize,
-    inserted: AtomicUsize,
-    duplicates: AtomicUsize,
-}
-
-impl Probe {
-    fn new(inner: WriterHandle) -> Self {
-        Probe(Arc::new(ProbeState {
-            inner,
-            down: AtomicBool::new(false),
-            delay_ms: AtomicUsize::new(0),
-            started: AtomicUsize::new(0),
-            refused: AtomicUsize::new(0),
-            inserted: AtomicUsize::new(0),
-            duplicates: AtomicUsize::new(0),
-        }))
-    }
-    fn get(counter: &AtomicUsize) -> usize {
-        counter.load(Ordering::SeqCst)
-    }
-}
-
-impl RecordSink for Probe {
-    async fn store(&self, records: Vec<UsageRecord>, source: Source) -> Result<Vec<StoreOutcome>, SinkError> {
-        let s = &self.0;
-        s.started.fetch_add(1, Ordering::SeqCst);
-        let delay = s.delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay as u64)).await;
-        }
-        if s.down.load(Ordering::SeqCst) {
-            s.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(SinkError::Unavailable("storage switched off by the test".into()));
-        }
-        let outcomes = s.inner.store(records, source).await?;
-        for o in &outcomes {
-            match o {
-                StoreOutcome::Inserted => s.inserted.fetch_add(1, Ordering::SeqCst),
-                StoreOutcome::Duplicate => s.duplicates.fetch_add(1, Ordering::SeqCst),
-                StoreOutcome::Refused(_) => 0,
-            };
-        }
-        Ok(outcomes)
-    }
-}
 
 struct Harness {
     _db: TestDatabase,
@@ -239,26 +184,8 @@ fn bad_record(org: &str) -> String {
     record(org, 1).replace(r#""total_tokens":6"#, r#""total_tokens":999"#)
 }
 
-async fn ten_thousand_messages_land_exactly_once(kind: Kind) {
-    let h = Harness::shared(kind).await;
-    h.create_stream().await;
-    let n = 10_000u64;
-    h.publish((0..n).map(|i| record(&h.org, i))).await;
-    let (probe, health) = (h.probe(), Health::new());
-    let (token, task) = spawn(h.source(&probe, &health));
-    h.wait_rows(n).await;
-    h.wait_all_acked().await;
-    assert_eq!(h.rows().await, n);
-    assert_eq!(Probe::get(&probe.0.duplicates), 0, "no message was committed twice");
-    assert_eq!(h.store.count_dead_letters(Some(Source::Nats)).await.unwrap(), 0);
-    assert_eq!(health.check(), Ok(()));
-    stop(token, task).await;
-}
-
-testkit::on_every_backend!(ten_thousand_messages_land_exactly_once);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_messages_are_dead_lettered_and_the_stream_keeps_flowing() {
+async fn a_missing_stream_is_created_and_poison_does_not_stop_it() {
     let h = Harness::shared(Kind::Sqlite).await;
     let (probe, health) = (h.probe(), Health::new());
     let (token, task) = spawn(h.source(&probe, &health));
@@ -282,24 +209,7 @@ async fn poison_messages_are_dead_lettered_and_the_stream_keeps_flowing() {
     h.wait_rows(4).await;
     h.wait_all_acked().await;
     assert_eq!(h.store.count_dead_letters(Some(Source::Nats)).await.unwrap(), 3);
-    assert_eq!(Probe::get(&probe.0.duplicates), 0);
-    stop(token, task).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_message_with_a_bad_record_stores_the_valid_ones() {
-    let h = Harness::shared(Kind::Sqlite).await;
-    h.create_stream().await;
-    let org = &h.org;
-    let batch = format!(r#"{{"records":[{},{},{}]}}"#, record(org, 1), bad_record(org), record(org, 2));
-    let envelope =
-        format!(r#"{{"message_id":"m-1","event_type":"batch","payload":{{"records":[{}]}}}}"#, record(org, 3));
-    h.publish([batch, envelope]).await;
-    let (probe, health) = (h.probe(), Health::new());
-    let (token, task) = spawn(h.source(&probe, &health));
-    h.wait_rows(3).await;
-    h.wait_all_acked().await;
-    assert_eq!(h.store.count_dead_letters(Some(Source::Nats)).await.unwrap(), 1);
+    assert_eq!(Probe::count(&probe.state().duplicates), 0);
     stop(token, task).await;
 }
 
@@ -351,140 +261,23 @@ async fn server_killed_and_restarted_mid_stream_everything_lands_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_commit_and_ack_redelivers_without_duplicates() {
-    let mut h = Harness::shared(Kind::Sqlite).await;
-    h.config.ack_wait_secs = 1;
-    h.config.fetch_batch = 100;
-    h.create_stream().await;
-    h.publish((0..250).map(|i| record(&h.org, i))).await;
-
-    // First process: commits its first fetch, then "dies" before acking.
-    let armed = Arc::new(AtomicBool::new(true));
-    let (probe, health) = (h.probe(), Health::new());
-    let crashed = h.source(&probe, &health).crash_after_commit(armed.clone());
-    let result = tokio::time::timeout(DEADLINE, crashed.run(CancellationToken::new())).await.unwrap();
-    assert!(matches!(result, Err(Error::Failpoint)), "{result:?}");
-    let committed = h.rows().await;
-    assert!(committed > 0, "the crashed process committed its first fetch");
-    assert!(h.consumer().await.info().await.unwrap().num_ack_pending > 0, "and acked none of it");
-
-    // A fresh process gets those messages again after ack_wait: no new rows.
-    let (probe, health) = (h.probe(), Health::new());
-    let (token, task) = spawn(h.source(&probe, &health));
-    h.wait_rows(250).await;
-    h.wait_all_acked().await;
-    assert_eq!(Probe::get(&probe.0.duplicates) as u64, committed, "the redelivered messages were duplicates");
-    assert_eq!(Probe::get(&probe.0.inserted) as u64, 250 - committed);
-    stop(token, task).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_published_while_ingestd_is_down_are_ingested_at_start() {
-    let h = Harness::shared(Kind::Sqlite).await;
-    // Before any ingestd ever ran (the stream exists, the consumer not yet).
-    h.create_stream().await;
-    h.publish((0..100).map(|i| record(&h.org, i))).await;
-    let (probe, health) = (h.probe(), Health::new());
-    let (token, task) = spawn(h.source(&probe, &health));
-    h.wait_rows(100).await;
-    h.wait_all_acked().await;
-    stop(token, task).await;
-
-    // While it is stopped: the durable consumer keeps the position. The
-    // server holds the 200 new messages for it, none acknowledged (a pull
-    // request the stopped source left open may have taken some: they wait
-    // for ack_wait as unacknowledged), and nothing is ingested.
-    h.publish((100..300).map(|i| record(&h.org, i))).await;
-    let info = h.consumer().await.info().await.unwrap().clone();
-    assert_eq!(info.num_pending + info.num_ack_pending as u64, 200, "{info:?}");
-    assert_eq!(h.rows().await, 100);
-    let (probe, health) = (h.probe(), Health::new());
-    let (token, task) = spawn(h.source(&probe, &health));
-    h.wait_rows(300).await;
-    h.wait_all_acked().await;
-    assert_eq!(Probe::get(&probe.0.inserted), 200);
-    assert_eq!(Probe::get(&probe.0.duplicates), 0, "nothing before the durable position was delivered again");
-    stop(token, task).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_processes_share_one_consumer_without_duplicates() {
-    let mut h = Harness::shared(Kind::Sqlite).await;
-    h.config.fetch_batch = 50;
-    h.create_stream().await;
-    let (a, b) = (h.probe(), h.probe());
-    // Slow commits, so that both processes have fetches outstanding.
-    a.0.delay_ms.store(20, Ordering::SeqCst);
-    b.0.delay_ms.store(20, Ordering::SeqCst);
-    let (ta, ja) = spawn(h.source(&a, &Health::new()));
-    let (tb, jb) = spawn(h.source(&b, &Health::new()));
-    h.publish((0..3000).map(|i| record(&h.org, i))).await;
-    h.wait_rows(3000).await;
-    h.wait_all_acked().await;
-    let (ia, ib) = (Probe::get(&a.0.inserted), Probe::get(&b.0.inserted));
-    assert_eq!(ia + ib, 3000);
-    assert!(ia > 0 && ib > 0, "both processes took a share: {ia} and {ib}");
-    assert_eq!(Probe::get(&a.0.duplicates) + Probe::get(&b.0.duplicates), 0);
-    stop(ta, ja).await;
-    stop(tb, jb).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storage_unavailable_messages_are_nakd_and_delivered_later() {
-    let h = Harness::shared(Kind::Sqlite).await;
-    h.create_stream().await;
-    let (probe, health) = (h.probe(), Health::new());
-    probe.0.down.store(true, Ordering::SeqCst);
-    let (token, task) = spawn(h.source(&probe, &health));
-    h.publish((0..200).map(|i| record(&h.org, i))).await;
-    wait_until("several commits were refused", || Probe::get(&probe.0.refused) >= 4).await;
-    let why = health.check().expect_err("readiness reports the failing storage");
-    assert!(why.contains("storage"), "{why}");
-    assert_eq!(h.rows().await, 0);
-    assert!(h.consumer().await.info().await.unwrap().num_ack_pending > 0, "nothing was acked");
-
-    probe.0.down.store(false, Ordering::SeqCst);
-    h.wait_rows(200).await;
-    h.wait_all_acked().await;
-    wait_until("readiness recovers", || health.check().is_ok()).await;
-    assert_eq!(h.store.count_dead_letters(Some(Source::Nats)).await.unwrap(), 0);
-    stop(token, task).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_commits_send_progress_so_nothing_is_redelivered() {
     let mut h = Harness::shared(Kind::Sqlite).await;
     h.config.ack_wait_secs = 1;
     h.create_stream().await;
     let (slow, other) = (h.probe(), h.probe());
-    slow.0.delay_ms.store(3000, Ordering::SeqCst);
+    slow.state().delay_ms.store(3000, Ordering::SeqCst);
     let (ts, js) = spawn(h.source(&slow, &Health::new()));
     h.publish((0..20).map(|i| record(&h.org, i))).await;
-    wait_until("the slow process is committing", || Probe::get(&slow.0.started) > 0).await;
+    wait_until("the slow process is committing", || Probe::count(&slow.state().started) > 0).await;
     // A second process on the same consumer would get anything redelivered.
     let (to, jo) = spawn(h.source(&other, &Health::new()));
     h.wait_rows(20).await;
     h.wait_all_acked().await;
-    assert_eq!(Probe::get(&slow.0.inserted), 20, "the slow commit held on to its messages");
-    assert_eq!(Probe::get(&other.0.started), 0, "nothing was redelivered to the other process");
+    assert_eq!(Probe::count(&slow.state().inserted), 20, "the slow commit held on to its messages");
+    assert_eq!(Probe::count(&other.state().started), 0, "nothing was redelivered to the other process");
     stop(ts, js).await;
     stop(to, jo).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_finishes_and_acks_the_batch_in_hand() {
-    let h = Harness::shared(Kind::Sqlite).await;
-    h.create_stream().await;
-    h.publish((0..50).map(|i| record(&h.org, i))).await;
-    let (probe, health) = (h.probe(), Health::new());
-    probe.0.delay_ms.store(1000, Ordering::SeqCst);
-    let (token, task) = spawn(h.source(&probe, &health));
-    wait_until("a commit is under way", || Probe::get(&probe.0.started) > 0).await;
-    stop(token, task).await;
-    assert_eq!(h.rows().await, 50, "the batch in hand was committed");
-    let mut consumer = h.consumer().await;
-    let info = consumer.info().await.unwrap();
-    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "and acked before the source returned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,31 @@
+//! What the handlers share: [`AppState`], built by the service and read by
+//! `routes` and `server` (neither imports the other's state).
+
+use std::sync::Arc;
+
+use auth::KeyRing;
+use model::{Component, Ingestor};
+use ratelimit::Limiter;
+
+use crate::HttpConfig;
+use crate::admin::Admin;
+
+/// What the handlers share.
+pub struct AppState<S> {
+    pub ingestor: Ingestor<S>,
+    pub config: HttpConfig,
+    /// What `/health/ready` asks, by name; each also sets its gauges
+    /// before `/metrics` renders.
+    pub components: Vec<(&'static str, Arc<dyn Component>)>,
+    /// Renders `/metrics` (the exporter's text).
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    pub version: &'static str,
+    /// Checks each ingestion request's organization (SPEC §4); `None`: no
+    /// limiting and no rate-limit headers.
+    pub limiter: Option<Arc<Limiter>>,
+    /// The keys accepted (SPEC §3); `None` with `auth.mode = "none"`:
+    /// nothing is checked and records of any organization are taken.
+    pub keys: Option<Arc<KeyRing>>,
+    /// Serves `/admin/v1/…`; `None`: those routes are 404.
+    pub admin: Option<Arc<dyn Admin>>,
+}

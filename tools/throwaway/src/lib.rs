@@ -1,0 +1,265 @@
+//! The one launcher of throwaway servers, shared by `ingest-testkit` (tests
+//! that kill a server), `tools/chaos` (fault scenarios) and `xtask` (the
+//! services `cargo xtask test` starts when none answers): a free port, a
+//! data directory of its own that outlives restarts, SIGKILL on
+//! [`Server::kill`] and on drop. Standard library only, so xtask stays light.
+//!
+//! PostgreSQL refuses to run as root; run as root, [`postgres`] runs it as
+//! the `postgres` user through `runuser` and stops it with `pg_ctl`.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether something accepts connections on 127.0.0.1:`port`.
+pub fn answers(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+}
+
+/// `name` on `PATH`, or in the system directories Debian puts servers in.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/usr/local/bin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The directory holding `initdb` and `postgres`: on `PATH`, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian keeps them off `PATH`).
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    if let Some(initdb) = which("initdb") {
+        let dir = initdb.parent()?.to_path_buf();
+        if dir.join("postgres").is_file() {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+    versions.sort();
+    versions.into_iter().rev().find(|b| b.join("initdb").is_file() && b.join("postgres").is_file())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn run(cmd: &mut Command) -> io::Result<()> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    Ok(())
+}
+
+/// A directory of its own under the system's temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> io::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ingestd-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+type Launch = Box<dyn Fn(u16, &Path) -> Command + Send + Sync>;
+
+/// A server process of its own on a free port, with a data directory that
+/// outlives restarts. Killed (SIGKILL, or its `stop` command) when dropped.
+pub struct Server {
+    pub port: u16,
+    name: &'static str,
+    dir: TempDir,
+    launch: Launch,
+    /// How to stop it when the child is a wrapper (`runuser`): killing the
+    /// wrapper would orphan the server.
+    stop: Option<Launch>,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("name", &self.name).field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Starts `launch(port, dir)` on a free port and waits (30 s at most)
+    /// until it accepts connections.
+    pub fn start(
+        name: &'static str,
+        launch: impl Fn(u16, &Path) -> Command + Send + Sync + 'static,
+    ) -> io::Result<Self> {
+        Self::prepared(name, TempDir::new(name)?, Box::new(launch), None)
+    }
+
+    fn prepared(name: &'static str, dir: TempDir, launch: Launch, stop: Option<Launch>) -> io::Result<Self> {
+        let mut server = Server { port: free_port()?, name, dir, launch, stop, child: None };
+        server.launch()?;
+        Ok(server)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills it without a clean shutdown (SIGKILL; through `pg_ctl stop -m
+    /// immediate` for a PostgreSQL run as another user) and waits for the exit.
+    pub fn kill(&mut self) {
+        self.stop_with("immediate");
+    }
+
+    /// Stops it; `mode` is `pg_ctl`'s (`fast`, `immediate`) for a server
+    /// with a stop command, ignored (SIGKILL) otherwise.
+    pub fn stop_with(&mut self, mode: &str) {
+        let Some(mut child) = self.child.take() else { return };
+        match &self.stop {
+            Some(stop) => {
+                let mut cmd = stop(self.port, self.dir.path());
+                let _ = cmd.args(["-m", mode]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            }
+            None => {
+                let _ = child.kill();
+            }
+        }
+        let _ = child.wait();
+    }
+
+    /// Starts it again on the same port with the same data directory, so
+    /// what it stored survives.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.launch()
+    }
+
+    fn launch(&mut self) -> io::Result<()> {
+        let (name, port) = (self.name, self.port);
+        let mut child = (self.launch)(port, self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start {name} ({e})")))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The port may still be held briefly by the previous process.
+        while !answers(port) {
+            if let Some(status) = child.try_wait()? {
+                return Err(io::Error::other(format!("{name} exited at start ({status}); is port {port} taken?")));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(io::Error::other(format!("{name} did not listen on port {port} within 30 s")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn missing(what: &str, package: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{what} is not installed (Debian/Ubuntu: `apt-get install {package}`)"),
+    )
+}
+
+/// `nats-server -js` with its store in the server's directory.
+pub fn nats() -> io::Result<Server> {
+    let bin = which("nats-server").ok_or_else(|| missing("nats-server", "nats-server"))?;
+    Server::start("nats-server", move |port, dir| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir);
+        cmd
+    })
+}
+
+/// `redis-server` without persistence.
+pub fn redis() -> io::Result<Server> {
+    let bin = which("redis-server").ok_or_else(|| missing("redis-server", "redis-server"))?;
+    Server::start("redis-server", move |port, _| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        cmd
+    })
+}
+
+/// A fresh PostgreSQL cluster (`initdb -A trust -U postgres`) with
+/// `settings` (`-c name=value`); its URL is `postgres_url(server.port)`.
+/// Returns once it accepts logins.
+pub fn postgres(settings: &[&str]) -> io::Result<Server> {
+    let bin = postgres_bin_dir().ok_or_else(|| missing("PostgreSQL (initdb, postgres)", "postgresql"))?;
+    let dir = TempDir::new("postgres")?;
+    let as_user = is_root().then(|| "postgres".to_owned());
+    if let Some(user) = &as_user {
+        run(Command::new("chown").args(["-R", user]).arg(dir.path()))?;
+    }
+    let command = move |program: &str| -> Command {
+        match &as_user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(bin.join(program));
+                c
+            }
+            None => Command::new(bin.join(program)),
+        }
+    };
+    let data = dir.path().join("data");
+    run(command("initdb").args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data))?;
+    let settings: Vec<String> = settings.iter().map(|s| (*s).to_owned()).collect();
+    let (launch, stop) = (command.clone(), command);
+    let server = Server::prepared(
+        "postgres",
+        dir,
+        Box::new(move |port, dir| {
+            let mut cmd = launch("postgres");
+            cmd.arg("-D").arg(dir.join("data")).args(["-p", &port.to_string(), "-k"]).arg(dir);
+            cmd.args(["-c", "listen_addresses=127.0.0.1"]);
+            for s in &settings {
+                cmd.args(["-c", s]);
+            }
+            cmd
+        }),
+        Some(Box::new(move |_, dir| {
+            let mut cmd = stop("pg_ctl");
+            cmd.arg("stop").arg("-D").arg(dir.join("data"));
+            cmd
+        })),
+    )?;
+    // Listening comes a moment before accepting logins.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(server)
+}
+
+/// The URL of the `postgres` database of a [`postgres`] server.
+pub fn postgres_url(port: u16) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
