@@ -40,16 +40,23 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".to_owned())
 }
 
-/// A connection URL fit for logs and `config check`: the secret of its
-/// user info masked, `scheme://user:secret@host` → `scheme://user:***@host`,
-/// and a lone token (`nats://TOKEN@host`, `redis://:pw@host`) →
-/// `scheme://***@host`. Every crate that prints a URL goes through this.
+/// A connection URL fit for logs and `config check`: the user info's
+/// secret masked, `scheme://user:secret@host` → `scheme://user:***@host`;
+/// user info without a colon (`nats://TOKEN@host`, and so also a bare user
+/// name) → `scheme://***@host`. A list of URLs (`nats://a,nats://b`) is
+/// masked URL by URL. The user info ends at the last `@` (a password may
+/// hold `@` or `/`); a URL whose `//` is followed by `/` has none. Every
+/// crate that prints a URL goes through this.
 pub fn mask_url(url: &str) -> String {
+    url.split(',').map(mask_one).collect::<Vec<_>>().join(",")
+}
+
+fn mask_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    // The user info ends at the last `@` before the path: a password may hold `@`.
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
-    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    if rest.starts_with('/') {
+        return url.to_owned();
+    }
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
     match userinfo.split_once(':') {
         Some((user, _)) if !user.is_empty() => format!("{scheme}://{user}:***@{host}"),
         _ => format!("{scheme}://***@{host}"),

@@ -628,6 +628,11 @@ fn mask_url_hides_every_secret_of_the_user_info() {
     assert_eq!(mask_url("redis://:pw@127.0.0.1:6379/0"), "redis://***@127.0.0.1:6379/0");
     // A password holding `@`, and an `@` in the path that is not user info.
     assert_eq!(mask_url("postgres://u:p@ss@db/x"), "postgres://u:***@db/x");
+    assert_eq!(mask_url("postgres://u:pa/ss@db/x"), "postgres://u:***@db/x");
+    assert_eq!(mask_url("postgres://u:pa?s#s@db/x"), "postgres://u:***@db/x");
+    // Server lists: every URL masked.
+    assert_eq!(mask_url("nats://tok@a:4222,nats://tok@b:4222"), "nats://***@a:4222,nats://***@b:4222");
+    assert_eq!(mask_url("postgres://u:pw@h1,h2/db"), "postgres://u:***@h1,h2/db");
     assert_eq!(mask_url("sqlite:///tmp/a@b.db"), "sqlite:///tmp/a@b.db");
     assert_eq!(mask_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     assert_eq!(mask_url("sqlite:ingestd.db"), "sqlite:ingestd.db");

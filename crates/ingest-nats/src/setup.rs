@@ -31,7 +31,8 @@ impl SetupError {
 }
 
 /// Finds or creates the stream and the durable consumer; returns the
-/// consumer and the longest time the server waits for an ack.
+/// consumer and the shortest time the server waits for an ack (progress
+/// acks are paced by it).
 pub(crate) async fn setup(cfg: &NatsConfig, js: &jetstream::Context) -> Result<(PullConsumer, Duration), SetupError> {
     let stream = match js.get_stream(&cfg.stream).await {
         Ok(stream) => {

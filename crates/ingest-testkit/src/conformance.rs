@@ -416,12 +416,15 @@ pub async fn published_while_stopped_is_ingested_at_start<H: BrokerHarness>(kind
 
 pub async fn two_members_share_the_work<H: BrokerHarness>(kind: Kind) {
     let b = Bench::<H>::new(kind).await;
-    // Slow commits, so that both members have batches outstanding.
+    // Slow commits, so that both members have batches outstanding; both
+    // set up before anything is published, and the messages arrive paced.
     let slow = |p: &ProbeState| p.delay_ms.store(20, Ordering::SeqCst);
     let (one, two) = (b.start_with("m1", slow), b.start_with("m2", slow));
+    eventually("both members ready", || async { one.health.check().is_ok() && two.health.check().is_ok() }).await;
     const N: u64 = 3_000;
     for chunk in (0..N).step_by(100) {
         b.publish_records(chunk..chunk + 100).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     b.wait_rows(N).await;
     b.wait_all_acknowledged().await;

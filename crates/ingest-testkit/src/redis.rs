@@ -49,7 +49,7 @@ pub struct ThrowawayRedis {
 
 impl ThrowawayRedis {
     pub fn start() -> Self {
-        let server = crate::throwaway::started(ingest_throwaway::redis());
+        let server = crate::throwaway::started(ingest_throwaway::redis_persistent());
         ThrowawayRedis { port: server.port, server }
     }
 

@@ -5,7 +5,8 @@
 //! [`Server::kill`] and on drop. Standard library only, so xtask stays light.
 //!
 //! PostgreSQL refuses to run as root; run as root, [`postgres`] runs it as
-//! the `postgres` user through `runuser` and stops it with `pg_ctl`.
+//! the `postgres` user through `runuser`. A PostgreSQL is always stopped
+//! with `pg_ctl` (bounded; SIGKILL of the postmaster when it fails).
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -94,8 +95,8 @@ pub struct Server {
     name: &'static str,
     dir: TempDir,
     launch: Launch,
-    /// How to stop it when the child is a wrapper (`runuser`): killing the
-    /// wrapper would orphan the server.
+    /// How to stop it (`pg_ctl stop`): SIGKILL to a `runuser` wrapper would
+    /// orphan the server.
     stop: Option<Launch>,
     child: Option<Child>,
 }
@@ -126,8 +127,8 @@ impl Server {
         self.dir.path()
     }
 
-    /// Kills it without a clean shutdown (SIGKILL; through `pg_ctl stop -m
-    /// immediate` for a PostgreSQL run as another user) and waits for the exit.
+    /// Kills it without a clean shutdown (SIGKILL; `pg_ctl stop -m
+    /// immediate` for a PostgreSQL) and waits for the exit.
     pub fn kill(&mut self) {
         self.stop_with("immediate");
     }
@@ -135,17 +136,41 @@ impl Server {
     /// Stops it; `mode` is `pg_ctl`'s (`fast`, `immediate`) for a server
     /// with a stop command, ignored (SIGKILL) otherwise.
     pub fn stop_with(&mut self, mode: &str) {
-        let Some(mut child) = self.child.take() else { return };
-        match &self.stop {
+        let Some(child) = self.child.take() else { return };
+        self.end(child, mode);
+    }
+
+    /// Stops `child` (its stop command, else SIGKILL) and reaps it; never
+    /// waits more than 30 s: a server its stop command did not stop is
+    /// killed, and so is the process its pid file names (a server run
+    /// through `runuser` is not the child itself).
+    fn end(&self, mut child: Child, mode: &str) {
+        let stopped = match &self.stop {
             Some(stop) => {
                 let mut cmd = stop(self.port, self.dir.path());
-                let _ = cmd.args(["-m", mode]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+                cmd.args(["-m", mode, "-t", "20"]).stdout(Stdio::null()).stderr(Stdio::null());
+                cmd.status().is_ok_and(|s| s.success())
             }
-            None => {
-                let _ = child.kill();
+            None => false,
+        };
+        if !stopped {
+            let _ = child.kill();
+            if let Some(pid) = self.pid_file_pid() {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
             }
         }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// The server's own pid from `postmaster.pid`, for a PostgreSQL.
+    fn pid_file_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     /// Starts it again on the same port with the same data directory, so
@@ -163,16 +188,23 @@ impl Server {
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("cannot start {name} ({e})")))?;
         let deadline = Instant::now() + Duration::from_secs(30);
+        let exited = |status| io::Error::other(format!("{name} exited at start ({status}); is port {port} taken?"));
         // The port may still be held briefly by the previous process.
         while !answers(port) {
             if let Some(status) = child.try_wait()? {
-                return Err(io::Error::other(format!("{name} exited at start ({status}); is port {port} taken?")));
+                return Err(exited(status));
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
+                self.end(child, "immediate");
                 return Err(io::Error::other(format!("{name} did not listen on port {port} within 30 s")));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // Something else may hold the port (a free port taken since, the old
+        // process): the child must still be running once it answers.
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(status) = child.try_wait()? {
+            return Err(exited(status));
         }
         self.child = Some(child);
         Ok(())
@@ -202,12 +234,32 @@ pub fn nats() -> io::Result<Server> {
     })
 }
 
-/// `redis-server` without persistence.
+/// `redis-server` without persistence: a restart after [`Server::kill`]
+/// starts empty (a rate limiter's Redis, the test services).
 pub fn redis() -> io::Result<Server> {
     let bin = which("redis-server").ok_or_else(|| missing("redis-server", "redis-server"))?;
     Server::start("redis-server", move |port, _| {
         let mut cmd = Command::new(&bin);
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        cmd
+    })
+}
+
+/// `redis-server` with an append-only file fsynced on every write in the
+/// server's directory: what it acknowledged survives [`Server::kill`] and
+/// [`Server::restart`] (streams, groups, pending entries).
+pub fn redis_persistent() -> io::Result<Server> {
+    let bin = which("redis-server").ok_or_else(|| missing("redis-server", "redis-server"))?;
+    Server::start("redis-server", move |port, dir| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(dir).args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ]);
         cmd
     })
 }

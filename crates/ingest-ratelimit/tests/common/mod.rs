@@ -1,12 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 #[cfg(feature = "redis")]
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[cfg(feature = "redis")]
 use ingest_ratelimit::redis::{RedisLimiterConfig, TimeSource};
@@ -53,53 +51,32 @@ pub async fn connect(url: &str, registry: Arc<PolicyRegistry>, config: RedisLimi
     }
 }
 
-/// A private `redis-server` on a free port, killed on drop. Only this process is ever stopped by the tests.
+/// A private `redis-server` on a free port (the one launcher,
+/// `ingest-throwaway`), killed on drop. Only this process is ever stopped by
+/// the tests.
 pub struct ThrowawayRedis {
     pub port: u16,
-    child: Option<Child>,
+    server: ingest_throwaway::Server,
 }
 
 impl ThrowawayRedis {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = Self { port, child: None };
-        server.restart();
-        server
+        let server = ingest_throwaway::redis().unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        Self { port: server.port, server }
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Start (again) on the same port and wait until it accepts connections.
+    /// Start again on the same port and wait until it accepts connections.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new("/usr/bin/redis-server")
-            .args(["--port", &self.port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn /usr/bin/redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "throwaway redis-server did not start on port {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.server.restart().unwrap_or_else(|e| panic!("cannot restart redis-server: {e}"));
     }
 
     /// Kill this server (and only this one).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ThrowawayRedis {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.kill();
     }
 }
 
