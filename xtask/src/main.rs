@@ -228,8 +228,8 @@ pub(crate) fn build_tools(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The tests of the tooling workspace (the chaos ledger's planted faults),
-/// in release like the tools themselves, with the test services.
+/// The chaos ledger's planted faults (`tools/chaos/tests/ledger.rs`), in
+/// release like the tools themselves, with the test services.
 fn test_tools(services: &services::Services) -> Result<()> {
     let root = project_root();
     let mut cmd = Command::new("cargo");
@@ -237,7 +237,7 @@ fn test_tools(services: &services::Services) -> Result<()> {
         .arg(root.join("tools/Cargo.toml"))
         .arg("--target-dir")
         .arg(dist::target_dir(&root)?)
-        .arg("--workspace");
+        .args(["-p", "ingest-chaos", "--test", "ledger"]);
     services.apply(&mut cmd);
     if !cmd.status().context("run cargo")?.success() {
         bail!("the tests of tools/ failed");
