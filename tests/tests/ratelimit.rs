@@ -125,7 +125,14 @@ async fn two_instances_sharing_redis_admit_exactly_capacity_together() {
     );
     let redis = |c: &mut Config| {
         c.rate_limit.backend = RateLimitBackend::Redis;
-        c.rate_limit.redis_timeout_ms = 500;
+        // What is tested is the shared count, not Redis's latency: a check
+        // that timed out on a busy CI machine was decided locally (the
+        // default `fail_mode = "local"`) and admitted a fifth request. With
+        // `closed` a slow or missing Redis shows as a 503, never as an
+        // extra 200, and the generous timeout keeps a busy machine from
+        // causing it.
+        c.rate_limit.fail_mode = ingestd::config::FailMode::Closed;
+        c.rate_limit.redis_timeout_ms = 5_000;
         c.rate_limit.default = per_hour_exact(4);
         c.redis.url = url.clone();
         c.redis.consumer.enabled = false;
@@ -134,6 +141,11 @@ async fn two_instances_sharing_redis_admit_exactly_capacity_together() {
     let b = Server::start(Kind::Sqlite, redis).await;
     let org = unique("shared");
     let (mut ca, mut cb) = (a.client().await, b.client().await);
+    // Both limiters talk to Redis (not to a fallback) before the first request.
+    let limiter = |body: &Value| body["components"]["rate_limiter"]["state"].clone();
+    for c in [&mut ca, &mut cb] {
+        await_ready(c, "redis limiter", |s, b| s == 200 && limiter(b) == "redis").await;
+    }
     let mut statuses = Vec::new();
     for i in 0..5 {
         statuses.push(post_record(&mut ca, &org, 2 * i).await.status.as_u16());
