@@ -1,4 +1,4 @@
-//! `cargo xtask bench [writer|http|redis|nats|all]`; see docs/benchmarks.md.
+//! `cargo xtask bench [floor|writer|http|redis|nats|all]`; see docs/benchmarks.md.
 //!
 //! `http` builds the release binaries, then for each scenario starts a fresh
 //! `ingestd` (new SQLite file, `synchronous=FULL`) and, in the same run, the
@@ -15,7 +15,8 @@ use anyhow::{Context, Result, bail};
 pub fn run(args: &[String]) -> Result<()> {
     let what = args.first().map(String::as_str).unwrap_or("all");
     match what {
-        "writer" => writer(),
+        "floor" => storage_bench("floor"),
+        "writer" => storage_bench("writer"),
         "http" => http(),
         "redis" => redis(),
         "nats" => nats(&args[1..]),
@@ -23,19 +24,22 @@ pub fn run(args: &[String]) -> Result<()> {
             http()?;
             redis()?;
             nats(&[])?;
-            writer()
+            storage_bench("floor")?;
+            storage_bench("writer")
         }
-        other => bail!("unknown benchmark {other:?}; expected writer, http, redis, nats or all"),
+        other => bail!("unknown benchmark {other:?}; expected floor, writer, http, redis, nats or all"),
     }
 }
 
-fn writer() -> Result<()> {
+/// A bench of ingest-storage: `writer` (criterion, the writer's shapes) or
+/// `floor` (the writer against each database's own bulk path).
+fn storage_bench(name: &str) -> Result<()> {
     let services = crate::services::Services::ensure()?;
     let mut cmd = Command::new("cargo");
-    cmd.args(["bench", "-p", "ingest-storage", "--bench", "writer"]);
+    cmd.args(["bench", "-p", "ingest-storage", "--bench", name]);
     services.apply(&mut cmd);
     if !cmd.status()?.success() {
-        bail!("writer benchmark failed");
+        bail!("{name} benchmark failed");
     }
     Ok(())
 }

@@ -9,4 +9,7 @@ pub enum Error {
     Migrate(#[source] sea_orm::DbErr),
     #[error("database error")]
     Database(#[from] sea_orm::DbErr),
+    /// The SQLite writer's own connection (`sqlite.rs`).
+    #[error("database error")]
+    Sqlite(#[source] rusqlite::Error),
 }

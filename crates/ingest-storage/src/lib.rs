@@ -1,8 +1,9 @@
 //! Durable storage for usage records: SQLite (embedded default) or
 //! PostgreSQL, over SeaORM.
 //!
-//! - [`Store`]: the connection, migrations, multi-row idempotent inserts,
-//!   dead letters. Table definitions stay private to this crate.
+//! - [`Store`]: the connection, migrations, idempotent bulk inserts, dead
+//!   letters. Table definitions stay private to this crate. The writer's
+//!   SQLite inserts use the SQLite C API directly (`sqlite.rs` says why).
 //! - [`Writer`]: the group-commit writer. Every adapter submits through a
 //!   [`WriterHandle`] (which implements [`model::RecordSink`]); concurrent
 //!   submissions are committed together in one transaction and each caller is
@@ -14,6 +15,7 @@ mod admin;
 mod config;
 mod error;
 mod schema;
+mod sqlite;
 mod store;
 mod writer;
 

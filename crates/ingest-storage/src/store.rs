@@ -28,6 +28,8 @@ pub enum Backend {
 pub struct Store {
     db: DatabaseConnection,
     backend: Backend,
+    /// SQLite: the writer's own connection (see `sqlite.rs`).
+    bulk: Option<crate::sqlite::Bulk>,
 }
 
 /// Ready while the database answers a ping.
@@ -83,6 +85,15 @@ pub struct DeadLetterFilter {
 /// Identity of a stored record.
 pub(crate) type Key = (String, Uuid);
 
+/// What one commit did with the records it was given: those stored now, and
+/// those the database refused for their data (and why). The rest were
+/// already stored (duplicates).
+#[derive(Debug, Default)]
+pub(crate) struct Committed {
+    pub(crate) inserted: HashSet<Key>,
+    pub(crate) refused: HashMap<Key, String>,
+}
+
 impl Store {
     /// Opens a pool. SQLite gets WAL, the configured `synchronous` level and a
     /// busy timeout on every connection.
@@ -129,7 +140,12 @@ impl Store {
             opts.map_sqlx_postgres_opts(move |o| o.options([("statement_timeout", limit.as_str())]));
         }
         let db = Database::connect(opts).await.map_err(Error::Connect)?;
-        Ok(Store { db, backend })
+        // After the pool, which creates the file (`mode=rwc`).
+        let bulk = match backend {
+            Backend::Sqlite => Some(crate::sqlite::Bulk::open(config)?),
+            Backend::Postgres => None,
+        };
+        Ok(Store { db, backend, bulk })
     }
 
     pub fn backend(&self) -> Backend {
@@ -204,52 +220,57 @@ impl Store {
     }
 
     /// Inserts the records of one commit in one transaction, ignoring those
-    /// already stored. Returns the keys that were inserted now.
+    /// already stored.
     ///
-    /// The common case, no conflict, is learnt from affected-row counts alone.
-    /// Only when some rows already existed is the transaction rolled back and
-    /// redone with `RETURNING`, to learn which. Skipping `RETURNING` saves about
-    /// a fifth of SQLite's work per row; not using savepoints saves two round
-    /// trips per statement.
+    /// SQLite: one prepared single-row `INSERT` stepped per record on the
+    /// writer's own connection (`sqlite.rs`), which also isolates a record
+    /// the database refuses for its data.
+    ///
+    /// PostgreSQL: one prepared `INSERT … SELECT … FROM UNNEST($1, …)` with
+    /// one array per column, whatever the batch size: one statement to parse
+    /// and plan instead of a multi-row `VALUES` per 2,500 rows with 20
+    /// parameters each (docs/benchmarks.md, "Storage floor"). The common
+    /// case, no conflict, is learnt from the affected-row count alone; only
+    /// when some rows already existed is the transaction rolled back and
+    /// redone with `RETURNING`, to learn which. Any failure fails the whole
+    /// transaction (the writer then calls
+    /// [`insert_isolating`](Self::insert_isolating)).
     ///
     /// `records` must not repeat a key (the writer removes repeats first).
     pub(crate) async fn insert_new(
         &self,
         records: &[(&UsageRecord, Source)],
         received_at: OffsetDateTime,
-    ) -> Result<HashSet<Key>, Error> {
-        let txn = self.db.begin().await?;
-        let mut conflict = false;
-        for chunk in records.chunks(self.chunk_rows()) {
-            let affected = txn.execute_raw(self.insert_statement(chunk, received_at, false)).await?.rows_affected();
-            if affected != chunk.len() as u64 {
-                conflict = true;
-                break;
-            }
+    ) -> Result<Committed, Error> {
+        if let Some(bulk) = &self.bulk {
+            return bulk.insert(sqlite_rows(records, received_at)).await;
         }
-        if !conflict {
-            txn.commit().await?;
-            return Ok(records.iter().map(|(r, _)| (r.organization_id.clone(), r.request_id)).collect());
+        let pool = self.db.get_postgres_connection_pool();
+        let columns = PgColumns::new(records);
+        let mut txn = pool.begin().await.map_err(db_err)?;
+        let affected = columns.insert(received_at, false).execute(&mut *txn).await.map_err(db_err)?.rows_affected();
+        if affected == records.len() as u64 {
+            txn.commit().await.map_err(db_err)?;
+            let inserted = records.iter().map(|(r, _)| (r.organization_id.clone(), r.request_id)).collect();
+            return Ok(Committed { inserted, refused: HashMap::new() });
         }
-        txn.rollback().await?;
+        txn.rollback().await.map_err(db_err)?;
 
-        let txn = self.db.begin().await?;
-        let mut inserted = HashSet::with_capacity(records.len());
-        for chunk in records.chunks(self.chunk_rows()) {
-            for row in txn.query_all_raw(self.insert_statement(chunk, received_at, true)).await? {
-                let org: String = row.try_get_by_index(0)?;
-                let id = match self.backend {
-                    Backend::Postgres => row.try_get_by_index::<Uuid>(1)?,
-                    Backend::Sqlite => {
-                        let text: String = row.try_get_by_index(1)?;
-                        Uuid::try_parse(&text).map_err(|e| sea_orm::DbErr::Type(e.to_string()))?
-                    }
-                };
-                inserted.insert((org, id));
-            }
-        }
-        txn.commit().await?;
-        Ok(inserted)
+        let mut txn = pool.begin().await.map_err(db_err)?;
+        let rows: Vec<(String, Uuid)> = columns
+            .insert(received_at, true)
+            .fetch_all(&mut *txn)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|row| {
+                use sea_orm::sqlx::Row as _;
+                Ok((row.try_get(0)?, row.try_get(1)?))
+            })
+            .collect::<Result<_, sea_orm::sqlx::Error>>()
+            .map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        Ok(Committed { inserted: rows.into_iter().collect(), refused: HashMap::new() })
     }
 
     /// [`insert_new`](Self::insert_new) after it failed while the database
@@ -266,7 +287,11 @@ impl Store {
         &self,
         records: &[(&UsageRecord, Source)],
         received_at: OffsetDateTime,
-    ) -> Result<(HashSet<Key>, HashMap<Key, String>), Error> {
+    ) -> Result<Committed, Error> {
+        if let Some(bulk) = &self.bulk {
+            // Row by row already: a refused row never failed the others.
+            return bulk.insert(sqlite_rows(records, received_at)).await;
+        }
         let txn = self.db.begin().await?;
         if self.backend == Backend::Postgres {
             // A deferred constraint would fail only at COMMIT, outside the
@@ -307,16 +332,13 @@ impl Store {
             }
         }
         txn.commit().await?;
-        Ok((inserted, refused))
+        Ok(Committed { inserted, refused })
     }
 
-    /// Rows per INSERT statement: SQLite allows 32766 bound parameters,
-    /// PostgreSQL 65535; each row binds 20.
+    /// Rows per INSERT statement of the isolating commit: PostgreSQL
+    /// allows 65535 bound parameters; each row binds 20.
     fn chunk_rows(&self) -> usize {
-        match self.backend {
-            Backend::Sqlite => 1_000,
-            Backend::Postgres => 2_500,
-        }
+        2_500
     }
 
     fn insert_statement(
@@ -381,9 +403,7 @@ impl Store {
     pub(crate) fn timestamp(&self, t: OffsetDateTime) -> Value {
         match self.backend {
             Backend::Postgres => Value::TimeDateTimeWithTimeZone(Some(t)),
-            Backend::Sqlite => Value::String(Some(
-                t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string()),
-            )),
+            Backend::Sqlite => Value::String(Some(crate::sqlite::time_text(t))),
         }
     }
 
@@ -601,10 +621,117 @@ fn refusal(backend: Backend, e: &sea_orm::DbErr) -> Option<String> {
     let code = db.code()?;
     let data = match backend {
         Backend::Postgres => code.starts_with("22") || code == "23514",
-        // Primary (low byte) or extended result codes: SQLITE_TOOBIG (18),
-        // SQLITE_MISMATCH (20), SQLITE_CONSTRAINT_CHECK (275) and
-        // SQLITE_CONSTRAINT_TRIGGER (1811).
-        Backend::Sqlite => code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 18 | 20) || matches!(n, 275 | 1811)),
+        Backend::Sqlite => code.parse::<i32>().is_ok_and(crate::sqlite::is_data_refusal),
     };
     data.then(|| format!("{} ({code})", db.message()))
+}
+
+/// The SQLite rows of one commit.
+fn sqlite_rows(records: &[(&UsageRecord, Source)], received_at: OffsetDateTime) -> Vec<crate::sqlite::Row> {
+    let received_at = crate::sqlite::time_text(received_at);
+    records.iter().map(|(r, source)| crate::sqlite::Row::new(r, *source, &received_at)).collect()
+}
+
+/// An sqlx error as the crate's.
+fn db_err(e: sea_orm::sqlx::Error) -> Error {
+    Error::Database(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e))))
+}
+
+/// The `UNNEST` insert: columns in `schema::UsageRecords::COLUMNS` order,
+/// `received_at` (the same for the whole commit) as `$19`.
+macro_rules! pg_unnest_insert {
+    () => {
+        "INSERT INTO usage_records (organization_id, request_id, project_id, user_id, provider, model_name, \
+         model_version, context_window, prompt_tokens, completion_tokens, total_tokens, cached_tokens, \
+         reasoning_tokens, latency_ms, time_to_first_token_ms, tags, metadata, occurred_at, received_at, source) \
+         SELECT o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, $19, s \
+         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::float8[], $15::float8[], \
+         $16::jsonb[], $17::jsonb[], $18::timestamptz[], $20::text[]) \
+         AS t(o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, s) \
+         ON CONFLICT (organization_id, request_id) DO NOTHING"
+    };
+}
+const PG_INSERT: &str = pg_unnest_insert!();
+const PG_INSERT_RETURNING: &str = concat!(pg_unnest_insert!(), " RETURNING organization_id, request_id");
+
+/// The records of one PostgreSQL commit, one array per column.
+#[derive(Default)]
+struct PgColumns {
+    organization_id: Vec<String>,
+    request_id: Vec<Uuid>,
+    project_id: Vec<Option<String>>,
+    user_id: Vec<Option<String>>,
+    provider: Vec<String>,
+    model_name: Vec<String>,
+    model_version: Vec<Option<String>>,
+    context_window: Vec<Option<i64>>,
+    prompt_tokens: Vec<i64>,
+    completion_tokens: Vec<i64>,
+    total_tokens: Vec<i64>,
+    cached_tokens: Vec<Option<i64>>,
+    reasoning_tokens: Vec<Option<i64>>,
+    latency_ms: Vec<Option<f64>>,
+    time_to_first_token_ms: Vec<Option<f64>>,
+    tags: Vec<serde_json::Value>,
+    metadata: Vec<Option<serde_json::Value>>,
+    occurred_at: Vec<OffsetDateTime>,
+    source: Vec<&'static str>,
+}
+
+impl PgColumns {
+    fn new(records: &[(&UsageRecord, Source)]) -> Self {
+        let mut c = PgColumns::default();
+        for (r, source) in records {
+            c.organization_id.push(r.organization_id.clone());
+            c.request_id.push(r.request_id);
+            c.project_id.push(r.project_id.clone());
+            c.user_id.push(r.user_id.clone());
+            c.provider.push(r.provider.clone());
+            c.model_name.push(r.model.name.clone());
+            c.model_version.push(r.model.version.clone());
+            c.context_window.push(r.model.context_window.map(|n| n as i64));
+            c.prompt_tokens.push(r.usage.prompt_tokens as i64);
+            c.completion_tokens.push(r.usage.completion_tokens as i64);
+            c.total_tokens.push(r.usage.total_tokens as i64);
+            c.cached_tokens.push(r.usage.cached_tokens.map(|n| n as i64));
+            c.reasoning_tokens.push(r.usage.reasoning_tokens.map(|n| n as i64));
+            c.latency_ms.push(r.performance.latency_ms);
+            c.time_to_first_token_ms.push(r.performance.time_to_first_token_ms);
+            c.tags.push(serde_json::Value::from(r.tags.clone()));
+            c.metadata.push(r.metadata.clone().map(serde_json::Value::Object));
+            c.occurred_at.push(r.timestamp);
+            c.source.push(source.as_str());
+        }
+        c
+    }
+
+    fn insert(
+        &self,
+        received_at: OffsetDateTime,
+        returning: bool,
+    ) -> sea_orm::sqlx::query::Query<'_, sea_orm::sqlx::Postgres, sea_orm::sqlx::postgres::PgArguments> {
+        let sql = if returning { PG_INSERT_RETURNING } else { PG_INSERT };
+        sea_orm::sqlx::query(sql)
+            .bind(&self.organization_id)
+            .bind(&self.request_id)
+            .bind(&self.project_id)
+            .bind(&self.user_id)
+            .bind(&self.provider)
+            .bind(&self.model_name)
+            .bind(&self.model_version)
+            .bind(&self.context_window)
+            .bind(&self.prompt_tokens)
+            .bind(&self.completion_tokens)
+            .bind(&self.total_tokens)
+            .bind(&self.cached_tokens)
+            .bind(&self.reasoning_tokens)
+            .bind(&self.latency_ms)
+            .bind(&self.time_to_first_token_ms)
+            .bind(&self.tags)
+            .bind(&self.metadata)
+            .bind(&self.occurred_at)
+            .bind(received_at)
+            .bind(&self.source)
+    }
 }

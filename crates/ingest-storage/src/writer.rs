@@ -19,13 +19,14 @@
 //! Each job's state moves once, by compare-and-swap, from queued to either
 //! taken (by the writer) or withdrawn (by the caller).
 //!
-//! When a commit fails while the database still answers, the writer does
-//! not fail the batch: it commits it again with each chunk under a savepoint
-//! and splits the chunks the database refuses for their data down to the
-//! single records at fault ([`Store::insert_isolating`]). Those records are
-//! answered [`StoreOutcome::Refused`]; every other record of every
-//! submission is committed and answered as usual (SPEC §2, "one bad record
-//! never affects another").
+//! A record the database refuses for its data is answered
+//! [`StoreOutcome::Refused`]; every other record of every submission is
+//! committed and answered as usual (SPEC §2, "one bad record never affects
+//! another"). On SQLite each record is its own statement, so the commit
+//! isolates it as it goes. On PostgreSQL a commit that fails while the
+//! database still answers is done again with each chunk under a savepoint,
+//! splitting the chunks the database refuses down to the single records at
+//! fault ([`Store::insert_isolating`]).
 //!
 //! When a commit fails and the database does not answer a ping either, the
 //! writer marks storage *down*: new submissions, and those already queued,
@@ -378,9 +379,12 @@ impl Worker {
         metrics::histogram!("ingestd_writer_batch_rows").record(total as f64);
 
         let e = match result {
-            Ok(inserted) => {
+            Ok(committed) => {
                 metrics::counter!("ingestd_writer_commits_total", "result" => "ok").increment(1);
-                answer(batch, &inserted, &HashMap::new());
+                if !committed.refused.is_empty() {
+                    metrics::counter!("ingestd_writer_refused_records_total").increment(committed.refused.len() as u64);
+                }
+                answer(batch, &committed.inserted, &committed.refused);
                 return;
             }
             Err(e) => e,
@@ -393,12 +397,13 @@ impl Worker {
             // The database answers: the failure may be a record it refuses.
             // Commit again, isolating what it refuses.
             match self.store.insert_isolating(&unique, OffsetDateTime::now_utc()).await {
-                Ok((inserted, refused)) => {
+                Ok(committed) => {
                     metrics::counter!("ingestd_writer_commits_total", "result" => "isolated").increment(1);
-                    if !refused.is_empty() {
-                        metrics::counter!("ingestd_writer_refused_records_total").increment(refused.len() as u64);
+                    if !committed.refused.is_empty() {
+                        metrics::counter!("ingestd_writer_refused_records_total")
+                            .increment(committed.refused.len() as u64);
                     }
-                    answer(batch, &inserted, &refused);
+                    answer(batch, &committed.inserted, &committed.refused);
                     return;
                 }
                 Err(again) => {
