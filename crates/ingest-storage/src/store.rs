@@ -82,6 +82,10 @@ pub struct DeadLetterFilter {
     pub limit: Option<u64>,
 }
 
+/// Rows per INSERT statement of PostgreSQL's isolating commit: it allows
+/// 65535 bound parameters; each row binds 20.
+const ISOLATING_CHUNK_ROWS: usize = 2_500;
+
 /// Identity of a stored record.
 pub(crate) type Key = (String, Uuid);
 
@@ -300,7 +304,7 @@ impl Store {
         }
         let mut inserted = HashSet::with_capacity(records.len());
         let mut refused = HashMap::new();
-        let step = self.chunk_rows();
+        let step = ISOLATING_CHUNK_ROWS;
         // Ranges still to try, last first.
         let mut todo: Vec<std::ops::Range<usize>> =
             (0..records.len()).step_by(step).map(|at| at..(at + step).min(records.len())).rev().collect();
@@ -333,12 +337,6 @@ impl Store {
         }
         txn.commit().await?;
         Ok(Committed { inserted, refused })
-    }
-
-    /// Rows per INSERT statement of the isolating commit: PostgreSQL
-    /// allows 65535 bound parameters; each row binds 20.
-    fn chunk_rows(&self) -> usize {
-        2_500
     }
 
     fn insert_statement(
