@@ -11,12 +11,19 @@ pub use sea_orm_migration::prelude::*;
 
 mod m0001_initial;
 mod m0002_org_rate_limits;
+mod m0003_partitioned_usage_records;
+
+pub use m0003_partitioned_usage_records::PARTITION_MONTHS_BACK;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_initial::Migration), Box::new(m0002_org_rate_limits::Migration)]
+        vec![
+            Box::new(m0001_initial::Migration),
+            Box::new(m0002_org_rate_limits::Migration),
+            Box::new(m0003_partitioned_usage_records::Migration),
+        ]
     }
 }

@@ -9,8 +9,9 @@
 //! - **SQLite floor**: one prepared single-row `INSERT` stepped in a loop in
 //!   one transaction through the SQLite C API (rusqlite), written here
 //!   without any of the product's code.
-//! - **PostgreSQL floor**: binary `COPY` straight into `usage_records` of
-//!   the very rows the writer stored (taken out with `COPY … TO STDOUT
+//! - **PostgreSQL floor**: binary `COPY` straight into `usage_records` (the
+//!   partitioned table, routing included; not its key table) of the very
+//!   rows the writer stored (taken out with `COPY (SELECT …) TO STDOUT
 //!   (FORMAT binary)`), commit included.
 //! - **Writer**: `WriterHandle::store` with 1000-record submissions from 8
 //!   callers, until every submission is answered.
@@ -189,7 +190,8 @@ async fn sqlite_floor(records: &[UsageRecord]) -> f64 {
 async fn postgres_floor(source: &TestDatabase) -> f64 {
     let from = sea_orm::sqlx::PgPool::connect(&source.config.url).await.expect("connect");
     let mut out = from.acquire().await.expect("acquire");
-    let mut stream = out.copy_out_raw("COPY usage_records TO STDOUT (FORMAT binary)").await.expect("copy out");
+    let mut stream =
+        out.copy_out_raw("COPY (SELECT * FROM usage_records) TO STDOUT (FORMAT binary)").await.expect("copy out");
     let mut data = Vec::new();
     while let Some(chunk) = stream.next().await {
         data.extend_from_slice(&chunk.expect("copy out chunk"));

@@ -14,6 +14,8 @@
 mod admin;
 mod config;
 mod error;
+mod postgres;
+mod retention;
 mod schema;
 mod sqlite;
 mod store;
@@ -22,5 +24,6 @@ mod writer;
 pub use admin::{ApiKeyRow, OrgRateLimit};
 pub use config::{DatabaseConfig, SqliteSynchronous, WriterConfig};
 pub use error::Error;
+pub use retention::{DroppedPartition, RetentionReport};
 pub use store::{Backend, DeadLetterFilter, Store, StoredDeadLetter};
 pub use writer::{Writer, WriterHandle};

@@ -2,55 +2,12 @@
 
 use sea_orm::DeriveIden;
 
+/// The column order of every insert is the migration's (m0001); the
+/// writer's statements (`sqlite.rs`, `postgres.rs`) name the columns.
 #[derive(DeriveIden, Clone, Copy)]
 pub(crate) enum UsageRecords {
     Table,
     OrganizationId,
-    RequestId,
-    ProjectId,
-    UserId,
-    Provider,
-    ModelName,
-    ModelVersion,
-    ContextWindow,
-    PromptTokens,
-    CompletionTokens,
-    TotalTokens,
-    CachedTokens,
-    ReasoningTokens,
-    LatencyMs,
-    TimeToFirstTokenMs,
-    Tags,
-    Metadata,
-    OccurredAt,
-    ReceivedAt,
-    Source,
-}
-
-impl UsageRecords {
-    /// Insert order; values are produced in the same order by `store::row_values`.
-    pub(crate) const COLUMNS: [UsageRecords; 20] = [
-        UsageRecords::OrganizationId,
-        UsageRecords::RequestId,
-        UsageRecords::ProjectId,
-        UsageRecords::UserId,
-        UsageRecords::Provider,
-        UsageRecords::ModelName,
-        UsageRecords::ModelVersion,
-        UsageRecords::ContextWindow,
-        UsageRecords::PromptTokens,
-        UsageRecords::CompletionTokens,
-        UsageRecords::TotalTokens,
-        UsageRecords::CachedTokens,
-        UsageRecords::ReasoningTokens,
-        UsageRecords::LatencyMs,
-        UsageRecords::TimeToFirstTokenMs,
-        UsageRecords::Tags,
-        UsageRecords::Metadata,
-        UsageRecords::OccurredAt,
-        UsageRecords::ReceivedAt,
-        UsageRecords::Source,
-    ];
 }
 
 #[derive(DeriveIden, Clone, Copy)]

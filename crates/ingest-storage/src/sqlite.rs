@@ -33,7 +33,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::store::{Committed, Key};
 use crate::{DatabaseConfig, Error, SqliteSynchronous};
 
-/// The insert, with the columns in `schema::UsageRecords::COLUMNS` order.
+/// The insert, with the columns in the migration's order.
 const INSERT: &str = "INSERT INTO usage_records (organization_id, request_id, project_id, user_id, provider, \
     model_name, model_version, context_window, prompt_tokens, completion_tokens, total_tokens, cached_tokens, \
     reasoning_tokens, latency_ms, time_to_first_token_ms, tags, metadata, occurred_at, received_at, source) \

@@ -30,6 +30,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite: the writer's own connection (see `sqlite.rs`).
     bulk: Option<crate::sqlite::Bulk>,
+    /// PostgreSQL: the monthly partitions known to exist (`postgres.rs`).
+    partitions: crate::postgres::Partitions,
 }
 
 /// Ready while the database answers a ping.
@@ -81,10 +83,6 @@ pub struct DeadLetterFilter {
     /// At most this many, oldest first (no limit when `None`).
     pub limit: Option<u64>,
 }
-
-/// Rows per INSERT statement of PostgreSQL's isolating commit: it allows
-/// 65535 bound parameters; each row binds 20.
-const ISOLATING_CHUNK_ROWS: usize = 2_500;
 
 /// Identity of a stored record.
 pub(crate) type Key = (String, Uuid);
@@ -149,7 +147,7 @@ impl Store {
             Backend::Sqlite => Some(crate::sqlite::Bulk::open(config)?),
             Backend::Postgres => None,
         };
-        Ok(Store { db, backend, bulk })
+        Ok(Store { db, backend, bulk, partitions: crate::postgres::Partitions::default() })
     }
 
     pub fn backend(&self) -> Backend {
@@ -230,14 +228,10 @@ impl Store {
     /// writer's own connection (`sqlite.rs`), which also isolates a record
     /// the database refuses for its data.
     ///
-    /// PostgreSQL: one prepared `INSERT … SELECT … FROM UNNEST($1, …)` with
-    /// one array per column, whatever the batch size: one statement to parse
-    /// and plan instead of a multi-row `VALUES` per 2,500 rows with 20
-    /// parameters each (docs/benchmarks.md, "Storage floor"). The common
-    /// case, no conflict, is learnt from the affected-row count alone; only
-    /// when some rows already existed is the transaction rolled back and
-    /// redone with `RETURNING`, to learn which. Any failure fails the whole
-    /// transaction (the writer then calls
+    /// PostgreSQL: one prepared statement per commit through sqlx
+    /// (`postgres.rs`: the records as one array per column, keys into
+    /// `usage_record_keys`, new records into their monthly partitions). Any
+    /// failure fails the whole transaction (the writer then calls
     /// [`insert_isolating`](Self::insert_isolating)).
     ///
     /// `records` must not repeat a key (the writer removes repeats first).
@@ -250,31 +244,11 @@ impl Store {
             return bulk.insert(sqlite_rows(records, received_at)).await;
         }
         let pool = self.db.get_postgres_connection_pool();
-        let columns = PgColumns::new(records);
-        let mut txn = pool.begin().await.map_err(db_err)?;
-        let affected = columns.insert(received_at, false).execute(&mut *txn).await.map_err(db_err)?.rows_affected();
-        if affected == records.len() as u64 {
-            txn.commit().await.map_err(db_err)?;
-            let inserted = records.iter().map(|(r, _)| (r.organization_id.clone(), r.request_id)).collect();
-            return Ok(Committed { inserted, refused: HashMap::new() });
+        let result = crate::postgres::insert_new(pool, &self.partitions, records, received_at).await;
+        if result.is_err() {
+            self.partitions.forget();
         }
-        txn.rollback().await.map_err(db_err)?;
-
-        let mut txn = pool.begin().await.map_err(db_err)?;
-        let rows: Vec<(String, Uuid)> = columns
-            .insert(received_at, true)
-            .fetch_all(&mut *txn)
-            .await
-            .map_err(db_err)?
-            .iter()
-            .map(|row| {
-                use sea_orm::sqlx::Row as _;
-                Ok((row.try_get(0)?, row.try_get(1)?))
-            })
-            .collect::<Result<_, sea_orm::sqlx::Error>>()
-            .map_err(db_err)?;
-        txn.commit().await.map_err(db_err)?;
-        Ok(Committed { inserted: rows.into_iter().collect(), refused: HashMap::new() })
+        result
     }
 
     /// [`insert_new`](Self::insert_new) after it failed while the database
@@ -296,97 +270,12 @@ impl Store {
             // Row by row already: a refused row never failed the others.
             return bulk.insert(sqlite_rows(records, received_at)).await;
         }
-        let txn = self.db.begin().await?;
-        if self.backend == Backend::Postgres {
-            // A deferred constraint would fail only at COMMIT, outside the
-            // savepoints that isolate it.
-            txn.execute_unprepared("SET CONSTRAINTS ALL IMMEDIATE").await?;
+        let pool = self.db.get_postgres_connection_pool();
+        let result = crate::postgres::insert_isolating(pool, &self.partitions, records, received_at).await;
+        if result.is_err() {
+            self.partitions.forget();
         }
-        let mut inserted = HashSet::with_capacity(records.len());
-        let mut refused = HashMap::new();
-        let step = ISOLATING_CHUNK_ROWS;
-        // Ranges still to try, last first.
-        let mut todo: Vec<std::ops::Range<usize>> =
-            (0..records.len()).step_by(step).map(|at| at..(at + step).min(records.len())).rev().collect();
-        while let Some(range) = todo.pop() {
-            let chunk = &records[range.clone()];
-            let savepoint = txn.begin().await?;
-            match savepoint.query_all_raw(self.insert_statement(chunk, received_at, true)).await {
-                Ok(rows) => {
-                    savepoint.commit().await?;
-                    for row in rows {
-                        inserted.insert((row.try_get_by_index(0)?, self.get_uuid(&row, 1)?));
-                    }
-                }
-                Err(e) => {
-                    savepoint.rollback().await?;
-                    let Some(reason) = refusal(self.backend, &e) else { return Err(e.into()) };
-                    if let [(record, _)] = chunk {
-                        tracing::warn!(
-                            organization_id = %record.organization_id, request_id = %record.request_id, %reason,
-                            "the database refused a record that passed validation"
-                        );
-                        refused.insert((record.organization_id.clone(), record.request_id), reason);
-                    } else {
-                        let mid = range.start + chunk.len() / 2;
-                        todo.push(mid..range.end);
-                        todo.push(range.start..mid);
-                    }
-                }
-            }
-        }
-        txn.commit().await?;
-        Ok(Committed { inserted, refused })
-    }
-
-    fn insert_statement(
-        &self,
-        chunk: &[(&UsageRecord, Source)],
-        received_at: OffsetDateTime,
-        returning: bool,
-    ) -> Statement {
-        let mut insert = Query::insert();
-        insert.into_table(UsageRecords::Table).columns(UsageRecords::COLUMNS);
-        let received_at = self.timestamp(received_at);
-        for (record, source) in chunk {
-            insert.values_panic(self.row_values(record, *source, received_at.clone()));
-        }
-        insert.on_conflict(
-            OnConflict::columns([UsageRecords::OrganizationId, UsageRecords::RequestId]).do_nothing().to_owned(),
-        );
-        if returning {
-            insert.returning(Query::returning().columns([UsageRecords::OrganizationId, UsageRecords::RequestId]));
-        }
-        self.build(&insert)
-    }
-
-    fn row_values(&self, r: &UsageRecord, source: Source, received_at: Value) -> [sea_orm::sea_query::SimpleExpr; 20] {
-        let count = |n: u64| Value::BigInt(Some(n as i64));
-        let opt_count = |n: Option<u64>| Value::BigInt(n.map(|n| n as i64));
-        let tags = serde_json::Value::from(r.tags.clone());
-        let metadata = r.metadata.clone().map(serde_json::Value::Object);
-        [
-            r.organization_id.clone().into(),
-            self.uuid(r.request_id).into(),
-            r.project_id.clone().into(),
-            r.user_id.clone().into(),
-            r.provider.clone().into(),
-            r.model.name.clone().into(),
-            r.model.version.clone().into(),
-            opt_count(r.model.context_window).into(),
-            count(r.usage.prompt_tokens).into(),
-            count(r.usage.completion_tokens).into(),
-            count(r.usage.total_tokens).into(),
-            opt_count(r.usage.cached_tokens).into(),
-            opt_count(r.usage.reasoning_tokens).into(),
-            r.performance.latency_ms.into(),
-            r.performance.time_to_first_token_ms.into(),
-            self.json(Some(tags)).into(),
-            self.json(metadata).into(),
-            self.timestamp(r.timestamp).into(),
-            received_at.into(),
-            source.as_str().into(),
-        ]
+        result
     }
 
     /// UUIDs: `uuid` on PostgreSQL, canonical lower-case text on SQLite.
@@ -402,14 +291,6 @@ impl Store {
         match self.backend {
             Backend::Postgres => Value::TimeDateTimeWithTimeZone(Some(t)),
             Backend::Sqlite => Value::String(Some(crate::sqlite::time_text(t))),
-        }
-    }
-
-    /// JSON: `jsonb` on PostgreSQL, JSON text on SQLite.
-    fn json(&self, v: Option<serde_json::Value>) -> Value {
-        match self.backend {
-            Backend::Postgres => Value::Json(v.map(Box::new)),
-            Backend::Sqlite => Value::String(v.map(|v| v.to_string())),
         }
     }
 
@@ -445,7 +326,7 @@ impl Store {
         }
     }
 
-    fn db_backend(&self) -> DbBackend {
+    pub(crate) fn db_backend(&self) -> DbBackend {
         match self.backend {
             Backend::Postgres => DbBackend::Postgres,
             Backend::Sqlite => DbBackend::Sqlite,
@@ -612,6 +493,13 @@ impl Store {
 /// unique violations, which mean the schema and ingestd disagree (a
 /// migration half done, an operator's change), not that one record is bad:
 /// those must stay retryable (503, nak), never become a refusal per record.
+pub(crate) fn refusal_reason(backend: Backend, e: &Error) -> Option<String> {
+    match e {
+        Error::Database(e) => refusal(backend, e),
+        _ => None,
+    }
+}
+
 fn refusal(backend: Backend, e: &sea_orm::DbErr) -> Option<String> {
     use sea_orm::{DbErr, RuntimeErr};
     let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else { return None };
@@ -628,108 +516,4 @@ fn refusal(backend: Backend, e: &sea_orm::DbErr) -> Option<String> {
 fn sqlite_rows(records: &[(&UsageRecord, Source)], received_at: OffsetDateTime) -> Vec<crate::sqlite::Row> {
     let received_at = crate::sqlite::time_text(received_at);
     records.iter().map(|(r, source)| crate::sqlite::Row::new(r, *source, &received_at)).collect()
-}
-
-/// An sqlx error as the crate's.
-fn db_err(e: sea_orm::sqlx::Error) -> Error {
-    Error::Database(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e))))
-}
-
-/// The `UNNEST` insert: columns in `schema::UsageRecords::COLUMNS` order,
-/// `received_at` (the same for the whole commit) as `$19`.
-macro_rules! pg_unnest_insert {
-    () => {
-        "INSERT INTO usage_records (organization_id, request_id, project_id, user_id, provider, model_name, \
-         model_version, context_window, prompt_tokens, completion_tokens, total_tokens, cached_tokens, \
-         reasoning_tokens, latency_ms, time_to_first_token_ms, tags, metadata, occurred_at, received_at, source) \
-         SELECT o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, $19, s \
-         FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::float8[], $15::float8[], \
-         $16::jsonb[], $17::jsonb[], $18::timestamptz[], $20::text[]) \
-         AS t(o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, s) \
-         ON CONFLICT (organization_id, request_id) DO NOTHING"
-    };
-}
-const PG_INSERT: &str = pg_unnest_insert!();
-const PG_INSERT_RETURNING: &str = concat!(pg_unnest_insert!(), " RETURNING organization_id, request_id");
-
-/// The records of one PostgreSQL commit, one array per column.
-#[derive(Default)]
-struct PgColumns {
-    organization_id: Vec<String>,
-    request_id: Vec<Uuid>,
-    project_id: Vec<Option<String>>,
-    user_id: Vec<Option<String>>,
-    provider: Vec<String>,
-    model_name: Vec<String>,
-    model_version: Vec<Option<String>>,
-    context_window: Vec<Option<i64>>,
-    prompt_tokens: Vec<i64>,
-    completion_tokens: Vec<i64>,
-    total_tokens: Vec<i64>,
-    cached_tokens: Vec<Option<i64>>,
-    reasoning_tokens: Vec<Option<i64>>,
-    latency_ms: Vec<Option<f64>>,
-    time_to_first_token_ms: Vec<Option<f64>>,
-    tags: Vec<serde_json::Value>,
-    metadata: Vec<Option<serde_json::Value>>,
-    occurred_at: Vec<OffsetDateTime>,
-    source: Vec<&'static str>,
-}
-
-impl PgColumns {
-    fn new(records: &[(&UsageRecord, Source)]) -> Self {
-        let mut c = PgColumns::default();
-        for (r, source) in records {
-            c.organization_id.push(r.organization_id.clone());
-            c.request_id.push(r.request_id);
-            c.project_id.push(r.project_id.clone());
-            c.user_id.push(r.user_id.clone());
-            c.provider.push(r.provider.clone());
-            c.model_name.push(r.model.name.clone());
-            c.model_version.push(r.model.version.clone());
-            c.context_window.push(r.model.context_window.map(|n| n as i64));
-            c.prompt_tokens.push(r.usage.prompt_tokens as i64);
-            c.completion_tokens.push(r.usage.completion_tokens as i64);
-            c.total_tokens.push(r.usage.total_tokens as i64);
-            c.cached_tokens.push(r.usage.cached_tokens.map(|n| n as i64));
-            c.reasoning_tokens.push(r.usage.reasoning_tokens.map(|n| n as i64));
-            c.latency_ms.push(r.performance.latency_ms);
-            c.time_to_first_token_ms.push(r.performance.time_to_first_token_ms);
-            c.tags.push(serde_json::Value::from(r.tags.clone()));
-            c.metadata.push(r.metadata.clone().map(serde_json::Value::Object));
-            c.occurred_at.push(r.timestamp);
-            c.source.push(source.as_str());
-        }
-        c
-    }
-
-    fn insert(
-        &self,
-        received_at: OffsetDateTime,
-        returning: bool,
-    ) -> sea_orm::sqlx::query::Query<'_, sea_orm::sqlx::Postgres, sea_orm::sqlx::postgres::PgArguments> {
-        let sql = if returning { PG_INSERT_RETURNING } else { PG_INSERT };
-        sea_orm::sqlx::query(sql)
-            .bind(&self.organization_id)
-            .bind(&self.request_id)
-            .bind(&self.project_id)
-            .bind(&self.user_id)
-            .bind(&self.provider)
-            .bind(&self.model_name)
-            .bind(&self.model_version)
-            .bind(&self.context_window)
-            .bind(&self.prompt_tokens)
-            .bind(&self.completion_tokens)
-            .bind(&self.total_tokens)
-            .bind(&self.cached_tokens)
-            .bind(&self.reasoning_tokens)
-            .bind(&self.latency_ms)
-            .bind(&self.time_to_first_token_ms)
-            .bind(&self.tags)
-            .bind(&self.metadata)
-            .bind(&self.occurred_at)
-            .bind(received_at)
-            .bind(&self.source)
-    }
 }

@@ -11,6 +11,7 @@ pub mod dlq;
 pub mod keys;
 mod nats;
 mod redis;
+pub mod retention;
 mod supervise;
 mod telemetry;
 

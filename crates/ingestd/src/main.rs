@@ -34,6 +34,22 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Remove usage records older than an age (a dry run unless --execute).
+    /// PostgreSQL drops whole monthly partitions; SQLite deletes in batches.
+    Retention {
+        /// Records that occurred more than this long ago: 400d, 36h, 90m.
+        #[arg(long, value_name = "AGE")]
+        older_than: ingestd::retention::Age,
+        /// Remove them (without it: only count what would be removed).
+        #[arg(long)]
+        execute: bool,
+        /// Also remove the rollups of the removed range (kept by default).
+        #[arg(long)]
+        with_rollups: bool,
+        /// Print only the final summary, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// API keys: create, list, revoke.
     Keys {
         #[command(subcommand)]
@@ -200,6 +216,14 @@ fn main() -> ExitCode {
                         "replayed {} dead letter(s) ({} records stored, {} already stored); {} still invalid",
                         s.replayed, s.accepted, s.duplicates, s.still_invalid
                     );
+                }
+                Ok(())
+            }
+            Some(Command::Retention { older_than, execute, with_rollups, json }) => {
+                let summary = ingestd::retention::run(&config, older_than, execute, with_rollups, json).await?;
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{summary}");
                 }
                 Ok(())
             }

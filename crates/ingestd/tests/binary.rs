@@ -398,3 +398,39 @@ async fn first_start_prints_a_service_key_on_stdout_and_warns_when_auth_is_off()
     let (_, output) = terminate(running);
     assert!(output.contains("auth.mode = \"none\""), "{output}");
 }
+
+#[test]
+fn retention_is_a_dry_run_unless_executed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("retention.db").display());
+    let run = |args: &[&str]| ingestd(dir.path()).env("DATABASE_URL", &url).args(args).output().unwrap();
+    assert!(run(&["migrate"]).status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let config = storage::DatabaseConfig { url: url.clone(), ..Default::default() };
+        let store = storage::Store::connect(&config).await.unwrap();
+        let writer = storage::Writer::spawn(store, storage::WriterConfig::default());
+        let now = time::OffsetDateTime::now_utc();
+        let records = [now, now - time::Duration::days(500), now - time::Duration::days(800)]
+            .map(|t| model::UsageRecord { timestamp: t, ..testkit::record("org", 0) });
+        model::RecordSink::store(&writer.handle(), records.to_vec(), model::Source::Http).await.unwrap();
+        writer.shutdown().await;
+    });
+
+    let out = run(&["retention", "--older-than", "400d"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("dry run: would remove 2 rows"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("organization org: 2 rows older than the cutoff"));
+
+    let out = run(&["retention", "--older-than", "400d", "--execute", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["rows"].as_u64(), report["executed"].as_bool()), (Some(2), Some(true)), "{report}");
+    assert!(out.stderr.is_empty(), "--json prints only the summary");
+
+    let out = run(&["retention", "--older-than", "400d"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("dry run: would remove 0 rows"));
+    let out = run(&["retention", "--older-than", "400"]);
+    assert_eq!(out.status.code(), Some(2), "an age without a unit is a usage error");
+}

@@ -1,0 +1,184 @@
+//! Monthly partitions (PostgreSQL), the migration of an existing
+//! unpartitioned table, and retention on both backends.
+
+use ingest_storage::{Backend, Store, Writer, WriterConfig};
+use migration::{Migrator, MigratorTrait};
+use model::{RecordSink, Source, StoreOutcome, UsageRecord};
+use sea_orm::{ConnectionTrait, Statement};
+use testkit::{Kind, TestDatabase, record};
+use time::{Date, Duration, Month, OffsetDateTime};
+
+use StoreOutcome::{Duplicate as D, Inserted as I};
+
+testkit::on_every_backend!(retention_removes_what_occurred_before_the_cutoff);
+
+/// The first instant of the UTC month `back` months before this one.
+fn month_start(back: i32) -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    let index = now.year() * 12 + i32::from(u8::from(now.month())) - 1 - back;
+    let month = Month::try_from((index.rem_euclid(12) + 1) as u8).unwrap();
+    Date::from_calendar_date(index.div_euclid(12), month, 1).unwrap().midnight().assume_utc()
+}
+
+fn partition(back: i32) -> String {
+    let m = month_start(back);
+    format!("usage_records_y{:04}m{:02}", m.year(), u8::from(m.month()))
+}
+
+fn at(org: &str, i: u64, t: OffsetDateTime) -> UsageRecord {
+    UsageRecord { timestamp: t, ..record(org, i) }
+}
+
+async fn scalar(store: &Store, sql: &str) -> i64 {
+    let backend = store.connection().get_database_backend();
+    let row = store.connection().query_one_raw(Statement::from_string(backend, sql)).await.unwrap().unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+async fn partitions(store: &Store) -> Vec<String> {
+    let rows = store
+        .connection()
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'usage_records'::regclass ORDER BY 1",
+        ))
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.try_get_by_index::<String>(0).unwrap()).collect()
+}
+
+/// A database at migration m0002 (unpartitioned, one row per
+/// `(organization_id, request_id)`) with rows in four months, one of them
+/// older than the partition window, migrated with its rows in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migration_partitions_a_table_that_has_rows() {
+    let db = TestDatabase::postgres().await;
+    let store = Store::connect(&db.config).await.unwrap();
+    Migrator::up(store.connection(), Some(2)).await.unwrap();
+    let backs = [0, 2, 14, migration::PARTITION_MONTHS_BACK + 14];
+    let mut old = Vec::new();
+    for (n, back) in backs.iter().enumerate() {
+        for i in 0..3u64 {
+            old.push(at(
+                "org-a",
+                n as u64 * 10 + i,
+                month_start(*back) + Duration::days(3) + Duration::hours(i as i64),
+            ));
+        }
+    }
+    for r in &old {
+        let sql = format!(
+            "INSERT INTO usage_records (organization_id, request_id, provider, model_name, prompt_tokens, \
+             completion_tokens, total_tokens, tags, occurred_at, received_at, source) VALUES \
+             ('{}', '{}', 'openai', 'gpt-4o', 1, 2, 3, '[]', '{}', now(), 'http')",
+            r.organization_id,
+            r.request_id,
+            r.timestamp.format(&time::format_description::well_known::Rfc3339).unwrap()
+        );
+        store.connection().execute_unprepared(&sql).await.unwrap();
+    }
+    assert!(partitions(&store).await.is_empty(), "not partitioned before m0003");
+
+    store.migrate().await.unwrap();
+    let names = partitions(&store).await;
+    for back in [-1, 0, 2, 14] {
+        assert!(names.contains(&partition(back)), "{} missing from {names:?}", partition(back));
+    }
+    assert!(names.contains(&"usage_records_default".to_owned()), "{names:?}");
+    assert_eq!(names.len(), 5, "one per month with rows, this and next month, the default: {names:?}");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM usage_records").await, 12);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, 12);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM usage_records_default").await, 3, "older than the window");
+    assert_eq!(scalar(&store, &format!("SELECT count(*) FROM {}", partition(14))).await, 3);
+
+    // Dedupe holds against the migrated rows, even with another timestamp
+    // (which would route the row to another partition).
+    let writer = Writer::spawn(store.clone(), WriterConfig::default());
+    let sink = writer.handle();
+    let mut moved = old[4].clone();
+    moved.timestamp = month_start(1);
+    let fresh = at("org-a", 99, month_start(5) + Duration::days(1));
+    let out = sink.store(vec![old[0].clone(), moved, old[11].clone(), fresh], Source::Http).await.unwrap();
+    assert_eq!(out, [D, D, D, I]);
+    assert!(partitions(&store).await.contains(&partition(5)), "the writer creates the partition it needs");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM usage_records").await, 13);
+    assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, 13);
+    writer.shutdown().await;
+
+    // And back down: one table, the same rows.
+    Migrator::down(store.connection(), Some(1)).await.unwrap();
+    assert!(partitions(&store).await.is_empty());
+    assert_eq!(scalar(&store, "SELECT count(*) FROM usage_records").await, 13);
+}
+
+/// Records in many months on both sides of a cutoff. SQLite removes exactly
+/// those before it; PostgreSQL drops the partitions that end at or before
+/// it (and the default partition's rows before it), keeping the month that
+/// straddles it whole. Keys go with their rows: a removed record sent again
+/// is stored again, a kept one is still a duplicate.
+async fn retention_removes_what_occurred_before_the_cutoff(kind: Kind) {
+    let db = TestDatabase::new(kind).await;
+    let store = db.store().await;
+    let writer = Writer::spawn(store.clone(), WriterConfig::default());
+    let sink = writer.handle();
+    let cutoff = month_start(13) + Duration::days(10) + Duration::hours(5);
+    let window = migration::PARTITION_MONTHS_BACK;
+    // (record, removed on SQLite, removed on PostgreSQL)
+    let mut cases = Vec::new();
+    let mut i = 0;
+    let mut case = |org: &str, t: OffsetDateTime, sqlite: bool, postgres: bool| {
+        i += 1;
+        cases.push((at(org, i, t), sqlite, postgres));
+    };
+    case("org-a", OffsetDateTime::now_utc() - Duration::hours(1), false, false);
+    case("org-b", month_start(2), false, false);
+    case("org-a", cutoff + Duration::seconds(1), false, false);
+    case("org-a", cutoff, false, false);
+    // Within the cutoff's second (text order must still be time order).
+    case("org-c", cutoff + Duration::milliseconds(500), false, false);
+    // Before the cutoff, in its month: gone on SQLite, kept on PostgreSQL.
+    case("org-b", cutoff - Duration::milliseconds(1), true, false);
+    case("org-a", month_start(13), true, false);
+    // Whole months before it.
+    case("org-a", month_start(13) - Duration::milliseconds(1), true, true);
+    case("org-b", month_start(15) + Duration::days(3), true, true);
+    case("org-c", month_start(20), true, true);
+    // Older than the partition window: PostgreSQL's default partition.
+    case("org-a", month_start(window + 3), true, true);
+    case("org-c", month_start(window + 30), true, true);
+    let records: Vec<UsageRecord> = cases.iter().map(|(r, _, _)| r.clone()).collect();
+    assert!(sink.store(records.clone(), Source::Http).await.unwrap().iter().all(|o| *o == I));
+    let removed: Vec<bool> = cases.iter().map(|(_, s, p)| if kind == Kind::Sqlite { *s } else { *p }).collect();
+    let expected = removed.iter().filter(|r| **r).count() as u64;
+    let total = records.len() as u64;
+
+    let mut lines = Vec::new();
+    let dry = store.retention(cutoff, false, &mut |l| lines.push(l.to_owned())).await.unwrap();
+    assert_eq!((dry.rows, dry.executed), (expected, false), "{dry:?}");
+    assert_eq!(store.count_records(None).await.unwrap(), total, "a dry run removes nothing");
+    assert!(!lines.is_empty());
+
+    let done = store.retention(cutoff, true, &mut |_| {}).await.unwrap();
+    assert_eq!(done.rows, expected, "{done:?}");
+    assert_eq!(store.count_records(None).await.unwrap(), total - expected);
+    if store.backend() == Backend::Postgres {
+        let names: Vec<&str> = done.partitions.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, [partition(20), partition(15), partition(14)], "oldest first");
+        assert_eq!(done.keys, expected, "{done:?}");
+        assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, (total - expected) as i64);
+        let left = partitions(&store).await;
+        assert!(left.contains(&partition(13)) && !left.contains(&partition(14)), "{left:?}");
+    }
+    let again = store.retention(cutoff, false, &mut |_| {}).await.unwrap();
+    assert_eq!(again.rows, 0, "nothing left to remove: {again:?}");
+
+    // Removed records come back as new (the writer still believes their
+    // months' partitions exist: they land in the default partition); kept
+    // ones are duplicates.
+    let out = sink.store(records, Source::Http).await.unwrap();
+    let want: Vec<StoreOutcome> = removed.iter().map(|r| if *r { I } else { D }).collect();
+    assert_eq!(out, want);
+    assert_eq!(store.count_records(None).await.unwrap(), total);
+    writer.shutdown().await;
+}
