@@ -23,8 +23,10 @@
 //!
 //! Existing rows are copied into the new tables inside the migration's
 //! transaction; the old table is then dropped. CHECK constraints an
-//! operator added to the old table are kept (`LIKE … INCLUDING
-//! CONSTRAINTS`); indexes an operator added are not.
+//! operator added to the old table are added again after the copy, NOT
+//! VALID ones still NOT VALID; indexes, grants, triggers and views an
+//! operator added are not carried over (a view on the table makes the
+//! migration fail: drop it first).
 //!
 //! SQLite: nothing changes (no declarative partitioning; retention deletes
 //! rows in bounded batches).
@@ -51,7 +53,7 @@ ALTER TABLE usage_records RENAME TO usage_records_unpartitioned;
 ALTER TABLE usage_records_unpartitioned RENAME CONSTRAINT usage_records_pkey TO usage_records_unpartitioned_pkey;
 ALTER INDEX usage_records_org_occurred_at RENAME TO usage_records_unpartitioned_org_occurred_at;
 
-CREATE TABLE usage_records (LIKE usage_records_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING COMMENTS)
+CREATE TABLE usage_records (LIKE usage_records_unpartitioned INCLUDING DEFAULTS INCLUDING COMMENTS)
     PARTITION BY RANGE (occurred_at);
 ALTER TABLE usage_records ADD CONSTRAINT usage_records_pkey PRIMARY KEY (organization_id, occurred_at, request_id);
 CREATE TABLE usage_records_default PARTITION OF usage_records DEFAULT;
@@ -86,6 +88,21 @@ END $$;
 INSERT INTO usage_record_keys (organization_id, request_id, occurred_at)
     SELECT organization_id, request_id, occurred_at FROM usage_records_unpartitioned;
 INSERT INTO usage_records SELECT * FROM usage_records_unpartitioned;
+
+-- CHECK constraints an operator added, after the copy and as they were
+-- (`pg_get_constraintdef` keeps NOT VALID: rows the old table held under a
+-- NOT VALID constraint are copied, not refused).
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN
+        SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
+        WHERE conrelid = 'usage_records_unpartitioned'::regclass AND contype = 'c'
+    LOOP
+        EXECUTE format('ALTER TABLE usage_records ADD CONSTRAINT %I %s', c.conname, c.def);
+    END LOOP;
+END $$;
 DROP TABLE usage_records_unpartitioned;
 "#,
             back = PARTITION_MONTHS_BACK
@@ -100,10 +117,21 @@ DROP TABLE usage_records_unpartitioned;
         let sql = r#"
 ALTER TABLE usage_records RENAME TO usage_records_partitioned;
 ALTER TABLE usage_records_partitioned RENAME CONSTRAINT usage_records_pkey TO usage_records_partitioned_pkey;
-CREATE TABLE usage_records (LIKE usage_records_partitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING COMMENTS);
+CREATE TABLE usage_records (LIKE usage_records_partitioned INCLUDING DEFAULTS INCLUDING COMMENTS);
 INSERT INTO usage_records SELECT * FROM usage_records_partitioned;
 ALTER TABLE usage_records ADD CONSTRAINT usage_records_pkey PRIMARY KEY (organization_id, request_id);
 CREATE INDEX usage_records_org_occurred_at ON usage_records (organization_id, occurred_at);
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN
+        SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
+        WHERE conrelid = 'usage_records_partitioned'::regclass AND contype = 'c'
+    LOOP
+        EXECUTE format('ALTER TABLE usage_records ADD CONSTRAINT %I %s', c.conname, c.def);
+    END LOOP;
+END $$;
 DROP TABLE usage_records_partitioned;
 DROP TABLE usage_record_keys;
 "#;

@@ -84,44 +84,73 @@ pub(crate) fn partition_name(index: i32) -> String {
     format!("usage_records_y{:04}m{:02}", index.div_euclid(12), index.rem_euclid(12) + 1)
 }
 
-/// Creates the partitions the records need that are not known to exist.
-/// Months older than [`migration::PARTITION_MONTHS_BACK`] get none: their
-/// rows land in `usage_records_default`. A partition another process just
-/// created is fine; any other failure is logged and left to the insert
-/// (which routes the rows to the default partition, or fails on its own).
-async fn ensure_partitions(pool: &PgPool, partitions: &Partitions, records: &[(&UsageRecord, Source)]) {
-    let oldest = month_index(OffsetDateTime::now_utc()) - migration::PARTITION_MONTHS_BACK;
-    let months: HashSet<i32> = records.iter().map(|(r, _)| month_index(r.timestamp)).collect();
+/// Creates the partitions the records need that are not known to exist,
+/// and this month's and the next month's ahead of their first record (so a
+/// month's partition is made a month early, not in the commit of its first
+/// record). Months older than [`migration::PARTITION_MONTHS_BACK`] get
+/// none: their rows land in `usage_records_default`.
+///
+/// A partition another process just created is fine. One that cannot be
+/// created because the default partition already holds rows of its month
+/// (retention dropped the month and a late record of it went to the default
+/// partition) is not tried again: the month's rows belong there now. Any
+/// other failure (a lock not granted within [`PARTITION_LOCK_TIMEOUT`], a
+/// lost connection, a missing privilege) fails the commit, retryably,
+/// rather than send the month's rows to the default partition for good.
+async fn ensure_partitions(
+    pool: &PgPool,
+    partitions: &Partitions,
+    records: &[(&UsageRecord, Source)],
+) -> Result<(), Error> {
+    let now = month_index(OffsetDateTime::now_utc());
+    let oldest = now - migration::PARTITION_MONTHS_BACK;
+    let mut months: std::collections::BTreeSet<i32> =
+        records.iter().map(|(r, _)| month_index(r.timestamp)).filter(|m| *m >= oldest).collect();
+    months.extend([now, now + 1]);
     for month in months {
-        if month < oldest || partitions.known(month) {
+        if partitions.known(month) {
             continue;
         }
-        let name = partition_name(month);
-        let (from, to) = (month_start(month), month_start(month + 1));
-        let sql = format!(
-            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF usage_records FOR VALUES FROM ('{}') TO ('{}')",
-            pg_time(from),
-            pg_time(to)
-        );
-        // The name and bounds are made here from a month number, never from input.
-        match sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(sql)).execute(pool).await {
-            Ok(_) => partitions.learn(month),
-            // Two processes creating the same partition: one of them sees the
-            // catalog's unique violation (or "already exists").
-            Err(sea_orm::sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("23505" | "42P07")) => {
-                partitions.learn(month)
-            }
-            // Not tried again by this process until a commit fails: the
-            // usual cause is rows of that month already in the default
-            // partition (retention dropped the month's partition, or
-            // processes disagree about the window at its edge), where the
-            // rows belong from then on.
-            Err(e) => {
-                tracing::warn!(partition = %name, error = %e, "could not create a partition; the month's rows go to usage_records_default");
-                partitions.learn(month);
-            }
+        match create_partition(pool, month).await {
+            Ok(()) => partitions.learn(month),
+            Err(sea_orm::sqlx::Error::Database(db)) => match db.code().as_deref() {
+                // Two processes creating the same partition: one of them
+                // sees the catalog's unique violation (or "already exists").
+                Some("23505" | "42P07") => partitions.learn(month),
+                Some("23514") => {
+                    tracing::warn!(
+                        partition = %partition_name(month), error = %db,
+                        "the default partition holds rows of this month; its rows stay there"
+                    );
+                    partitions.learn(month);
+                }
+                _ => return Err(db_err(sea_orm::sqlx::Error::Database(db))),
+            },
+            Err(e) => return Err(db_err(e)),
         }
     }
+    Ok(())
+}
+
+/// How long creating a partition may wait for its lock on `usage_records`
+/// (every insert queues behind a waiting `CREATE … PARTITION OF`).
+const PARTITION_LOCK_TIMEOUT: &str = "2s";
+
+async fn create_partition(pool: &PgPool, month: i32) -> Result<(), sea_orm::sqlx::Error> {
+    let (from, to) = (month_start(month), month_start(month + 1));
+    // The name and bounds are made here from a month number, never from input.
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} PARTITION OF usage_records FOR VALUES FROM ('{}') TO ('{}')",
+        partition_name(month),
+        pg_time(from),
+        pg_time(to)
+    );
+    let mut txn = pool.begin().await?;
+    sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")))
+        .execute(&mut *txn)
+        .await?;
+    sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(sql)).execute(&mut *txn).await?;
+    txn.commit().await
 }
 
 /// A timestamp literal PostgreSQL reads the same in every session time zone.
@@ -140,7 +169,7 @@ pub(crate) async fn insert_new(
     records: &[(&UsageRecord, Source)],
     received_at: OffsetDateTime,
 ) -> Result<Committed, Error> {
-    ensure_partitions(pool, partitions, records).await;
+    ensure_partitions(pool, partitions, records).await?;
     let columns = Columns::new(records);
     let mut txn = pool.begin().await.map_err(db_err)?;
     let affected = columns.insert(received_at, false).execute(&mut *txn).await.map_err(db_err)?.rows_affected();
@@ -168,7 +197,7 @@ pub(crate) async fn insert_isolating(
     records: &[(&UsageRecord, Source)],
     received_at: OffsetDateTime,
 ) -> Result<Committed, Error> {
-    ensure_partitions(pool, partitions, records).await;
+    ensure_partitions(pool, partitions, records).await?;
     let mut txn = pool.begin().await.map_err(db_err)?;
     // A deferred constraint would fail only at COMMIT, outside the
     // savepoints that isolate it.

@@ -3,8 +3,10 @@
 //! PostgreSQL drops whole monthly partitions that end at or before the
 //! cutoff (instant, no dead rows), deletes the rows of the default partition
 //! older than the cutoff in bounded batches (each batch with its keys, in
-//! one transaction), and then removes the idempotency keys of dropped rows
-//! in bounded batches: a key goes only when no row holds it, checked in the
+//! one transaction), and then removes the idempotency keys older than the
+//! cutoff that no row holds (this run's dropped rows', and those of an
+//! earlier run interrupted after its drop) in bounded batches: a key goes
+//! only when no row holds it, checked in the
 //! same statement, so "one row per key" holds at every moment, even while
 //! records for those months keep arriving. A partition that straddles the
 //! cutoff is kept whole (its rows are removed by a later run).
@@ -26,6 +28,17 @@ use crate::{Error, Store};
 
 /// Rows (or keys) per batch: a bounded transaction, a short lock.
 const BATCH: i64 = 10_000;
+
+/// How long a `DETACH PARTITION` may wait for its lock, and how many times
+/// it is tried.
+const DETACH_LOCK_TIMEOUT: &str = "5s";
+const DETACH_ATTEMPTS: u32 = 5;
+
+/// PostgreSQL's `lock_not_available` (a lock timeout).
+fn lock_not_granted(e: &Error) -> bool {
+    let Error::Database(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))) = e else { return false };
+    matches!(&**e, sea_orm::sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
 
 /// What a retention run removed, or would remove (a dry run).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -137,24 +150,39 @@ impl Store {
                 progress(&format!("usage_records_default: {} rows removed so far", report.rows));
             }
         } else {
-            let n = count(db, backend, "SELECT count(*) FROM usage_records_default WHERE occurred_at < $1", &cutoff)
+            let n = self
+                .count_unbounded("SELECT count(*) FROM usage_records_default WHERE occurred_at < $1", Some(&cutoff))
                 .await?;
             report.rows += n;
             report.keys += n;
             progress(&format!("usage_records_default: {n} rows older than the cutoff"));
         }
 
-        // 2. Whole partitions.
+        // 2. Whole partitions: counted (without a lock that would hold up
+        //    inserts: a late record of that month arriving between the
+        //    count and the drop goes uncounted), then detached and dropped
+        //    under a lock timeout, tried again a few times when the lock is
+        //    not granted (every insert queues behind a waiting DETACH, so
+        //    it must not wait long).
         for (name, month) in self.partitions_before(report.cutoff).await? {
-            let txn = db.begin().await?;
-            let rows = count(&txn, backend, &format!("SELECT count(*) FROM {name}"), &cutoff).await?;
+            let rows = self.count_unbounded(&format!("SELECT count(*) FROM {name}"), None).await?;
             if report.executed {
-                txn.execute_unprepared(&format!("ALTER TABLE usage_records DETACH PARTITION {name}")).await?;
-                txn.execute_unprepared(&format!("DROP TABLE {name}")).await?;
-                txn.commit().await?;
+                let mut attempt = 0;
+                loop {
+                    match self.drop_partition(&name).await {
+                        Ok(()) => break,
+                        Err(e) if attempt < DETACH_ATTEMPTS && lock_not_granted(&e) => {
+                            attempt += 1;
+                            progress(&format!("{name}: lock not granted, trying again ({attempt}/{DETACH_ATTEMPTS})"));
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if report.executed {
                 progress(&format!("{name}: dropped ({rows} rows)"));
             } else {
-                txn.rollback().await?;
                 progress(&format!("{name}: would be dropped ({rows} rows)"));
                 report.keys += rows;
             }
@@ -167,9 +195,11 @@ impl Store {
             });
         }
 
-        // 3. Keys whose rows went with a partition: one pass over the keys
-        //    in key order, a page at a time; a key goes only if no row has it.
-        if report.executed && !report.partitions.is_empty() {
+        // 3. Keys whose rows went with a partition (this run's, or an
+        //    earlier run's that was interrupted after its DROP): one pass
+        //    over the keys in key order, a page at a time; a key older than
+        //    the cutoff goes only if no row has it.
+        if report.executed {
             let sql = "WITH page AS (SELECT organization_id, request_id, occurred_at FROM usage_record_keys \
                          WHERE (organization_id, request_id) > ($1, $2) \
                          ORDER BY organization_id, request_id LIMIT $3), \
@@ -201,6 +231,28 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Detaches and drops one partition in one transaction.
+    async fn drop_partition(&self, name: &str) -> Result<(), Error> {
+        let txn = self.connection().begin().await?;
+        txn.execute_unprepared(&format!("SET LOCAL lock_timeout = '{DETACH_LOCK_TIMEOUT}'")).await?;
+        txn.execute_unprepared(&format!("ALTER TABLE usage_records DETACH PARTITION {name}")).await?;
+        txn.execute_unprepared(&format!("DROP TABLE {name}")).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// `count(*)` of `sql` (`$1`: `arg`) without the pool's statement
+    /// timeout, which bounds the writer's statements, not a count of a
+    /// month of rows.
+    async fn count_unbounded(&self, sql: &str, arg: Option<&Value>) -> Result<u64, Error> {
+        let txn = self.connection().begin().await?;
+        txn.execute_unprepared("SET LOCAL statement_timeout = 0").await?;
+        let values: Vec<Value> = arg.into_iter().cloned().collect();
+        let row = txn.query_one_raw(Statement::from_sql_and_values(self.db_backend(), sql, values)).await?;
+        txn.commit().await?;
+        Ok(row.map(|row| row.try_get_by_index::<i64>(0)).transpose()?.unwrap_or(0) as u64)
     }
 
     async fn sqlite_retention(
@@ -268,18 +320,6 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// `count(*)` of `sql` (which may use `$1`, the cutoff).
-async fn count(
-    db: &impl ConnectionTrait,
-    backend: sea_orm::DbBackend,
-    sql: &str,
-    cutoff: &Value,
-) -> Result<u64, Error> {
-    let values = if sql.contains("$1") { vec![cutoff.clone()] } else { Vec::new() };
-    let row = db.query_one_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
-    Ok(row.map(|row| row.try_get_by_index::<i64>(0)).transpose()?.unwrap_or(0) as u64)
 }
 
 /// The month of a partition named `usage_records_yYYYYmMM`.

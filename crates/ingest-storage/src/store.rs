@@ -506,7 +506,10 @@ fn refusal(backend: Backend, e: &sea_orm::DbErr) -> Option<String> {
     let sea_orm::sqlx::Error::Database(db) = &**e else { return None };
     let code = db.code()?;
     let data = match backend {
-        Backend::Postgres => code.starts_with("22") || code == "23514",
+        // A CHECK violation names its constraint; "no partition of
+        // relation … found for row" shares the code but names none, and is
+        // the schema's problem (a partition missing), not the record's.
+        Backend::Postgres => code.starts_with("22") || (code == "23514" && db.constraint().is_some()),
         Backend::Sqlite => code.parse::<i32>().is_ok_and(crate::sqlite::is_data_refusal),
     };
     data.then(|| format!("{} ({code})", db.message()))

@@ -79,6 +79,16 @@ async fn postgres_migration_partitions_a_table_that_has_rows() {
         store.connection().execute_unprepared(&sql).await.unwrap();
     }
     assert!(partitions(&store).await.is_empty(), "not partitioned before m0003");
+    // An operator's CHECK that the old rows do not all satisfy (NOT VALID),
+    // and one they do.
+    store
+        .connection()
+        .execute_unprepared(
+            "ALTER TABLE usage_records ADD CONSTRAINT ops_small CHECK (prompt_tokens < 0) NOT VALID; \
+             ALTER TABLE usage_records ADD CONSTRAINT ops_named CHECK (model_name <> '')",
+        )
+        .await
+        .unwrap();
 
     store.migrate().await.unwrap();
     let names = partitions(&store).await;
@@ -91,6 +101,22 @@ async fn postgres_migration_partitions_a_table_that_has_rows() {
     assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, 12);
     assert_eq!(scalar(&store, "SELECT count(*) FROM usage_records_default").await, 3, "older than the window");
     assert_eq!(scalar(&store, &format!("SELECT count(*) FROM {}", partition(14))).await, 3);
+    let checks = store
+        .connection()
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT conname::text || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = 'usage_records'::regclass AND contype = 'c' ORDER BY 1",
+        ))
+        .await
+        .unwrap();
+    let checks: Vec<String> = checks.iter().map(|r| r.try_get_by_index(0).unwrap()).collect();
+    assert_eq!(
+        checks,
+        ["ops_named CHECK (((model_name)::text <> ''::text))", "ops_small CHECK ((prompt_tokens < 0)) NOT VALID"],
+        "the operator's CHECK constraints survive, NOT VALID kept"
+    );
+    store.connection().execute_unprepared("ALTER TABLE usage_records DROP CONSTRAINT ops_small").await.unwrap();
 
     // Dedupe holds against the migrated rows, even with another timestamp
     // (which would route the row to another partition).
@@ -180,5 +206,53 @@ async fn retention_removes_what_occurred_before_the_cutoff(kind: Kind) {
     let want: Vec<StoreOutcome> = removed.iter().map(|r| if *r { I } else { D }).collect();
     assert_eq!(out, want);
     assert_eq!(store.count_records(None).await.unwrap(), total);
+    writer.shutdown().await;
+}
+
+/// A `DROP` of a partition whose keys were not removed yet (a retention run
+/// interrupted between its steps, or an operator's own `DROP`): the next
+/// run removes the keys, and the records can be stored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retention_removes_the_keys_an_interrupted_run_left() {
+    let db = TestDatabase::postgres().await;
+    let store = db.store().await;
+    let writer = Writer::spawn(store.clone(), WriterConfig::default());
+    let sink = writer.handle();
+    let old: Vec<UsageRecord> = (0..5).map(|i| at("org-a", i, month_start(20) + Duration::hours(i as i64))).collect();
+    assert!(sink.store(old.clone(), Source::Http).await.unwrap().iter().all(|o| *o == I));
+    let name = partition(20);
+    store
+        .connection()
+        .execute_unprepared(&format!("ALTER TABLE usage_records DETACH PARTITION {name}; DROP TABLE {name}"))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, 5, "keys without rows");
+    assert!(sink.store(old.clone(), Source::Http).await.unwrap().iter().all(|o| *o == D), "still seen as stored");
+
+    let done = store.retention(month_start(12), true, &mut |_| {}).await.unwrap();
+    assert_eq!((done.rows, done.keys, done.partitions.len()), (0, 5, 0), "{done:?}");
+    assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, 0);
+    assert!(sink.store(old, Source::Http).await.unwrap().iter().all(|o| *o == I), "stored again");
+    writer.shutdown().await;
+}
+
+/// With no partition for a record's month (an operator detached the
+/// default partition), PostgreSQL's "no partition of relation found for
+/// row" shares CHECK's SQLSTATE but names no constraint: the commit fails,
+/// retryably, and the record is not refused for its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_missing_partition_is_not_a_refused_record() {
+    let db = TestDatabase::postgres().await;
+    let store = db.store().await;
+    store
+        .connection()
+        .execute_unprepared("ALTER TABLE usage_records DETACH PARTITION usage_records_default")
+        .await
+        .unwrap();
+    let writer = Writer::spawn(store.clone(), WriterConfig::default());
+    let ancient = at("org-a", 1, month_start(migration::PARTITION_MONTHS_BACK + 12));
+    let out = writer.handle().store(vec![record("org-a", 0), ancient], Source::Http).await;
+    assert!(matches!(out, Err(model::SinkError::Unavailable(_))), "{out:?}");
+    assert_eq!(store.count_records(None).await.unwrap(), 0, "nothing of the batch is stored");
     writer.shutdown().await;
 }
