@@ -92,20 +92,11 @@ INSERT INTO usage_records SELECT * FROM usage_records_unpartitioned;
 -- CHECK constraints an operator added, after the copy and as they were
 -- (`pg_get_constraintdef` keeps NOT VALID: rows the old table held under a
 -- NOT VALID constraint are copied, not refused).
-DO $$
-DECLARE
-    c record;
-BEGIN
-    FOR c IN
-        SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
-        WHERE conrelid = 'usage_records_unpartitioned'::regclass AND contype = 'c'
-    LOOP
-        EXECUTE format('ALTER TABLE usage_records ADD CONSTRAINT %I %s', c.conname, c.def);
-    END LOOP;
-END $$;
+{checks}
 DROP TABLE usage_records_unpartitioned;
 "#,
-            back = PARTITION_MONTHS_BACK
+            back = PARTITION_MONTHS_BACK,
+            checks = copy_checks("usage_records_unpartitioned"),
         );
         manager.get_connection().execute_unprepared(&sql).await.map(|_| ())
     }
@@ -114,27 +105,38 @@ DROP TABLE usage_records_unpartitioned;
         if manager.get_database_backend() != DbBackend::Postgres {
             return Ok(());
         }
-        let sql = r#"
+        let sql = format!(
+            r#"
 ALTER TABLE usage_records RENAME TO usage_records_partitioned;
 ALTER TABLE usage_records_partitioned RENAME CONSTRAINT usage_records_pkey TO usage_records_partitioned_pkey;
 CREATE TABLE usage_records (LIKE usage_records_partitioned INCLUDING DEFAULTS INCLUDING COMMENTS);
 INSERT INTO usage_records SELECT * FROM usage_records_partitioned;
 ALTER TABLE usage_records ADD CONSTRAINT usage_records_pkey PRIMARY KEY (organization_id, request_id);
 CREATE INDEX usage_records_org_occurred_at ON usage_records (organization_id, occurred_at);
-DO $$
+{checks}
+DROP TABLE usage_records_partitioned;
+DROP TABLE usage_record_keys;
+"#,
+            checks = copy_checks("usage_records_partitioned"),
+        );
+        manager.get_connection().execute_unprepared(&sql).await.map(|_| ())
+    }
+}
+
+/// A `DO` block adding to `usage_records` the CHECK constraints of `from`,
+/// as they are (`pg_get_constraintdef` keeps NOT VALID).
+fn copy_checks(from: &str) -> String {
+    format!(
+        "DO $$
 DECLARE
     c record;
 BEGIN
     FOR c IN
         SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
-        WHERE conrelid = 'usage_records_partitioned'::regclass AND contype = 'c'
+        WHERE conrelid = '{from}'::regclass AND contype = 'c'
     LOOP
         EXECUTE format('ALTER TABLE usage_records ADD CONSTRAINT %I %s', c.conname, c.def);
     END LOOP;
-END $$;
-DROP TABLE usage_records_partitioned;
-DROP TABLE usage_record_keys;
-"#;
-        manager.get_connection().execute_unprepared(sql).await.map(|_| ())
-    }
+END $$;"
+    )
 }
