@@ -243,12 +243,10 @@ impl Store {
         if let Some(bulk) = &self.bulk {
             return bulk.insert(sqlite_rows(records, received_at)).await;
         }
-        let pool = self.db.get_postgres_connection_pool();
-        let result = crate::postgres::insert_new(pool, &self.partitions, records, received_at).await;
-        if result.is_err() {
-            self.partitions.forget();
-        }
-        result
+        // A failed commit forgets the known partitions (one may have been dropped).
+        crate::postgres::insert_new(self.db.get_postgres_connection_pool(), &self.partitions, records, received_at)
+            .await
+            .inspect_err(|_| self.partitions.forget())
     }
 
     /// [`insert_new`](Self::insert_new) after it failed while the database
@@ -270,12 +268,14 @@ impl Store {
             // Row by row already: a refused row never failed the others.
             return bulk.insert(sqlite_rows(records, received_at)).await;
         }
-        let pool = self.db.get_postgres_connection_pool();
-        let result = crate::postgres::insert_isolating(pool, &self.partitions, records, received_at).await;
-        if result.is_err() {
-            self.partitions.forget();
-        }
-        result
+        crate::postgres::insert_isolating(
+            self.db.get_postgres_connection_pool(),
+            &self.partitions,
+            records,
+            received_at,
+        )
+        .await
+        .inspect_err(|_| self.partitions.forget())
     }
 
     /// UUIDs: `uuid` on PostgreSQL, canonical lower-case text on SQLite.

@@ -317,3 +317,27 @@ async fn postgres_one_row_per_key_while_retention_runs_beside_two_writers() {
     let rows = scalar(store, "SELECT count(*) FROM usage_records").await;
     assert!(rows <= 200, "{rows}");
 }
+
+/// A partition dropped behind the writer's back (no default partition to
+/// catch its month): the commit fails, the writer forgets what it knew of
+/// partitions, and its second attempt at the same commit creates the month
+/// again: the record is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_partition_dropped_behind_the_writer_is_created_again() {
+    let db = TestDatabase::postgres().await;
+    let store = db.store().await;
+    store
+        .connection()
+        .execute_unprepared("ALTER TABLE usage_records DETACH PARTITION usage_records_default")
+        .await
+        .unwrap();
+    let writer = Writer::spawn(store.clone(), WriterConfig::default());
+    let sink = writer.handle();
+    let t = month_start(7) + Duration::days(2);
+    assert_eq!(sink.store(vec![at("org-a", 0, t)], Source::Http).await.unwrap(), [I]);
+    let name = partition(7);
+    store.connection().execute_unprepared(&format!("DROP TABLE {name}")).await.unwrap();
+    assert_eq!(sink.store(vec![at("org-a", 1, t)], Source::Http).await.unwrap(), [I], "the partition is made again");
+    assert!(partitions(&store).await.contains(&name));
+    writer.shutdown().await;
+}
