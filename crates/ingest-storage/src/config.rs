@@ -50,12 +50,15 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// Records committed in one transaction, at most.
     pub max_batch_rows: usize,
-    /// How long a batch waits for more submissions before committing.
+    /// How long a batch waits for more submissions before committing, at
+    /// most. 0 (the default): commit what is queued at once; submissions
+    /// that arrive meanwhile wait for this commit and form the next batch
+    /// (docs/benchmarks.md, "HTTP").
     pub linger_ms: u64,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { queue_capacity: 10_000, max_batch_rows: 5_000, linger_ms: 2 }
+        WriterConfig { queue_capacity: 10_000, max_batch_rows: 5_000, linger_ms: 0 }
     }
 }

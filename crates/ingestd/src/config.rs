@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 10_485_760);
         assert_eq!(c.server.max_batch_size, 1000);
         assert_eq!(c.database.url, "sqlite://cost-ops.db?mode=rwc");
-        assert_eq!(c.writer, WriterConfig { queue_capacity: 10_000, max_batch_rows: 5_000, linger_ms: 2 });
+        assert_eq!(c.writer, WriterConfig { queue_capacity: 10_000, max_batch_rows: 5_000, linger_ms: 0 });
         assert_eq!(c.validation.max_future_skew_secs, 300);
         assert_eq!(c.nats.subject, "llm.usage");
         assert_eq!(c.redis.consumer.max_deliveries, 5);
