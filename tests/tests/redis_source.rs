@@ -88,6 +88,7 @@ async fn stream_entries_are_ingested_and_acked() {
         c.redis.url = url.clone();
         c.redis.consumer.stream_key = key.clone();
         c.redis.consumer.group = group.clone();
+        c.redis.consumer.name = "svc".into();
         c.redis.consumer.block_ms = 100;
     })
     .await;
@@ -115,6 +116,23 @@ async fn stream_entries_are_ingested_and_acked() {
         assert!(Instant::now() < deadline, "/metrics lacks the Redis source's series:\n{metrics}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The default `consumers = 4`: four members of the group, one name each.
+    let Value::Array(consumers) = call(&client, "XINFO", &["CONSUMERS", &key, &group]).await else { panic!("XINFO") };
+    let mut names: Vec<String> = consumers
+        .iter()
+        .map(|c| match c {
+            Value::Array(fields) => fields
+                .chunks(2)
+                .find(|kv| kv[0].as_str().as_deref() == Some("name"))
+                .and_then(|kv| kv[1].as_string())
+                .expect("a consumer's name"),
+            Value::Map(map) => map.get(&"name".into()).and_then(Value::as_string).expect("a consumer's name"),
+            other => panic!("XINFO CONSUMERS entry: {other:?}"),
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["svc", "svc#2", "svc#3", "svc#4"]);
 
     let db = server.stop().await;
     let store = storage::Store::connect(&db.config).await.unwrap();

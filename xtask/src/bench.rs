@@ -44,7 +44,8 @@ fn storage_bench(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The Redis Streams source: drain of a 200k-entry backlog against the
+/// The Redis Streams source: drain of a 200k-entry backlog (by one source,
+/// then by four consumers of the group in one process) against the
 /// writer alone on the same records, then p50/p99 add-to-commit at a steady
 /// 20k entries/s (`ingest-bench redis-drain`).
 fn redis() -> Result<()> {
@@ -81,6 +82,17 @@ fn redis() -> Result<()> {
         "drain ÷ writer alone (1 / 4 in flight)",
         get("drain_vs_writer_1"),
         get("drain_vs_writer_4")
+    );
+    println!(
+        "{:<44} {:>12}",
+        format!("the same drained by {} consumers of the group", v["consumers"]),
+        format!("{:.0} entries/s", get("drain_n_consumers_per_sec"))
+    );
+    println!(
+        "{:<44} {:>12.3} / {:.3}",
+        format!("{} consumers ÷ writer alone (1 / 4 in flight)", v["consumers"]),
+        get("drain_n_consumers_vs_writer_1"),
+        get("drain_n_consumers_vs_writer_4")
     );
     println!(
         "{:<44} {:>12}",

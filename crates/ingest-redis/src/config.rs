@@ -17,6 +17,14 @@ pub struct RedisConsumerConfig {
     /// finds and drains its own pending entries. Give each process on one
     /// host its own name.
     pub name: String,
+    /// Consumers of the group this process runs, each with its own loop,
+    /// connections and pending list: `<name>`, then `<name>#2` …
+    /// `<name>#N` (`#` cannot occur in a host name). One consumer leaves the
+    /// writer idle while it reads, decodes and acknowledges; several keep a
+    /// batch committing while the next is read (docs/benchmarks.md, "Redis
+    /// Streams source"). Lowering it leaves the pending entries of the
+    /// names dropped to `XAUTOCLAIM` by the others after `claim_idle_secs`.
+    pub consumers: usize,
     /// Entries per `XREADGROUP` (and per writer submission).
     pub read_batch: usize,
     /// How long one blocking read waits for new entries.
@@ -35,6 +43,7 @@ impl Default for RedisConsumerConfig {
             stream_key: "llm:usage".into(),
             group: "ingestd".into(),
             name: String::new(),
+            consumers: 4,
             read_batch: 1000,
             block_ms: 1000,
             claim_idle_secs: 60,
@@ -52,6 +61,9 @@ impl RedisConsumerConfig {
         }
         if self.group.is_empty() {
             return err("group", "must not be empty");
+        }
+        if !(1..=64).contains(&self.consumers) {
+            return err("consumers", "must be between 1 and 64");
         }
         if self.read_batch == 0 {
             return err("read_batch", "must be at least 1");
@@ -77,6 +89,13 @@ impl RedisConsumerConfig {
             true => format!("ingestd-{hostname}"),
         }
     }
+
+    /// The names of this process's `consumers`: the consumer name, then
+    /// `<name>#2` … `<name>#N`.
+    pub fn consumer_names(&self, hostname: &str) -> Vec<String> {
+        let name = self.consumer_name(hostname);
+        (1..=self.consumers).map(|n| if n == 1 { name.clone() } else { format!("{name}#{n}") }).collect()
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +109,13 @@ mod tests {
         assert_eq!(c.consumer_name(""), "ingestd");
         let named = RedisConsumerConfig { name: "worker-a".into(), ..c.clone() };
         assert_eq!(named.consumer_name("box-1"), "worker-a");
+        assert_eq!(c.consumer_names("box"), ["ingestd-box", "ingestd-box#2", "ingestd-box#3", "ingestd-box#4"]);
+        let one = RedisConsumerConfig { consumers: 1, ..named.clone() };
+        assert_eq!(one.consumer_names("box"), ["worker-a"]);
+        for consumers in [0, 65] {
+            let bad = RedisConsumerConfig { consumers, ..c.clone() };
+            assert!(bad.validate().unwrap_err().starts_with("redis.consumer.consumers"));
+        }
         assert!(c.validate().is_ok());
         let bad = RedisConsumerConfig { read_batch: 0, ..c.clone() };
         assert!(bad.validate().unwrap_err().starts_with("redis.consumer.read_batch"));

@@ -2,7 +2,7 @@
 //! `redis.consumer.enabled`.
 
 use broker::{Health, Quarantine};
-use ingest_redis::RedisSource;
+use ingest_redis::{RedisConsumerConfig, RedisSource};
 use model::Ingestor;
 use storage::{Store, WriterHandle};
 use tokio_util::sync::CancellationToken;
@@ -20,27 +20,50 @@ pub(crate) fn spawn(
     if redis.url.is_empty() || !redis.consumer.enabled {
         return None;
     }
-    let mut consumer = redis.consumer.clone();
-    consumer.name = consumer.consumer_name(&hostname());
+    // One health for all the consumers: the component is up when they are.
     let health = Health::new();
-    let quarantine = Quarantine::new();
-    let (url, validation, store, retry) =
-        (redis.url.clone(), config.validation.clone(), store.clone(), config.retry.clone());
-    let task = supervise("redis", health.clone(), config.retry.clone(), shutdown.clone(), {
-        let health = health.clone();
-        move || {
-            let ingestor = Ingestor::new(writer.clone(), validation.clone());
-            let source =
-                RedisSource::new(&url, consumer.clone(), ingestor, store.clone(), retry.clone(), health.clone())
+    // Each consumer is supervised on its own, with its own quarantine: a
+    // quarantine follows the one batch its source has in hand.
+    let members: Vec<_> = redis
+        .consumer
+        .consumer_names(&hostname())
+        .into_iter()
+        .map(|name| {
+            let consumer = RedisConsumerConfig { name, ..redis.consumer.clone() };
+            let quarantine = Quarantine::new();
+            let (url, validation, store, retry, writer) =
+                (redis.url.clone(), config.validation.clone(), store.clone(), config.retry.clone(), writer.clone());
+            supervise("redis", health.clone(), config.retry.clone(), shutdown.clone(), {
+                let (health, shutdown) = (health.clone(), shutdown.clone());
+                move || {
+                    let ingestor = Ingestor::new(writer.clone(), validation.clone());
+                    let source = RedisSource::new(
+                        &url,
+                        consumer.clone(),
+                        ingestor,
+                        store.clone(),
+                        retry.clone(),
+                        health.clone(),
+                    )
                     .with_quarantine(quarantine.clone());
-            let (shutdown, masked) = (shutdown.clone(), config::mask_url(&url));
-            async move {
-                source
-                    .run(shutdown)
-                    .await
-                    .map_err(|e| anyhow::Error::new(e).context(format!("redis source at {masked}")))
-            }
+                    let (shutdown, masked) = (shutdown.clone(), config::mask_url(&url));
+                    async move {
+                        source
+                            .run(shutdown)
+                            .await
+                            .map_err(|e| anyhow::Error::new(e).context(format!("redis source at {masked}")))
+                    }
+                }
+            })
+        })
+        .collect();
+    let task = tokio::spawn(async move {
+        let mut result = Ok(());
+        for member in members {
+            let ended = member.await.map_err(anyhow::Error::new).and_then(|r| r);
+            result = result.and(ended);
         }
+        result
     });
     Some(("redis", task, health))
 }

@@ -153,6 +153,51 @@ async fn writer_alone(payloads: &[String], in_flight: usize) -> Result<f64> {
     Ok(rate)
 }
 
+/// Consumers of the group in the second drain.
+const CONSUMERS: usize = 4;
+
+/// Adds `payloads` to a fresh stream, then drains it with `consumers`
+/// sources of one group into a fresh database: (entries/s, XADD seconds).
+async fn drain_backlog(
+    client: &fred::clients::Client,
+    url: &str,
+    payloads: &[String],
+    consumers: usize,
+) -> Result<(f64, f64)> {
+    let entries = payloads.len() as u64;
+    let key = unique("bench:usage");
+    let added = Instant::now();
+    xadd_all(client, &key, payloads.iter().cloned()).await?;
+    let xadd_secs = added.elapsed().as_secs_f64();
+    let db = fresh_db(&format!("drain{consumers}")).await?;
+    let stop = CancellationToken::new();
+    let mut stats = Vec::new();
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for n in 1..=consumers {
+        let ingestor = Ingestor::new(db.writer.handle(), ValidationConfig::default());
+        let config = RedisConsumerConfig { name: format!("bench-{n}"), ..consumer(&key) };
+        let source = RedisSource::new(url, config, ingestor, db.store.clone(), RetryConfig::default(), Health::new());
+        stats.push(source.stats());
+        tasks.push(tokio::spawn(source.run(stop.clone())));
+    }
+    let acked = |stats: &[Arc<ingest_redis::Stats>]| stats.iter().map(|s| s.counts().acked).sum::<u64>();
+    while acked(&stats) < entries {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "drain did not finish: {}", acked(&stats));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let drain_secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    for task in tasks {
+        task.await??;
+    }
+    let rows = db.store.count_records(None).await?;
+    anyhow::ensure!(rows == entries, "drain by {consumers} stored {rows} rows of {entries}");
+    db.writer.shutdown().await;
+    let _: Value = client.custom(cmd!("DEL"), vec![Value::from(key.as_str())]).await?;
+    Ok((entries as f64 / drain_secs, xadd_secs))
+}
+
 async fn run(entries: u64, rate: u64, secs: u64) -> Result<serde_json::Value> {
     let url = std::env::var("INGESTD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let client = redis(&url).await?;
@@ -161,31 +206,11 @@ async fn run(entries: u64, rate: u64, secs: u64) -> Result<serde_json::Value> {
     let writer_1 = writer_alone(&payloads, 1).await?;
     let writer_4 = writer_alone(&payloads, 4).await?;
 
-    // Drain a backlog.
-    let key = unique("bench:usage");
-    let added = Instant::now();
-    xadd_all(&client, &key, payloads.iter().cloned()).await?;
-    let xadd_secs = added.elapsed().as_secs_f64();
-    let db = fresh_db("drain").await?;
-    let ingestor = Ingestor::new(db.writer.handle(), ValidationConfig::default());
-    let source =
-        RedisSource::new(&url, consumer(&key), ingestor, db.store.clone(), RetryConfig::default(), Health::new());
-    let stats = source.stats();
-    let stop = CancellationToken::new();
-    let started = Instant::now();
-    let task = tokio::spawn(source.run(stop.clone()));
-    while stats.counts().acked < entries {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "drain did not finish: {:?}", stats.counts());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let drain_secs = started.elapsed().as_secs_f64();
-    stop.cancel();
-    task.await??;
-    let rows = db.store.count_records(None).await?;
-    anyhow::ensure!(rows == entries, "drain stored {rows} rows of {entries}");
-    db.writer.shutdown().await;
-    let _: Value = client.custom(cmd!("DEL"), vec![Value::from(key.as_str())]).await?;
-    let drain = entries as f64 / drain_secs;
+    let (drain, xadd_secs) = drain_backlog(&client, &url, &payloads, 1).await?;
+    // The same backlog drained by several consumers of the group in one
+    // process: what overlapping one batch's reading and decoding with
+    // another's commit is worth.
+    let (drain_n, _) = drain_backlog(&client, &url, &payloads, CONSUMERS).await?;
 
     // Steady rate.
     let key = unique("bench:steady");
@@ -252,6 +277,10 @@ async fn run(entries: u64, rate: u64, secs: u64) -> Result<serde_json::Value> {
         "drain_per_sec": drain,
         "drain_vs_writer_1": drain / writer_1,
         "drain_vs_writer_4": drain / writer_4,
+        "consumers": CONSUMERS,
+        "drain_n_consumers_per_sec": drain_n,
+        "drain_n_consumers_vs_writer_1": drain_n / writer_1,
+        "drain_n_consumers_vs_writer_4": drain_n / writer_4,
         "steady_rate": total as f64 / produce_secs,
         "steady_producer_fell_behind": behind.load(Ordering::Relaxed),
         "steady_records": lat.len(),
