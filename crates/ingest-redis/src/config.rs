@@ -11,7 +11,7 @@ pub struct RedisConsumerConfig {
     pub stream_key: String,
     /// The consumer group; created (with `MKSTREAM`, from id `0`) when absent.
     pub group: String,
-    /// This process's consumer name in the group. Empty: `ingestd-<host
+    /// This process's (first) consumer name in the group. Empty: `ingestd-<host
     /// name>` (`HOSTNAME`, else the kernel's host name), which is stable
     /// across restarts of the same host or container, so a restarted process
     /// finds and drains its own pending entries. Give each process on one

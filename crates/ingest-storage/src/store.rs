@@ -141,7 +141,22 @@ impl Store {
             let limit = format!("{}ms", Ord::max(config.busy_timeout_ms, 1));
             opts.map_sqlx_postgres_opts(move |o| o.options([("statement_timeout", limit.as_str())]));
         }
-        let db = Database::connect(opts).await.map_err(Error::Connect)?;
+        // Processes opening a new SQLite file together race to switch it to
+        // WAL, and SQLite answers that race BUSY at once instead of waiting
+        // out the busy timeout (its rule against deadlocks): try again,
+        // within the busy timeout.
+        let deadline = tokio::time::Instant::now() + busy;
+        let db = loop {
+            match Database::connect(opts.clone()).await {
+                Ok(db) => break db,
+                Err(e)
+                    if backend == Backend::Sqlite && is_sqlite_busy(&e) && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(Error::Connect(e)),
+            }
+        };
         // After the pool, which creates the file (`mode=rwc`).
         let bulk = match backend {
             Backend::Sqlite => Some(crate::sqlite::Bulk::open(config)?),
@@ -513,6 +528,14 @@ fn refusal(backend: Backend, e: &sea_orm::DbErr) -> Option<String> {
         Backend::Sqlite => code.parse::<i32>().is_ok_and(crate::sqlite::is_data_refusal),
     };
     data.then(|| format!("{} ({code})", db.message()))
+}
+
+/// SQLITE_BUSY, or one of its extended codes.
+fn is_sqlite_busy(e: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let DbErr::Conn(RuntimeErr::SqlxError(e)) = e else { return false };
+    let sea_orm::sqlx::Error::Database(db) = &**e else { return false };
+    db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|code| code & 0xff == 5)
 }
 
 /// The SQLite rows of one commit.

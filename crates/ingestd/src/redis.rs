@@ -20,7 +20,9 @@ pub(crate) fn spawn(
     if redis.url.is_empty() || !redis.consumer.enabled {
         return None;
     }
-    // One health for all the consumers: the component is up when they are.
+    // One health for all the members, as for one source: each member
+    // reports into it (up when it reads; down while it reconnects or is
+    // restarted), and the latest report stands.
     let health = Health::new();
     // Each consumer is supervised on its own, with its own quarantine: a
     // quarantine follows the one batch its source has in hand.
