@@ -236,12 +236,9 @@ async fn postgres_retention_removes_the_keys_an_interrupted_run_left() {
     writer.shutdown().await;
 }
 
-/// With no partition for a record's month (an operator detached the
-/// default partition), PostgreSQL's "no partition of relation found for
-/// row" shares CHECK's SQLSTATE but names no constraint: the commit fails,
-/// retryably, and the record is not refused for its data.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_missing_partition_is_not_a_refused_record() {
+/// A PostgreSQL test database whose default partition an operator
+/// detached: a month without its own partition has nowhere to go.
+async fn without_default_partition() -> (TestDatabase, Store) {
     let db = TestDatabase::postgres().await;
     let store = db.store().await;
     store
@@ -249,6 +246,16 @@ async fn postgres_a_missing_partition_is_not_a_refused_record() {
         .execute_unprepared("ALTER TABLE usage_records DETACH PARTITION usage_records_default")
         .await
         .unwrap();
+    (db, store)
+}
+
+/// With no partition for a record's month (an operator detached the
+/// default partition), PostgreSQL's "no partition of relation found for
+/// row" shares CHECK's SQLSTATE but names no constraint: the commit fails,
+/// retryably, and the record is not refused for its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_missing_partition_is_not_a_refused_record() {
+    let (_db, store) = without_default_partition().await;
     let writer = Writer::spawn(store.clone(), WriterConfig::default());
     let ancient = at("org-a", 1, month_start(migration::PARTITION_MONTHS_BACK + 12));
     let out = writer.handle().store(vec![record("org-a", 0), ancient], Source::Http).await;
@@ -324,13 +331,7 @@ async fn postgres_one_row_per_key_while_retention_runs_beside_two_writers() {
 /// again: the record is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_partition_dropped_behind_the_writer_is_created_again() {
-    let db = TestDatabase::postgres().await;
-    let store = db.store().await;
-    store
-        .connection()
-        .execute_unprepared("ALTER TABLE usage_records DETACH PARTITION usage_records_default")
-        .await
-        .unwrap();
+    let (_db, store) = without_default_partition().await;
     let writer = Writer::spawn(store.clone(), WriterConfig::default());
     let sink = writer.handle();
     let t = month_start(7) + Duration::days(2);
