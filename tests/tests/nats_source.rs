@@ -103,6 +103,16 @@ async fn messages_published_to_nats_become_rows() {
 
     let org = unique("org");
     let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    // The default `fetchers = 4`: four pull requests wait on the idle consumer.
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        js.get_stream(&nats.stream).await.unwrap().get_consumer(&nats.consumer).await.unwrap();
+    let start = Instant::now();
+    let mut waiting = 0;
+    while waiting != 4 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{waiting} pull requests waiting, not 4");
+        waiting = consumer.info().await.unwrap().num_waiting;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let batch = format!(r#"{{"records":[{},{}]}}"#, record(&org, 100), record(&org, 101));
     for payload in (0..50).map(|i| record(&org, i)).chain([batch, "{not json".to_owned()]) {
         js.publish(nats.subject.clone(), payload.into()).await.unwrap().await.unwrap();

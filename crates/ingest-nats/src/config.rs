@@ -14,6 +14,11 @@ pub struct NatsConfig {
     pub consumer: String,
     /// Messages fetched (and committed together) at a time.
     pub fetch_batch: usize,
+    /// Fetch loops on the durable consumer in this process, each fetching,
+    /// committing and acking on its own: while one loop's batch commits,
+    /// the others fetch, decode and ack. They behave as that many processes
+    /// sharing the consumer would.
+    pub fetchers: usize,
     /// Seconds the server waits for an ack before redelivering (used when
     /// ingestd creates the consumer; long commits send progress acks).
     pub ack_wait_secs: u64,
@@ -39,6 +44,7 @@ impl Default for NatsConfig {
             stream: "LLM_USAGE".into(),
             consumer: "ingestd".into(),
             fetch_batch: 1000,
+            fetchers: 4,
             ack_wait_secs: 30,
             max_deliver: -1,
             max_deliveries: 5,
@@ -67,6 +73,9 @@ impl NatsConfig {
         }
         if !(1..=100_000).contains(&self.fetch_batch) {
             return err("fetch_batch", "must be between 1 and 100000");
+        }
+        if !(1..=64).contains(&self.fetchers) {
+            return err("fetchers", "must be between 1 and 64");
         }
         if !(1..=86_400).contains(&self.ack_wait_secs) {
             return err("ack_wait_secs", "must be between 1 and 86400");
@@ -130,6 +139,8 @@ mod tests {
             (|c| c.stream = "LLM.USAGE".into(), "nats.stream"),
             (|c| c.consumer = String::new(), "nats.consumer"),
             (|c| c.fetch_batch = 0, "nats.fetch_batch"),
+            (|c| c.fetchers = 0, "nats.fetchers"),
+            (|c| c.fetchers = 65, "nats.fetchers"),
             (|c| c.ack_wait_secs = 0, "nats.ack_wait_secs"),
             (|c| c.max_deliver = 0, "nats.max_deliver"),
             (|c| c.max_deliveries = 0, "nats.max_deliveries"),

@@ -47,14 +47,22 @@ pub(crate) async fn setup(cfg: &NatsConfig, js: &jetstream::Context) -> Result<(
         }
         Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.code() == 404) => {
             tracing::info!(stream = %cfg.stream, subject = %cfg.subject, "creating the NATS stream");
-            js.create_stream(stream::Config {
-                name: cfg.stream.clone(),
-                subjects: vec![cfg.subject.clone()],
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| SetupError::server(format!("creating stream {}", cfg.stream), e))?
+            match js
+                .create_stream(stream::Config {
+                    name: cfg.stream.clone(),
+                    subjects: vec![cfg.subject.clone()],
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(stream) => stream,
+                // Another fetch loop or process created it first.
+                Err(e) => js
+                    .get_stream(&cfg.stream)
+                    .await
+                    .map_err(|_| SetupError::server(format!("creating stream {}", cfg.stream), e))?,
+            }
         }
         Err(e) => return Err(SetupError::server(format!("reading stream {}", cfg.stream), e)),
     };
@@ -65,8 +73,9 @@ pub(crate) async fn setup(cfg: &NatsConfig, js: &jetstream::Context) -> Result<(
         max_deliver: cfg.max_deliver,
         backoff: cfg.backoff_secs.iter().map(|s| Duration::from_secs(*s)).collect(),
         filter_subject: cfg.subject.clone(),
-        // Room for a fetch in hand and one being fetched, per process.
-        max_ack_pending: (cfg.fetch_batch as i64).saturating_mul(20).max(10_000),
+        // Room for a fetch in hand and one being fetched per fetch loop, for
+        // ten processes.
+        max_ack_pending: (cfg.fetch_batch as i64).saturating_mul(2 * 10 * cfg.fetchers as i64).max(10_000),
         ..Default::default()
     };
     let consumer: PullConsumer = stream.get_or_create_consumer(&cfg.consumer, wanted).await.map_err(|e| {

@@ -1,4 +1,5 @@
-//! Builds and spawns the NATS JetStream source when `nats.url` is set.
+//! Builds and spawns the NATS JetStream source when `nats.url` is set:
+//! `nats.fetchers` fetch loops on the durable consumer.
 
 use broker::{Health, Quarantine};
 use ingest_nats::NatsSource;
@@ -7,7 +8,7 @@ use storage::{Store, WriterHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
-use crate::supervise::supervise;
+use crate::supervise::{join_members, supervise};
 
 pub(crate) fn spawn(
     config: &Config,
@@ -18,24 +19,32 @@ pub(crate) fn spawn(
     if !config.nats.enabled() {
         return None;
     }
+    // One health for all the fetch loops, as for the Redis members: each
+    // reports into it, and the latest report stands.
     let health = Health::new();
-    let quarantine = Quarantine::new();
-    let (nats, validation, store, retry) =
-        (config.nats.clone(), config.validation.clone(), store.clone(), config.retry.clone());
-    let task = supervise("nats", health.clone(), config.retry.clone(), shutdown.clone(), {
-        let health = health.clone();
-        move || {
-            let source = NatsSource::new(
-                nats.clone(),
-                Ingestor::new(writer.clone(), validation.clone()),
-                store.clone(),
-                retry.clone(),
-                health.clone(),
-            )
-            .with_quarantine(quarantine.clone());
-            let shutdown = shutdown.clone();
-            async move { Ok(source.run(shutdown).await?) }
-        }
-    });
-    Some(("nats", task, health))
+    // Each loop is supervised on its own, with its own connection and its
+    // own quarantine: a quarantine follows the one batch its loop has in hand.
+    let members = (0..config.nats.fetchers)
+        .map(|_| {
+            let quarantine = Quarantine::new();
+            let (nats, validation, store, retry, writer) =
+                (config.nats.clone(), config.validation.clone(), store.clone(), config.retry.clone(), writer.clone());
+            supervise("nats", health.clone(), config.retry.clone(), shutdown.clone(), {
+                let (health, shutdown) = (health.clone(), shutdown.clone());
+                move || {
+                    let source = NatsSource::new(
+                        nats.clone(),
+                        Ingestor::new(writer.clone(), validation.clone()),
+                        store.clone(),
+                        retry.clone(),
+                        health.clone(),
+                    )
+                    .with_quarantine(quarantine.clone());
+                    let shutdown = shutdown.clone();
+                    async move { Ok(source.run(shutdown).await?) }
+                }
+            })
+        })
+        .collect();
+    Some(("nats", join_members(members), health))
 }

@@ -8,7 +8,7 @@ use storage::{Store, WriterHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
-use crate::supervise::supervise;
+use crate::supervise::{join_members, supervise};
 
 pub(crate) fn spawn(
     config: &Config,
@@ -59,14 +59,7 @@ pub(crate) fn spawn(
             })
         })
         .collect();
-    let task = tokio::spawn(async move {
-        let mut result = Ok(());
-        for member in members {
-            let ended = member.await.map_err(anyhow::Error::new).and_then(|r| r);
-            result = result.and(ended);
-        }
-        result
-    });
+    let task = join_members(members);
     Some(("redis", task, health))
 }
 

@@ -60,6 +60,19 @@ where
     })
 }
 
+/// One task for a source's members (each supervised on its own): it ends
+/// once they all have, with the first error among them.
+pub(crate) fn join_members(members: Vec<JoinHandle<Result<()>>>) -> JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let mut result = Ok(());
+        for member in members {
+            let ended = member.await.map_err(anyhow::Error::new).and_then(|r| r);
+            result = result.and(ended);
+        }
+        result
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

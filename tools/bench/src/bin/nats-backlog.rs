@@ -10,11 +10,13 @@
 //!    committed by a fresh SQLite writer in 1000-record submissions, from one
 //!    caller (the source's own shape without NATS) and from 8 (the writer's
 //!    best shape);
-//! 3. *source*: a fresh database, the `NatsSource` started on the backlog,
-//!    timed until every record is committed (drain rate).
+//! 3. *source*: a fresh database, the `NatsSource` started on the backlog
+//!    with one fetch loop, then (on the same backlog published again) with
+//!    `FETCHERS` loops as ingestd runs them, each timed until every record is
+//!    committed (drain rate).
 //!
 //! Then, unless `steady-secs` is 0, p50/p99 publish-to-commit at a steady
-//! 20k messages/s. SQLite with `synchronous = FULL` throughout. The streams
+//! 20k messages/s with `FETCHERS` loops. SQLite with `synchronous = FULL` throughout. The streams
 //! are deleted afterwards.
 #![allow(clippy::print_stdout)]
 
@@ -31,6 +33,8 @@ use storage::{DatabaseConfig, Store, Writer, WriterConfig, WriterHandle};
 use tokio_util::sync::CancellationToken;
 
 const STEADY_RATE: u64 = 20_000;
+/// Fetch loops in the second drain: ingestd's default `nats.fetchers`.
+const FETCHERS: usize = 4;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -43,25 +47,34 @@ async fn main() -> Result<()> {
 
     println!("NATS source, backlog of {messages} single-record messages, SQLite synchronous=FULL");
     println!(
-        "{:<28} {:>12} {:>14} {:>14} {:>16} {:>7} {:>7}",
-        "ids", "publish m/s", "writer 1×1000", "writer 8×1000", "source drain m/s", "/w1", "/w8"
+        "{:<28} {:>12} {:>14} {:>14} {:>9} {:>16} {:>7} {:>7}",
+        "ids", "publish m/s", "writer 1×1000", "writer 8×1000", "fetchers", "source drain m/s", "/w1", "/w8"
     );
     for client_ids in [false, true] {
         let bench = Bench::new(&js, &url).await?;
         let (published, payloads) = bench.publish_backlog(messages, client_ids).await?;
         let alone1 = bench.writer_alone(&payloads, 1).await?;
         let alone8 = bench.writer_alone(&payloads, 8).await?;
-        let drain = bench.drain(messages).await?;
-        println!(
-            "{:<28} {:>12.0} {:>14.0} {:>14.0} {:>16.0} {:>7.3} {:>7.3}",
-            if client_ids { "client v7 request_id" } else { "derived v8 (no request_id)" },
-            published,
-            alone1,
-            alone8,
-            drain,
-            drain / alone1,
-            drain / alone8
-        );
+        for fetchers in [1, FETCHERS] {
+            if fetchers > 1 {
+                // The same records again, on a fresh stream.
+                bench.cleanup().await;
+                bench.create_stream().await?;
+                bench.publish(&payloads).await?;
+            }
+            let drain = bench.drain(messages, fetchers).await?;
+            println!(
+                "{:<28} {:>12.0} {:>14.0} {:>14.0} {:>9} {:>16.0} {:>7.3} {:>7.3}",
+                if client_ids { "client v7 request_id" } else { "derived v8 (no request_id)" },
+                published,
+                alone1,
+                alone8,
+                fetchers,
+                drain,
+                drain / alone1,
+                drain / alone8
+            );
+        }
         bench.cleanup().await;
     }
     if steady_secs > 0 {
@@ -93,15 +106,22 @@ impl Bench {
             idle_wait_ms: 100,
             ..NatsConfig::default()
         };
-        js.create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![config.subject.clone()],
-            ..Default::default()
-        })
-        .await?;
         let dir = std::env::temp_dir().join(format!("nats-bench-{tag}"));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Bench { js: js.clone(), config, dir })
+        let bench = Bench { js: js.clone(), config, dir };
+        bench.create_stream().await?;
+        Ok(bench)
+    }
+
+    async fn create_stream(&self) -> Result<()> {
+        self.js
+            .create_stream(stream::Config {
+                name: self.config.stream.clone(),
+                subjects: vec![self.config.subject.clone()],
+                ..Default::default()
+            })
+            .await?;
+        std::fs::create_dir_all(&self.dir)?;
+        Ok(())
     }
 
     async fn cleanup(&self) {
@@ -135,8 +155,13 @@ impl Bench {
     async fn publish_backlog(&self, n: u64, client_ids: bool) -> Result<(f64, Vec<String>)> {
         let payloads: Vec<String> = (0..n).map(|i| Self::payload(i, client_ids)).collect();
         let start = Instant::now();
+        self.publish(&payloads).await?;
+        Ok((n as f64 / start.elapsed().as_secs_f64(), payloads))
+    }
+
+    async fn publish(&self, payloads: &[String]) -> Result<()> {
         let mut acks = Vec::with_capacity(1024);
-        for payload in &payloads {
+        for payload in payloads {
             acks.push(self.js.publish(self.config.subject.clone(), payload.clone().into()).await?);
             if acks.len() == 1024 {
                 for ack in acks.drain(..) {
@@ -147,7 +172,7 @@ impl Bench {
         for ack in acks {
             ack.await?;
         }
-        Ok((n as f64 / start.elapsed().as_secs_f64(), payloads))
+        Ok(())
     }
 
     /// The published messages, decoded as the source would (same derived ids),
@@ -204,30 +229,48 @@ impl Bench {
         Ok(rate)
     }
 
-    /// Starts the source on the backlog; messages/s until all are committed.
-    async fn drain(&self, n: u64) -> Result<f64> {
-        let store = self.store("source").await?;
+    /// Starts `fetchers` source loops on the backlog (as ingestd does with
+    /// `nats.fetchers`); messages/s until all are committed.
+    async fn drain(&self, n: u64, fetchers: usize) -> Result<f64> {
+        let store = self.store(&format!("source{fetchers}")).await?;
         let writer = Writer::spawn(store.clone(), WriterConfig::default());
         let sink = Timed::new(writer.handle(), None);
-        let source = NatsSource::new(
-            self.config.clone(),
-            Ingestor::new(sink.clone(), ValidationConfig::default()),
-            store,
-            RetryConfig::default(),
-            Health::new(),
-        );
         let token = CancellationToken::new();
         let start = Instant::now();
-        let task = tokio::spawn(source.run(token.clone()));
+        let tasks = self.start(&sink, &store, fetchers, &token);
         while sink.committed.load(Ordering::Relaxed) < n {
             anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "drain did not finish in 10 minutes");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let rate = n as f64 / start.elapsed().as_secs_f64();
         token.cancel();
-        task.await??;
+        for task in tasks {
+            task.await??;
+        }
         writer.shutdown().await;
         Ok(rate)
+    }
+
+    /// Starts `fetchers` source loops, as ingestd does with `nats.fetchers`.
+    fn start(
+        &self,
+        sink: &Timed,
+        store: &Store,
+        fetchers: usize,
+        token: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), ingest_nats::Error>>> {
+        (0..fetchers)
+            .map(|_| {
+                let source = NatsSource::new(
+                    self.config.clone(),
+                    Ingestor::new(sink.clone(), ValidationConfig::default()),
+                    store.clone(),
+                    RetryConfig::default(),
+                    Health::new(),
+                );
+                tokio::spawn(source.run(token.clone()))
+            })
+            .collect()
     }
 
     /// Publishes at a steady rate while the source runs; (p50 ms, p99 ms,
@@ -239,15 +282,8 @@ impl Bench {
         let clock = Instant::now();
         let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
         let sink = Timed::new(writer.handle(), Some((clock, sent_at.clone())));
-        let source = NatsSource::new(
-            self.config.clone(),
-            Ingestor::new(sink.clone(), ValidationConfig::default()),
-            store,
-            RetryConfig::default(),
-            Health::new(),
-        );
         let token = CancellationToken::new();
-        let task = tokio::spawn(source.run(token.clone()));
+        let tasks = self.start(&sink, &store, FETCHERS, &token);
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<jetstream::context::PublishAckFuture>(100_000);
@@ -276,7 +312,9 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         token.cancel();
-        task.await??;
+        for task in tasks {
+            task.await??;
+        }
         writer.shutdown().await;
         let mut latencies = sink.latencies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
         latencies.sort_unstable();
