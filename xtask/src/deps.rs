@@ -92,7 +92,7 @@ mod tests {
             graph.get(name).map(|(n, d)| n.union(d).cloned().collect()).unwrap_or_default()
         };
         // The cores depend on nothing of ours; the rate limiter stays usable alone.
-        for core in ["ingest-model", "ingest-auth", "ingest-ratelimit", "ingest-migration"] {
+        for core in ["ingest-model", "ingest-auth", "ingest-ratelimit", "ingest-migration", "ingest-pricing"] {
             if let Some((normal, _)) = graph.get(core)
                 && !normal.is_empty()
             {

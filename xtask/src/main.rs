@@ -15,6 +15,8 @@
 //!   negative data included, positive data required to pass (`api_fuzz.rs`).
 //! - `fuzz [TARGET|all] [SECONDS]`: the cargo-fuzz targets of `fuzz/` on the
 //!   stable toolchain (cargo-fuzz from crates.io; see `fuzz.rs`).
+//! - `prices-snapshot FILE VERSION`: the price catalog snapshot shipped in
+//!   `crates/ingest-pricing/data/`, curated from a LiteLLM price file.
 //! - `migrate`: applies migrations to `DATABASE_URL` (same as `ingestd migrate`).
 //! - `dist`: a stripped release build packed as
 //!   `target/dist/ingestd-<version>-<target>.tar.gz` + `.sha256` (see `dist.rs`).
@@ -31,6 +33,7 @@ mod deploy_checks;
 mod deps;
 mod dist;
 mod fuzz;
+mod prices;
 mod services;
 
 use std::process::{Command, ExitCode};
@@ -85,11 +88,14 @@ fn run() -> Result<()> {
         "fuzz" => fuzz::run(&project_root(), &rest),
         "migrate" => cargo(&["run", "--release", "-p", "ingestd", "--", "migrate"]),
         "dist" => dist::dist(&project_root()),
+        "prices-snapshot" => prices::snapshot(&project_root(), &rest),
         "release" => match rest.as_slice() {
             [version] => dist::release(&project_root(), version.trim_start_matches('v'), &dist::today()),
             _ => bail!("usage: cargo xtask release <version>"),
         },
-        _ => bail!("usage: cargo xtask <test|ci|bench|chaos|api-fuzz|fuzz|migrate|dist|release> [args…]"),
+        _ => {
+            bail!("usage: cargo xtask <test|ci|bench|chaos|api-fuzz|fuzz|migrate|dist|release|prices-snapshot> [args…]")
+        }
     }
 }
 
