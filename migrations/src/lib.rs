@@ -12,6 +12,7 @@ pub use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_org_rate_limits;
 mod m0003_partitioned_usage_records;
+mod m0004_prices;
 
 pub use m0003_partitioned_usage_records::PARTITION_MONTHS_BACK;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_org_rate_limits::Migration),
             Box::new(m0003_partitioned_usage_records::Migration),
+            Box::new(m0004_prices::Migration),
         ]
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [floor|writer|http|redis|nats|all]`; see docs/benchmarks.md.
+//! `cargo xtask bench [floor|writer|price|http|redis|nats|all]`; see docs/benchmarks.md.
 //!
 //! `http` builds the release binaries, then for each scenario starts a fresh
 //! `ingestd` (new SQLite file, `synchronous=FULL`) and, in the same run, the
@@ -17,6 +17,7 @@ pub fn run(args: &[String]) -> Result<()> {
     match what {
         "floor" => storage_bench("floor"),
         "writer" => storage_bench("writer"),
+        "price" => price(),
         "http" => http(),
         "redis" => redis(),
         "nats" => nats(&args[1..]),
@@ -25,9 +26,10 @@ pub fn run(args: &[String]) -> Result<()> {
             redis()?;
             nats(&[])?;
             storage_bench("floor")?;
+            price()?;
             storage_bench("writer")
         }
-        other => bail!("unknown benchmark {other:?}; expected floor, writer, http, redis, nats or all"),
+        other => bail!("unknown benchmark {other:?}; expected floor, writer, price, http, redis, nats or all"),
     }
 }
 
@@ -40,6 +42,14 @@ fn storage_bench(name: &str) -> Result<()> {
     services.apply(&mut cmd);
     if !cmd.status()?.success() {
         bail!("{name} benchmark failed");
+    }
+    Ok(())
+}
+
+/// What pricing one record costs (criterion, `ingest-pricing`'s `price`).
+fn price() -> Result<()> {
+    if !Command::new("cargo").args(["bench", "-p", "ingest-pricing", "--bench", "price"]).status()?.success() {
+        bail!("price benchmark failed");
     }
     Ok(())
 }

@@ -273,11 +273,13 @@ pub fn record_with(
             completion_tokens: 0,
             total_tokens: 0,
             cached_tokens: None,
+            cache_write_tokens: None,
             reasoning_tokens: None,
         }),
         performance: d.optional("performance", fields.performance, Decoder::performance).unwrap_or_default(),
         tags: d.optional("tags", fields.tags, Decoder::tags).unwrap_or_default(),
         metadata: d.optional("metadata", fields.metadata, Decoder::metadata),
+        cost: None,
     };
     if request_id.is_none() {
         record.request_id = default_id(&record);
@@ -341,6 +343,8 @@ struct RawUsage<'a> {
     total_tokens: Option<&'a RawValue>,
     #[serde(borrow, default)]
     cached_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cache_write_tokens: Option<&'a RawValue>,
     #[serde(borrow, default)]
     reasoning_tokens: Option<&'a RawValue>,
 }
@@ -555,6 +559,7 @@ impl Decoder {
                 .unwrap_or(0),
             total_tokens: self.required("usage.total_tokens", u.total_tokens, Decoder::count).unwrap_or(0),
             cached_tokens: self.optional("usage.cached_tokens", u.cached_tokens, Decoder::count),
+            cache_write_tokens: self.optional("usage.cache_write_tokens", u.cache_write_tokens, Decoder::count),
             reasoning_tokens: self.optional("usage.reasoning_tokens", u.reasoning_tokens, Decoder::count),
         })
     }

@@ -66,6 +66,8 @@ codes! {
     TokenSumMismatch => "token_sum_mismatch",
     /// `usage.cached_tokens` exceeds `usage.prompt_tokens`.
     CachedExceedsPrompt => "cached_exceeds_prompt",
+    /// `usage.cached_tokens + usage.cache_write_tokens` exceeds `usage.prompt_tokens`.
+    CacheExceedsPrompt => "cache_exceeds_prompt",
     /// `usage.reasoning_tokens` exceeds `usage.completion_tokens`.
     ReasoningExceedsCompletion => "reasoning_exceeds_completion",
     /// `performance.time_to_first_token_ms` exceeds `performance.latency_ms`.

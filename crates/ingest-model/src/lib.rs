@@ -26,7 +26,7 @@ pub use error::{ErrorCode, FieldError};
 pub use ingest::{
     DeadLetter, DeadLetterSink, Deadline, IngestReport, Ingestor, RecordOutcome, RecordSink, SinkError, StoreOutcome,
 };
-pub use record::{ModelInfo, Performance, Source, TokenUsage, UsageRecord};
+pub use record::{Cost, ModelInfo, Performance, Source, TokenUsage, UsageRecord};
 pub use response::{IngestionResponse, RecordError, ResponseStatus};
 pub use validate::ValidationConfig;
 

@@ -39,6 +39,19 @@ pub struct UsageRecord {
     #[garde(custom(crate::validate::metadata_size))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// What the record costs (SPEC §9): set by storage from the price in
+    /// force at `timestamp`, just before the commit; never read from input.
+    #[garde(skip)]
+    #[serde(skip)]
+    pub cost: Option<Cost>,
+}
+
+/// A record's cost: exact nano-USD (10⁻⁹ USD) under one stored price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    /// The `prices` row used.
+    pub price_id: i64,
+    pub nano_usd: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, garde::Validate)]
@@ -68,6 +81,10 @@ pub struct TokenUsage {
     #[garde(custom(crate::validate::cached_within(self.prompt_tokens)))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to a prompt cache (Anthropic's cache creation).
+    #[garde(custom(crate::validate::cache_write_within(self.prompt_tokens, self.cached_tokens)))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
     #[garde(custom(crate::validate::reasoning_within(self.completion_tokens)))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_tokens: Option<u64>,

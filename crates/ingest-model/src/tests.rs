@@ -247,6 +247,17 @@ fn business_rules() {
     check(set("/usage/total_tokens", json!(999)), &[("usage.total_tokens", ErrorCode::TokenSumMismatch)]);
     check(set("/usage/cached_tokens", json!(101)), &[("usage.cached_tokens", ErrorCode::CachedExceedsPrompt)]);
     check(set("/usage/cached_tokens", json!(100)), &[]);
+    // The valid record has 100 prompt tokens, 20 of them cached.
+    let write = |n: Value, cached: u64| {
+        move |v: &mut Value| {
+            v["usage"]["cache_write_tokens"] = n;
+            v["usage"]["cached_tokens"] = json!(cached);
+        }
+    };
+    check(write(json!(80), 20), &[]);
+    check(write(json!(81), 20), &[("usage.cache_write_tokens", ErrorCode::CacheExceedsPrompt)]);
+    check(write(json!(u64::MAX >> 1), 20), &[("usage.cache_write_tokens", ErrorCode::CacheExceedsPrompt)]);
+    check(write(json!(5), 101), &[("usage.cached_tokens", ErrorCode::CachedExceedsPrompt)]);
     check(
         set("/usage/reasoning_tokens", json!(51)),
         &[("usage.reasoning_tokens", ErrorCode::ReasoningExceedsCompletion)],

@@ -78,6 +78,7 @@ fn depends_on(field: &str, failed: &str) -> bool {
     let reads: &[&str] = match field {
         "usage.total_tokens" => &["usage.prompt_tokens", "usage.completion_tokens"],
         "usage.cached_tokens" => &["usage.prompt_tokens"],
+        "usage.cache_write_tokens" => &["usage.prompt_tokens", "usage.cached_tokens"],
         "usage.reasoning_tokens" => &["usage.completion_tokens"],
         "performance.time_to_first_token_ms" => &["performance.latency_ms"],
         _ => &[],
@@ -217,6 +218,26 @@ pub(crate) fn cached_within<C>(prompt: u64) -> impl FnOnce(&Option<u64>, &C) -> 
             format_args!("cached_tokens ({cached}) must not exceed prompt_tokens ({prompt})"),
         ),
         _ => Ok(()),
+    }
+}
+
+/// Cached and cache-write tokens are both part of the prompt. A cached
+/// count that alone exceeds the prompt is reported on `cached_tokens` only.
+pub(crate) fn cache_write_within<C>(
+    prompt: u64,
+    cached: Option<u64>,
+) -> impl FnOnce(&Option<u64>, &C) -> garde::Result {
+    move |write, _| {
+        let (Some(write), cached) = (*write, cached.unwrap_or(0)) else { return Ok(()) };
+        if cached > prompt || cached.checked_add(write).is_some_and(|sum| sum <= prompt) {
+            return Ok(());
+        }
+        fail(
+            ErrorCode::CacheExceedsPrompt,
+            format_args!(
+                "cached_tokens ({cached}) + cache_write_tokens ({write}) must not exceed prompt_tokens ({prompt})"
+            ),
+        )
     }
 }
 

@@ -100,13 +100,21 @@ fn oracle(v: &Value) -> BTreeSet<String> {
             let (prompt, prompt_ok) = get("prompt_tokens", true);
             let (completion, completion_ok) = get("completion_tokens", true);
             let (total, _) = get("total_tokens", true);
-            let (cached, _) = get("cached_tokens", false);
+            let (cached, cached_ok) = get("cached_tokens", false);
+            let (cache_write, _) = get("cache_write_tokens", false);
             let (reasoning, _) = get("reasoning_tokens", false);
             if let (Some(p), Some(c), Some(t)) = (prompt, completion, total) {
                 flag("usage.total_tokens", p.checked_add(c) == Some(t));
             }
             if let (true, Some(p), Some(c)) = (prompt_ok, prompt, cached) {
                 flag("usage.cached_tokens", c <= p);
+            }
+            // Cache writes: cached + cache_write <= prompt, unless the
+            // cached count alone already fails.
+            if let (true, true, Some(p), Some(w)) = (prompt_ok, cached_ok, prompt, cache_write)
+                && cached.is_none_or(|c| c <= p)
+            {
+                flag("usage.cache_write_tokens", cached.unwrap_or(0).checked_add(w).is_some_and(|s| s <= p));
             }
             if let (true, Some(c), Some(r)) = (completion_ok, completion, reasoning) {
                 flag("usage.reasoning_tokens", r <= c);
@@ -300,6 +308,7 @@ const PATHS: &[&str] = &[
     "usage.completion_tokens",
     "usage.total_tokens",
     "usage.cached_tokens",
+    "usage.cache_write_tokens",
     "usage.reasoning_tokens",
     "performance",
     "performance.latency_ms",

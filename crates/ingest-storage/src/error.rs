@@ -12,4 +12,7 @@ pub enum Error {
     /// The SQLite writer's own connection (`sqlite.rs`).
     #[error("database error")]
     Sqlite(#[source] rusqlite::Error),
+    /// A price catalog that cannot be read or stored.
+    #[error("prices: {0}")]
+    Prices(String),
 }

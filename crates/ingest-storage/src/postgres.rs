@@ -32,14 +32,17 @@ macro_rules! pg_insert {
     () => {
         "WITH t AS MATERIALIZED (SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
          $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], \
-         $14::float8[], $15::float8[], $16::jsonb[], $17::jsonb[], $18::timestamptz[], $20::text[]) \
-         AS t(o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, s)), \
+         $14::float8[], $15::float8[], $16::jsonb[], $17::jsonb[], $18::timestamptz[], $20::text[], \
+         $21::int8[], $22::int8[], $23::int8[]) \
+         AS t(o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, s, cwt, cost, pid)), \
          k AS (INSERT INTO usage_record_keys (organization_id, request_id, occurred_at) \
          SELECT o, r, oc FROM t ON CONFLICT DO NOTHING RETURNING organization_id, request_id) \
          INSERT INTO usage_records (organization_id, request_id, project_id, user_id, provider, model_name, \
          model_version, context_window, prompt_tokens, completion_tokens, total_tokens, cached_tokens, \
-         reasoning_tokens, latency_ms, time_to_first_token_ms, tags, metadata, occurred_at, received_at, source) \
-         SELECT o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, $19, s \
+         reasoning_tokens, latency_ms, time_to_first_token_ms, tags, metadata, occurred_at, received_at, source, \
+         cache_write_tokens, cost_nano_usd, price_id, pricing) \
+         SELECT o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, $19, s, cwt, cost, pid, \
+         CASE WHEN cost IS NULL THEN 'unpriced' ELSE 'priced' END \
          FROM t JOIN k ON k.organization_id = t.o AND k.request_id = t.r"
     };
 }
@@ -273,6 +276,9 @@ struct Columns {
     metadata: Vec<Option<serde_json::Value>>,
     occurred_at: Vec<OffsetDateTime>,
     source: Vec<&'static str>,
+    cache_write_tokens: Vec<Option<i64>>,
+    cost_nano_usd: Vec<Option<i64>>,
+    price_id: Vec<Option<i64>>,
 }
 
 impl Columns {
@@ -298,6 +304,9 @@ impl Columns {
             c.metadata.push(r.metadata.clone().map(serde_json::Value::Object));
             c.occurred_at.push(r.timestamp);
             c.source.push(source.as_str());
+            c.cache_write_tokens.push(r.usage.cache_write_tokens.map(|n| n as i64));
+            c.cost_nano_usd.push(r.cost.map(|c| c.nano_usd));
+            c.price_id.push(r.cost.map(|c| c.price_id));
         }
         c
     }
@@ -329,6 +338,9 @@ impl Columns {
             .bind(&self.occurred_at)
             .bind(received_at)
             .bind(&self.source)
+            .bind(&self.cache_write_tokens)
+            .bind(&self.cost_nano_usd)
+            .bind(&self.price_id)
     }
 }
 

@@ -46,3 +46,33 @@ pub(crate) enum OrgRateLimits {
     BurstSize,
     UpdatedAt,
 }
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum Prices {
+    Table,
+    Id,
+    OrganizationId,
+    Version,
+    Provider,
+    Model,
+    EffectiveFrom,
+    EffectiveTo,
+    Rates,
+    CreatedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum PriceCatalogs {
+    Table,
+    Version,
+    EffectiveFrom,
+    Entries,
+    LoadedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum PriceBook {
+    Table,
+    Id,
+    Generation,
+}

@@ -36,8 +36,10 @@ use crate::{DatabaseConfig, Error, SqliteSynchronous};
 /// The insert, with the columns in the migration's order.
 const INSERT: &str = "INSERT INTO usage_records (organization_id, request_id, project_id, user_id, provider, \
     model_name, model_version, context_window, prompt_tokens, completion_tokens, total_tokens, cached_tokens, \
-    reasoning_tokens, latency_ms, time_to_first_token_ms, tags, metadata, occurred_at, received_at, source) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20) \
+    reasoning_tokens, latency_ms, time_to_first_token_ms, tags, metadata, occurred_at, received_at, source, \
+    cache_write_tokens, cost_nano_usd, price_id, pricing) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+    ?21, ?22, ?23, ?24) \
     ON CONFLICT (organization_id, request_id) DO NOTHING";
 
 /// The writer's connection. The writer commits one batch at a time, so the
@@ -58,7 +60,7 @@ impl std::fmt::Debug for Bulk {
 /// UTC text, JSON text), and its key.
 pub(crate) struct Row {
     key: Key,
-    values: [Value; 20],
+    values: [Value; 24],
 }
 
 impl Bulk {
@@ -187,6 +189,10 @@ impl Row {
                 Value::Text(time_text(r.timestamp)),
                 text(received_at),
                 text(source.as_str()),
+                opt_count(r.usage.cache_write_tokens),
+                r.cost.map_or(Value::Null, |c| Value::Integer(c.nano_usd)),
+                r.cost.map_or(Value::Null, |c| Value::Integer(c.price_id)),
+                text(if r.cost.is_some() { "priced" } else { "unpriced" }),
             ],
         }
     }

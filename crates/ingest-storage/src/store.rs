@@ -32,6 +32,8 @@ pub struct Store {
     bulk: Option<crate::sqlite::Bulk>,
     /// PostgreSQL: the monthly partitions known to exist (`postgres.rs`).
     partitions: crate::postgres::Partitions,
+    /// The prices every submission is priced from (`prices.rs`).
+    pub(crate) prices: crate::prices::Prices,
 }
 
 /// Ready while the database answers a ping.
@@ -162,15 +164,29 @@ impl Store {
             Backend::Sqlite => Some(crate::sqlite::Bulk::open(config)?),
             Backend::Postgres => None,
         };
-        Ok(Store { db, backend, bulk, partitions: crate::postgres::Partitions::default() })
+        Ok(Store {
+            db,
+            backend,
+            bulk,
+            partitions: crate::postgres::Partitions::default(),
+            prices: crate::prices::Prices::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations, loads the price catalog snapshot on the
+    /// first start, and builds the price book.
     pub async fn migrate(&self) -> Result<(), Error> {
+        self.apply_migrations().await?;
+        self.load_catalog_snapshot().await?;
+        self.refresh_prices().await?;
+        Ok(())
+    }
+
+    async fn apply_migrations(&self) -> Result<(), Error> {
         match self.backend {
             Backend::Postgres => {
                 // Replicas starting together take turns (the migrations run

@@ -28,6 +28,10 @@
 //! splitting the chunks the database refuses down to the single records at
 //! fault ([`Store::insert_isolating`]).
 //!
+//! Each submission is priced (SPEC §9; `prices.rs`) on the submitting task,
+//! before it is queued, from the price book of the moment: the writer's
+//! own loop does no pricing.
+//!
 //! When a commit fails and the database does not answer a ping either, the
 //! writer marks storage *down*: new submissions, and those already queued,
 //! fail at once with [`SinkError::Unavailable`] (HTTP: 503 with
@@ -108,6 +112,8 @@ pub struct WriterHandle {
     down: Arc<AtomicBool>,
     /// Records in the transaction under way (0: none).
     in_transaction: Arc<AtomicUsize>,
+    /// The store's prices.
+    prices: crate::prices::Prices,
 }
 
 /// The running writer task.
@@ -132,6 +138,7 @@ impl Writer {
             give_up: Arc::new(give_up),
             down: Arc::new(AtomicBool::new(false)),
             in_transaction: Arc::new(AtomicUsize::new(0)),
+            prices: store.prices.clone(),
         };
         let worker = Worker {
             given_up,
@@ -213,13 +220,25 @@ impl WriterHandle {
 
     async fn submit(
         &self,
-        records: Vec<UsageRecord>,
+        mut records: Vec<UsageRecord>,
         source: Source,
         deadline: Option<Deadline>,
     ) -> Result<Vec<StoreOutcome>, SinkError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        let costs = CostTally::price(&self.prices.current(), &mut records);
+        let outcomes = self.enqueue(records, source, deadline).await?;
+        costs.count(&outcomes);
+        Ok(outcomes)
+    }
+
+    async fn enqueue(
+        &self,
+        records: Vec<UsageRecord>,
+        source: Source,
+        deadline: Option<Deadline>,
+    ) -> Result<Vec<StoreOutcome>, SinkError> {
         if *self.stop.borrow() {
             return Err(SinkError::Closed);
         }
@@ -255,6 +274,56 @@ impl WriterHandle {
         }
         // The writer answers every job it takes; a dropped reply means it stopped.
         answer.await.unwrap_or(Err(SinkError::Closed))
+    }
+}
+
+/// One submission's costs by metric label, counted once it is committed:
+/// `ingestd_cost_nano_usd_total{provider}` and
+/// `ingestd_records_unpriced_total{provider}`, for the records stored now
+/// (not duplicates, not refusals).
+struct CostTally {
+    labels: Vec<String>,
+    /// Per record: its label's index and its cost.
+    records: Vec<(usize, Option<i64>)>,
+}
+
+impl CostTally {
+    fn price(book: &crate::PriceBook, records: &mut [UsageRecord]) -> CostTally {
+        let mut tally = CostTally { labels: Vec::new(), records: Vec::with_capacity(records.len()) };
+        for r in records.iter_mut() {
+            let priced = book.price(r);
+            let label = match tally.labels.iter().position(|l| l == priced.label) {
+                Some(i) => i,
+                None => {
+                    tally.labels.push(priced.label.to_owned());
+                    tally.labels.len() - 1
+                }
+            };
+            tally.records.push((label, priced.cost.map(|c| c.nano_usd)));
+            r.cost = priced.cost;
+        }
+        tally
+    }
+
+    fn count(self, outcomes: &[StoreOutcome]) {
+        let mut sums = vec![(0u64, 0u64); self.labels.len()];
+        for ((label, cost), outcome) in self.records.iter().zip(outcomes) {
+            if !matches!(outcome, StoreOutcome::Inserted) {
+                continue;
+            }
+            match cost {
+                Some(nano) => sums[*label].0 = sums[*label].0.saturating_add(u64::try_from(*nano).unwrap_or(0)),
+                None => sums[*label].1 += 1,
+            }
+        }
+        for (label, (nano, unpriced)) in self.labels.into_iter().zip(sums) {
+            if nano > 0 {
+                metrics::counter!("ingestd_cost_nano_usd_total", "provider" => label.clone()).increment(nano);
+            }
+            if unpriced > 0 {
+                metrics::counter!("ingestd_records_unpriced_total", "provider" => label).increment(unpriced);
+            }
+        }
     }
 }
 

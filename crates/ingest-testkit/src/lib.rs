@@ -153,15 +153,53 @@ pub fn record(org: &str, i: u64) -> UsageRecord {
             completion_tokens: 50,
             total_tokens: 150 + i,
             cached_tokens: Some(10),
+            cache_write_tokens: None,
             reasoning_tokens: None,
         },
         performance: Performance { latency_ms: Some(812.5), time_to_first_token_ms: Some(120.0) },
         tags: vec!["test".to_owned()],
         metadata: Some(serde_json::json!({ "i": i }).as_object().cloned().unwrap_or_default()),
+        cost: None,
     }
 }
 
 /// The JSON of [`record`], as a client would send it.
 pub fn record_json(org: &str, i: u64) -> serde_json::Value {
     serde_json::to_value(record(org, i)).expect("records serialize")
+}
+
+/// How one stored record of `org` was priced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCost {
+    pub model_name: String,
+    pub cost_nano_usd: Option<i64>,
+    /// The `model` of the `prices` row used: a catalog key, or the model
+    /// name of an organization's price.
+    pub price_model: Option<String>,
+    pub pricing: String,
+    pub cache_write_tokens: Option<i64>,
+}
+
+/// Every stored record of `org` with its cost, by ascending `prompt_tokens`.
+pub async fn costs(store: &Store, org: &str) -> Vec<StoredCost> {
+    let sql = format!(
+        "SELECT u.model_name, u.cost_nano_usd, p.model, u.pricing, u.cache_write_tokens \
+         FROM usage_records u LEFT JOIN prices p ON p.id = u.price_id \
+         WHERE u.organization_id = '{}' ORDER BY u.prompt_tokens",
+        org.replace('\'', "''")
+    );
+    let db = store.connection();
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .expect("read the stored costs");
+    rows.iter()
+        .map(|row| StoredCost {
+            model_name: row.try_get_by_index(0).unwrap(),
+            cost_nano_usd: row.try_get_by_index(1).unwrap(),
+            price_model: row.try_get_by_index(2).unwrap(),
+            pricing: row.try_get_by_index(3).unwrap(),
+            cache_write_tokens: row.try_get_by_index(4).unwrap(),
+        })
+        .collect()
 }

@@ -271,8 +271,9 @@ fn policy_of(row: &OrgRateLimit) -> Result<Policy> {
     Ok(Policy::new(row.max_requests, Duration::from_millis(row.window_ms), row.burst_size)?)
 }
 
-/// Keeps `keys` and `limits` in step with the database until the task is aborted.
-pub fn spawn_refresh(keys: Option<Keys>, limits: RateLimits) -> tokio::task::JoinHandle<()> {
+/// Keeps `keys`, `limits` and the store's prices in step with the database
+/// until the task is aborted.
+pub fn spawn_refresh(keys: Option<Keys>, limits: RateLimits, store: Store) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -289,6 +290,9 @@ pub fn spawn_refresh(keys: Option<Keys>, limits: RateLimits) -> tokio::task::Joi
             }
             if let Err(e) = limits.refresh().await {
                 tracing::warn!(error = format!("{e:#}"), "could not re-read runtime rate limits");
+            }
+            if let Err(e) = store.refresh_prices().await {
+                tracing::warn!(error = %e, "could not re-read prices; the last ones read stay in force");
             }
         }
     })

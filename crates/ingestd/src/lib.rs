@@ -76,6 +76,8 @@ impl App {
             }
             false => (None, None),
         };
+        // The catalog snapshot is loaded by the first `migrate`.
+        store.refresh_prices().await.context("reading prices")?;
         let limits = keys::RateLimits::new(store.clone(), registry, configured);
         limits.refresh().await.context("reading runtime rate limits")?;
         let (keys, first_key) = match config.auth.mode {
@@ -115,7 +117,7 @@ impl App {
     /// (up to `server.shutdown_grace_secs`) and commits everything queued.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
         let App { config, store, writer, limiter, keys, limits, first_key: _ } = self;
-        let refresh = keys::spawn_refresh(keys.clone(), limits.clone());
+        let refresh = keys::spawn_refresh(keys.clone(), limits.clone(), store.clone());
         let sweeper = limiter.clone().map(|limiter| {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_EVERY);
