@@ -23,8 +23,8 @@ written, and must be accepted as they are.
 
 Repairs, each a rule the schema cannot express:
 - usage: total_tokens = prompt_tokens + completion_tokens (the sum kept at
-  most 2^63 - 1), cached_tokens <= prompt_tokens, reasoning_tokens <=
-  completion_tokens;
+  most 2^63 - 1), cached_tokens <= prompt_tokens, cached_tokens +
+  cache_write_tokens <= prompt_tokens, reasoning_tokens <= completion_tokens;
 - performance: time_to_first_token_ms <= latency_ms;
 - timestamp: a valid RFC 3339 date-time whose UTC form is in years
   0001-9999 and not in the future is kept; any other (a leap second
@@ -137,7 +137,10 @@ def repair_usage(usage: dict[str, Any]) -> None:
     usage["total_tokens"] = prompt + completion
     cached = as_int(usage.get("cached_tokens"))
     if cached is not None and cached > prompt:
-        usage["cached_tokens"] = prompt
+        usage["cached_tokens"] = cached = prompt
+    cache_write = as_int(usage.get("cache_write_tokens"))
+    if cache_write is not None and cache_write > prompt - (cached or 0):
+        usage["cache_write_tokens"] = prompt - (cached or 0)
     reasoning = as_int(usage.get("reasoning_tokens"))
     if reasoning is not None and reasoning > completion:
         usage["reasoning_tokens"] = completion

@@ -114,6 +114,21 @@ async fn records_from_nats_and_redis_are_stored_with_their_exact_cost(kind: Kind
     let _: i64 = redis.del(&key).await.unwrap();
 }
 
+/// The cost counters for openai and gemini and the unpriced counter for
+/// `other`, and the whole exposition.
+async fn counters(c: &mut testkit::http::Client) -> ([u64; 3], String) {
+    let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+    let value = |name: &str| -> u64 {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
+    };
+    let found = [
+        value(r#"ingestd_cost_nano_usd_total{provider="openai"}"#),
+        value(r#"ingestd_cost_nano_usd_total{provider="gemini"}"#),
+        value(r#"ingestd_records_unpriced_total{provider="other"}"#),
+    ];
+    (found, metrics)
+}
+
 async fn records_over_http_are_stored_with_their_exact_cost(kind: Kind) {
     let server = Server::start(kind, |_| {}).await;
     let mut c = server.client().await;
@@ -132,6 +147,7 @@ async fn records_over_http_are_stored_with_their_exact_cost(kind: Kind) {
         // = 0.5150025 USD.
         record(&org, "gcp.gemini", "gemini-2.5-pro", usage(200_001, 0, 0, 1000)),
     ];
+    let (before, _) = counters(&mut c).await;
     let reply = c.post_json("/v1/usage/batch", &json!({ "records": records })).await;
     assert_eq!(reply.status, 200, "{}", reply.json());
     assert_eq!(reply.json()["accepted"], 4);
@@ -159,14 +175,11 @@ async fn records_over_http_are_stored_with_their_exact_cost(kind: Kind) {
     assert_eq!(reply.status, 422, "{}", reply.json());
     assert_eq!(reply.json()["errors"][0]["code"], "cache_exceeds_prompt", "{}", reply.json());
 
-    let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
-    let value = |name: &str| -> Option<u64> {
-        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    };
-    // Counters are per process; this server stored only these records.
-    assert_eq!(value(r#"ingestd_cost_nano_usd_total{provider="openai"}"#), Some(2_365_000), "{metrics}");
-    assert_eq!(value(r#"ingestd_cost_nano_usd_total{provider="gemini"}"#), Some(515_002_500), "{metrics}");
-    assert_eq!(value(r#"ingestd_records_unpriced_total{provider="other"}"#), Some(1), "{metrics}");
+    // The counters grew by exactly these records (the recorder is global to
+    // the test process, which other tests may share).
+    let (after, metrics) = counters(&mut c).await;
+    let grown: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(grown, [2_365_000, 515_002_500, 1], "{metrics}");
     assert!(!metrics.contains("my-gateway"), "a client's provider never becomes a label:\n{metrics}");
     server.stop().await;
 }

@@ -24,8 +24,23 @@ pub use rust_decimal::Decimal;
 /// cannot be held exactly rather than rounding it.
 pub fn parse_rate(text: &str) -> Result<Decimal, String> {
     let text = text.trim();
-    let parsed = if text.contains(['e', 'E']) { Decimal::from_scientific(text) } else { Decimal::from_str_exact(text) };
-    let value = parsed.map_err(|e| format!("{text:?} is not an exact decimal: {e}"))?;
+    let inexact = |e: &dyn std::fmt::Display| format!("{text:?} is not an exact decimal: {e}");
+    // The mantissa exactly (rust_decimal's own scientific parser rounds a
+    // mantissa of more than 28 digits), then the exponent as a scale.
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.trim_start_matches('+').parse::<i32>().map_err(|e| inexact(&e))?),
+        None => (text, 0),
+    };
+    let mut value = Decimal::from_str_exact(mantissa).map_err(|e| inexact(&e))?;
+    let scale = i64::from(value.scale()) - i64::from(exponent);
+    if scale >= 0 {
+        value.set_scale(u32::try_from(scale).map_err(|e| inexact(&e))?).map_err(|e| inexact(&e))?;
+    } else {
+        let factor =
+            10i128.checked_pow(u32::try_from(-scale).map_err(|e| inexact(&e))?).ok_or_else(|| inexact(&"too large"))?;
+        let widened = value.mantissa().checked_mul(factor).ok_or_else(|| inexact(&"too large"))?;
+        value = Decimal::try_from_i128_with_scale(widened, 0).map_err(|e| inexact(&e))?;
+    }
     if value.is_sign_negative() && !value.is_zero() {
         return Err(format!("{text:?} is negative"));
     }
@@ -46,5 +61,8 @@ mod tests {
         assert!(p("1e-40").is_err());
         assert!(p("abc").is_err());
         assert!(p("0.00000000000000000000000000001").is_err(), "29 places cannot be held exactly");
+        assert_eq!(p("1.5e3").unwrap(), "1500");
+        assert_eq!(p("2.5E+2").unwrap(), "250");
+        assert!(p("1.23456789012345678901234567890e-6").is_err(), "30 significant digits are not rounded");
     }
 }

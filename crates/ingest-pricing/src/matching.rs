@@ -138,13 +138,33 @@ impl<T> Index<T> {
     /// 3. a fine-tuned OpenAI name `ft:<base>:<org>::<id>`: `ft:<base>`, then
     ///    `<base>`, through steps 1 and 2.
     pub fn find(&self, provider: &str, name: &str, version: Option<&str>) -> Option<Match<'_, T>> {
-        self.find_names(provider, name, version).or_else(|| {
+        self.find_where(provider, name, version, |_| true)
+    }
+
+    /// [`find`](Self::find), counting only keys whose value `usable` accepts
+    /// (for effective-dated prices: one in force at the record's time); a
+    /// key that is not usable does not stop the search.
+    pub fn find_where(
+        &self,
+        provider: &str,
+        name: &str,
+        version: Option<&str>,
+        usable: impl Fn(&T) -> bool,
+    ) -> Option<Match<'_, T>> {
+        self.find_names(provider, name, version, &usable).or_else(|| {
             let base = name.strip_prefix("ft:")?.split(':').next().filter(|b| !b.is_empty())?;
-            self.find_names(provider, &format!("ft:{base}"), None).or_else(|| self.find_names(provider, base, None))
+            self.find_names(provider, &format!("ft:{base}"), None, &usable)
+                .or_else(|| self.find_names(provider, base, None, &usable))
         })
     }
 
-    fn find_names(&self, provider: &str, name: &str, version: Option<&str>) -> Option<Match<'_, T>> {
+    fn find_names(
+        &self,
+        provider: &str,
+        name: &str,
+        version: Option<&str>,
+        usable: &dyn Fn(&T) -> bool,
+    ) -> Option<Match<'_, T>> {
         let version = version.map(str::trim).filter(|v| !v.is_empty());
         let mut names = Vec::with_capacity(3);
         if let Some(v) = version {
@@ -164,21 +184,25 @@ impl<T> Index<T> {
                 })
         };
         for n in &names {
-            if let Some(found) = self.exact(&format!("{provider}/{n}")) {
+            if let Some(found) = self.exact(&format!("{provider}/{n}"), usable) {
                 return Some(found);
             }
             if let Some((key, keyed)) = self.by_key.get_key_value(n.as_str())
                 && bare_ok(&keyed.catalog_provider)
+                && usable(&keyed.value)
             {
                 return Some(Match { key, value: &keyed.value });
             }
         }
         let canonical = row.map(|r| r.provider.as_str()).filter(|c| *c != provider)?;
-        names.iter().find_map(|n| self.exact(&format!("{canonical}/{n}")))
+        names.iter().find_map(|n| self.exact(&format!("{canonical}/{n}"), usable))
     }
 
-    fn exact(&self, key: &str) -> Option<Match<'_, T>> {
-        self.by_key.get_key_value(key).map(|(key, keyed)| Match { key, value: &keyed.value })
+    fn exact(&self, key: &str, usable: &dyn Fn(&T) -> bool) -> Option<Match<'_, T>> {
+        self.by_key
+            .get_key_value(key)
+            .filter(|(_, keyed)| usable(&keyed.value))
+            .map(|(key, keyed)| Match { key, value: &keyed.value })
     }
 }
 
@@ -216,6 +240,9 @@ mod tests {
         assert_eq!(find("groq", "gpt-4o", None), None);
         assert_eq!(find("mistral_ai", "mistral-large", None), Some(5));
         assert_eq!(find("openai", "ft:gpt-4o:acme::x1", None), Some(1));
+        // A key that is not usable (no price in force) does not stop the search.
+        let usable = index.find_where("openai", "gpt-4o", Some("2024-05-13"), |v| *v != 2).map(|m| *m.value);
+        assert_eq!(usable, Some(1));
         assert_eq!(index.label("aws.bedrock"), "bedrock");
         assert_eq!(index.label("mistral"), "mistral");
         assert_eq!(index.label("my-proxy"), "other");

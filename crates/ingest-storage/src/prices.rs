@@ -77,8 +77,11 @@ impl PriceBook {
             .and_then(|by_provider| by_provider.get(&r.provider)?.get(&r.model.name))
             .and_then(|rows| in_force(rows, r.timestamp));
         let row = own.or_else(|| {
-            let found = self.catalog.find(&r.provider, &r.model.name, r.model.version.as_deref())?;
-            in_force(found.value, r.timestamp)
+            let at = r.timestamp;
+            let found = self.catalog.find_where(&r.provider, &r.model.name, r.model.version.as_deref(), |rows| {
+                in_force(rows, at).is_some()
+            })?;
+            in_force(found.value, at)
         });
         let cost = row.and_then(|row| {
             let tokens = Tokens {

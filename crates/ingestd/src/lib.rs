@@ -76,7 +76,9 @@ impl App {
             }
             false => (None, None),
         };
-        // The catalog snapshot is loaded by the first `migrate`.
+        // The first `migrate` loads the catalog snapshot; again here (it is
+        // idempotent) in case that migrate stopped before it could.
+        store.load_catalog_snapshot().await.context("loading the price catalog")?;
         store.refresh_prices().await.context("reading prices")?;
         let limits = keys::RateLimits::new(store.clone(), registry, configured);
         limits.refresh().await.context("reading runtime rate limits")?;
