@@ -4,7 +4,7 @@
 //!
 //! The book is rebuilt from the `prices` table whenever `price_book.generation`
 //! moves (every change to `prices` increments it in the same transaction);
-//! `ingestd` checks it every 2 s. Pricing a record is a hash lookup or a few
+//! `ingestd` checks it every 2 s. Pricing a record is a few hash lookups
 //! and integer arithmetic, done on the submitting task, not the writer's.
 
 use std::collections::HashMap;
