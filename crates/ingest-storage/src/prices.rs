@@ -101,13 +101,6 @@ impl PriceBook {
         });
         Priced { cost, label }
     }
-
-    /// Prices `records` in place.
-    pub fn price_all(&self, records: &mut [UsageRecord]) {
-        for r in records {
-            r.cost = self.price(r).cost;
-        }
-    }
 }
 
 /// The current [`PriceBook`], shared by the clones of a [`Store`].
