@@ -264,11 +264,14 @@ async fn server_killed_and_restarted_mid_stream_everything_lands_once() {
 async fn long_commits_send_progress_so_nothing_is_redelivered() {
     let mut h = Harness::shared(Kind::Sqlite).await;
     h.config.ack_wait_secs = 1;
+    // One fetch loop, started once all 20 are published: it takes them in
+    // one batch, so every one of them waits on the slow commit.
+    h.config.fetchers = 1;
     h.create_stream().await;
     let (slow, other) = (h.probe(), h.probe());
     slow.state().delay_ms.store(3000, Ordering::SeqCst);
-    let (ts, js) = spawn(h.source(&slow, &Health::new()));
     h.publish((0..20).map(|i| record(&h.org, i))).await;
+    let (ts, js) = spawn(h.source(&slow, &Health::new()));
     wait_until("the slow process is committing", || Probe::count(&slow.state().started) > 0).await;
     // A second process on the same consumer would get anything redelivered.
     let (to, jo) = spawn(h.source(&other, &Health::new()));
