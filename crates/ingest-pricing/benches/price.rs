@@ -28,6 +28,12 @@ fn pricing(c: &mut Criterion) {
             })
         });
     }
+    // What is left per record once a caller remembers the candidates of a
+    // model (the writer's `Pricer`): the arithmetic alone.
+    let rates = index.get("gpt-4o").expect("gpt-4o is in the snapshot");
+    group.bench_function("cost only (gpt-4o, candidates remembered)", |b| {
+        b.iter(|| black_box(rates).cost_nano_usd(black_box(&tokens)))
+    });
     group.finish();
 }
 

@@ -15,8 +15,11 @@
 //!   (FORMAT binary)`), commit included.
 //! - **Writer**: `WriterHandle::store` with 1000-record submissions from 8
 //!   callers, until every submission is answered.
+//! - **Writer without prices** (the pricing A/B, issue 19): the same on a
+//!   database whose `prices` table is empty, so every record is unpriced
+//!   after a memo lookup; same rows, same round.
 //!
-//! It prints rows/s of each and their ratio per round, then the medians.
+//! It prints rows/s of each and their ratios per round, then the medians.
 //! `XTASK_BENCH_ROWS` (default 100000) and `XTASK_BENCH_ROUNDS` (default 3)
 //! size it; PostgreSQL needs `INGESTD_TEST_POSTGRES_URL` or a local server
 //! (the bench fails rather than skip when it cannot reach one).
@@ -55,36 +58,56 @@ fn main() {
         let mut ratios = Vec::new();
         let mut floors = Vec::new();
         let mut writers = Vec::new();
+        let mut pricing = Vec::new();
         for round in 1..=rounds {
             let records: Vec<UsageRecord> = (0..rows).map(|i| record("floor-org", i as u64)).collect();
-            let (floor, writer) = rt.block_on(async {
+            let (floor, writer, unpriced) = rt.block_on(async {
+                // Alternate which writer run goes first, so drift during a
+                // round does not favour one.
+                let both = async |records: Vec<UsageRecord>| {
+                    if round % 2 == 0 {
+                        let (unpriced, _) = writer_run(kind, records.clone(), false).await;
+                        let (writer, db) = writer_run(kind, records, true).await;
+                        (writer, unpriced, db)
+                    } else {
+                        let (writer, db) = writer_run(kind, records.clone(), true).await;
+                        let (unpriced, _) = writer_run(kind, records, false).await;
+                        (writer, unpriced, db)
+                    }
+                };
                 match kind {
                     Kind::Sqlite => {
                         let floor = sqlite_floor(&records).await;
-                        let (writer, _db) = writer_run(kind, records).await;
-                        (floor, writer)
+                        let (writer, unpriced, _db) = both(records).await;
+                        (floor, writer, unpriced)
                     }
                     Kind::Postgres => {
-                        let (writer, db) = writer_run(kind, records).await;
-                        (postgres_floor(&db).await, writer)
+                        let (writer, unpriced, db) = both(records).await;
+                        (postgres_floor(&db).await, writer, unpriced)
                     }
                 }
             });
             let ratio = writer / floor;
             println!(
-                "{kind:?} round {round}: floor ({floor_name}) {:.1}k rows/s, writer {:.1}k rows/s, writer/floor {ratio:.2}",
+                "{kind:?} round {round}: floor ({floor_name}) {:.1}k rows/s, writer {:.1}k rows/s, writer/floor {ratio:.2}; \
+                 writer without prices {:.1}k rows/s, with/without {:.3}",
                 floor / 1e3,
-                writer / 1e3
+                writer / 1e3,
+                unpriced / 1e3,
+                writer / unpriced
             );
             floors.push(floor);
             writers.push(writer);
             ratios.push(ratio);
+            pricing.push(writer / unpriced);
         }
         println!(
-            "{kind:?} median: floor {:.1}k rows/s, writer {:.1}k rows/s, writer/floor {:.2} (target >= {target})",
+            "{kind:?} median: floor {:.1}k rows/s, writer {:.1}k rows/s, writer/floor {:.2} (target >= {target}); \
+             writer with/without prices {:.3} (target >= 0.95)",
             median(&mut floors) / 1e3,
             median(&mut writers) / 1e3,
-            median(&mut ratios)
+            median(&mut ratios),
+            median(&mut pricing)
         );
     }
 }
@@ -94,10 +117,25 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Rows/s of the writer storing `records`; returns its database too.
-async fn writer_run(kind: Kind, records: Vec<UsageRecord>) -> (f64, TestDatabase) {
+/// Rows/s of the writer storing `records` (on a database without prices
+/// unless `priced`); returns its database too.
+async fn writer_run(kind: Kind, records: Vec<UsageRecord>, priced: bool) -> (f64, TestDatabase) {
     let db = TestDatabase::new(kind).await;
-    let writer = Writer::spawn(db.store().await, WriterConfig::default());
+    let store = db.store().await;
+    if !priced {
+        use sea_orm::ConnectionTrait;
+        for sql in ["DELETE FROM prices", "UPDATE price_book SET generation = generation + 1"] {
+            store.connection().execute_unprepared(sql).await.expect(sql);
+        }
+        store.refresh_prices().await.expect("refresh");
+    }
+    if kind == Kind::Sqlite {
+        // Both start from a checkpointed file: the catalog loaded by the
+        // migration (or its removal) is not checkpointed inside the run.
+        use sea_orm::ConnectionTrait;
+        store.connection().execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)").await.expect("checkpoint");
+    }
+    let writer = Writer::spawn(store, WriterConfig::default());
     let n = records.len();
     let mut work: Vec<Vec<Vec<UsageRecord>>> = (0..CALLERS).map(|_| Vec::new()).collect();
     let mut records = records.into_iter();

@@ -22,13 +22,64 @@ struct Scenario {
     /// Submissions per caller per iteration.
     rounds: usize,
     random_ids: bool,
+    /// False: the database holds no prices, so every record is unpriced
+    /// after a memo lookup — the reference for what pricing costs (A/B).
+    priced: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "1-record x64 callers", callers: 64, per_submission: 1, rounds: 50, random_ids: false },
-    Scenario { name: "1000-record x8 callers", callers: 8, per_submission: 1000, rounds: 5, random_ids: false },
-    Scenario { name: "1000-record x8 callers, v4 ids", callers: 8, per_submission: 1000, rounds: 5, random_ids: true },
+    Scenario {
+        name: "1-record x64 callers",
+        callers: 64,
+        per_submission: 1,
+        rounds: 50,
+        random_ids: false,
+        priced: true,
+    },
+    Scenario {
+        name: "1-record x64 callers, no prices",
+        callers: 64,
+        per_submission: 1,
+        rounds: 50,
+        random_ids: false,
+        priced: false,
+    },
+    Scenario {
+        name: "1000-record x8 callers",
+        callers: 8,
+        per_submission: 1000,
+        rounds: 5,
+        random_ids: false,
+        priced: true,
+    },
+    Scenario {
+        name: "1000-record x8 callers, no prices",
+        callers: 8,
+        per_submission: 1000,
+        rounds: 5,
+        random_ids: false,
+        priced: false,
+    },
+    Scenario {
+        name: "1000-record x8 callers, v4 ids",
+        callers: 8,
+        per_submission: 1000,
+        rounds: 5,
+        random_ids: true,
+        priced: true,
+    },
 ];
+
+/// Removes every price, so the writer's pricing finds nothing.
+async fn without_prices(store: &ingest_storage::Store) {
+    use sea_orm::ConnectionTrait;
+    let db = store.connection();
+    for sql in ["DELETE FROM prices", "UPDATE price_book SET generation = generation + 1"] {
+        db.execute_unprepared(sql).await.expect(sql);
+    }
+    store.refresh_prices().await.expect("refresh");
+    assert!(store.price_book().generation() > 0);
+}
 
 fn records(n: usize, random_ids: bool) -> Vec<UsageRecord> {
     (0..n)
@@ -51,6 +102,9 @@ fn writer(c: &mut Criterion) {
             let (db, writer) = rt.block_on(async {
                 let db = TestDatabase::new(kind).await;
                 let store = db.store().await;
+                if !s.priced {
+                    without_prices(&store).await;
+                }
                 // XTASK_BENCH_LINGER_MS overrides writer.linger_ms, to compare settings in one build.
                 let linger = std::env::var("XTASK_BENCH_LINGER_MS").ok().and_then(|s| s.parse().ok());
                 let config = WriterConfig {
