@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use testkit::http::{Client, Reply};
 use testkit::{Kind, TestDatabase, record_json};
 
-use common::Server;
+use common::{Server, admin};
 
 mod common;
 
@@ -32,19 +32,6 @@ async fn post(c: &mut Client, path: &str, key: &str, extra: &[(&str, &str)], bod
     let mut headers = vec![("content-type", "application/json"), ("authorization", bearer.as_str())];
     headers.extend_from_slice(extra);
     c.send("POST", path, &headers, serde_json::to_vec(body).unwrap()).await.unwrap()
-}
-
-async fn admin(c: &mut Client, method: &str, path: &str, key: &str, body: Option<&Value>) -> Reply {
-    let bearer = format!("Bearer {key}");
-    let mut headers = vec![("authorization", bearer.as_str())];
-    let bytes = match body {
-        Some(b) => {
-            headers.push(("content-type", "application/json"));
-            serde_json::to_vec(b).unwrap()
-        }
-        None => Vec::new(),
-    };
-    c.send(method, path, &headers, bytes).await.unwrap()
 }
 
 fn without_request_id(org: &str, i: u64) -> Value {

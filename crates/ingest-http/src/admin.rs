@@ -13,6 +13,9 @@
 //! | `GET /admin/v1/orgs/{org}/rate-limit` | the policy in force and where it comes from |
 //! | `PUT /admin/v1/orgs/{org}/rate-limit` | a [`PolicyConfig`]: `{"per_minute": n}` (or `per_hour`, `per_day`, or `max_requests` + `window_secs` [+ `burst_size`]) → [`RateLimitView`] |
 //! | `DELETE /admin/v1/orgs/{org}/rate-limit` | back to the configured policy; 204, or 404 when none was set |
+//! | `GET /admin/v1/orgs/{org}/prices` | the organization's own prices, past and future ones included |
+//! | `PUT /admin/v1/orgs/{org}/prices` | an [`OrgPriceRequest`]: its price for a provider and exact model name from `effective_from` on → [`OrgPriceView`] |
+//! | `DELETE /admin/v1/orgs/{org}/prices?provider=…&model=…[&effective_from=…]` | ends it (default: now); 204, or 404 when none was in force then or later |
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -36,6 +39,7 @@ pub const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("/admin/v1/keys", "GET, POST"),
     ("/admin/v1/keys/{id}", "DELETE"),
     ("/admin/v1/orgs/{org}/rate-limit", "GET, PUT, DELETE"),
+    ("/admin/v1/orgs/{org}/prices", "GET, PUT, DELETE"),
 ];
 
 /// Largest admin request body.
@@ -54,6 +58,19 @@ pub trait Admin: Send + Sync + 'static {
     fn set_rate_limit(&self, org: String, policy: Policy) -> AdminFuture<'_, RateLimitView>;
     /// Whether a runtime policy was removed.
     fn remove_rate_limit(&self, org: String) -> AdminFuture<'_, bool>;
+    /// `org`'s own prices, oldest first.
+    fn org_prices(&self, org: String) -> AdminFuture<'_, Vec<OrgPriceView>>;
+    /// Sets `org`'s price (already parsed and checked here).
+    fn set_org_price(&self, org: String, price: NewOrgPrice) -> AdminFuture<'_, OrgPriceView>;
+    /// Ends `org`'s price for `provider` and `model` at `at`; false when
+    /// none was in force then or later.
+    fn end_org_price(
+        &self,
+        org: String,
+        provider: String,
+        model: String,
+        at: time::OffsetDateTime,
+    ) -> AdminFuture<'_, bool>;
 }
 
 /// An admin operation's failure.
@@ -172,6 +189,131 @@ pub enum PolicySource {
     Default,
 }
 
+/// `PUT /admin/v1/orgs/{org}/prices`: the organization's negotiated price
+/// for `provider` (as records send it; trimmed and lower-cased like them)
+/// and the exact `model.name`, from `effective_from` (RFC 3339, to the
+/// second) on. Rates are USD per token as decimal strings (`"0.0000025"`,
+/// `"2.5e-6"`), never JSON numbers; an omitted cache rate falls back to
+/// `input` and an omitted `reasoning` to `output` (SPEC §9).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OrgPriceRequest {
+    pub provider: String,
+    pub model: String,
+    pub effective_from: String,
+    pub input: String,
+    pub output: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+}
+
+/// An [`OrgPriceRequest`] once checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewOrgPrice {
+    pub provider: String,
+    pub model: String,
+    pub effective_from: time::OffsetDateTime,
+    pub rates: pricing::Rates,
+}
+
+/// `GET /admin/v1/orgs/{org}/prices`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OrgPriceList {
+    pub organization_id: String,
+    pub prices: Vec<OrgPriceView>,
+}
+
+/// One price of an organization: in force from `effective_from`
+/// (inclusive) to `effective_to` (exclusive; null while open). Rates as
+/// decimal strings, only those that were set.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OrgPriceView {
+    pub id: i64,
+    pub organization_id: String,
+    pub provider: String,
+    pub model: String,
+    pub effective_from: String,
+    pub effective_to: Option<String>,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+}
+
+fn rfc3339_request(field: &str, text: &str) -> Result<time::OffsetDateTime, ApiError> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| ApiError::InvalidRequest { message: format!("{field}: {text:?} is not an RFC 3339 time ({e})") })
+}
+
+fn identifier_request(field: &str, value: &str) -> Result<(), ApiError> {
+    model::validate::check_organization_id(value)
+        .map_err(|rule| ApiError::InvalidRequest { message: format!("{field} {rule}") })
+}
+
+impl OrgPriceRequest {
+    /// Checks the request: identifiers as in records, a time, exact
+    /// non-negative decimal rates.
+    pub fn parse(self) -> Result<NewOrgPrice, ApiError> {
+        let provider = self.provider.trim().to_lowercase();
+        identifier_request("provider", &provider)?;
+        identifier_request("model", &self.model)?;
+        let effective_from = rfc3339_request("effective_from", &self.effective_from)?;
+        let rate = |field: &str, text: &str| {
+            pricing::parse_rate(text).map_err(|e| ApiError::InvalidRequest {
+                message: format!("{field}: {e} (rates are USD per token as decimal strings, e.g. \"0.0000025\")"),
+            })
+        };
+        let optional = |field: &str, text: &Option<String>| text.as_deref().map(|t| rate(field, t)).transpose();
+        let base = pricing::KindRates {
+            input: Some(rate("input", &self.input)?),
+            output: Some(rate("output", &self.output)?),
+            cache_read: optional("cache_read", &self.cache_read)?,
+            cache_write: optional("cache_write", &self.cache_write)?,
+            reasoning: optional("reasoning", &self.reasoning)?,
+        };
+        Ok(NewOrgPrice {
+            provider,
+            model: self.model,
+            effective_from,
+            rates: pricing::Rates { base, ..pricing::Rates::default() },
+        })
+    }
+}
+
+/// The `DELETE …/prices` query: `provider`, `model`, `effective_from`
+/// (default: now).
+fn end_price_query(query: Option<&str>) -> Result<(String, String, time::OffsetDateTime), ApiError> {
+    let (mut provider, mut model, mut at) = (None, None, None);
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*name {
+            "provider" => provider = Some(value.trim().to_lowercase()),
+            "model" => model = Some(value.into_owned()),
+            "effective_from" => at = Some(rfc3339_request("effective_from", &value)?),
+            other => {
+                return Err(ApiError::InvalidRequest {
+                    message: format!("unknown query parameter {other:?}: provider, model and effective_from are"),
+                });
+            }
+        }
+    }
+    let missing = |what: &str| ApiError::InvalidRequest { message: format!("the query needs {what}") };
+    let provider = provider.ok_or_else(|| missing("provider"))?;
+    let model = model.ok_or_else(|| missing("model"))?;
+    identifier_request("provider", &provider)?;
+    identifier_request("model", &model)?;
+    Ok((provider, model, at.unwrap_or_else(time::OffsetDateTime::now_utc)))
+}
+
 /// A `PUT …/rate-limit` body as a [`PolicyConfig`]: read from the text, so an
 /// explicit `null` is refused (leave the field out) and a whole number
 /// written with a fraction or exponent (`600.0`, `6e2`) is that whole number,
@@ -251,6 +393,30 @@ pub(crate) async fn dispatch(admin: &dyn Admin, req: Request<Incoming>) -> Resul
                     true => Ok(no_content()),
                     false => Err(ApiError::ResourceNotFound { what: format!("a runtime rate limit for {org:?}") }),
                 },
+                _ => Err(not_allowed("GET, PUT, DELETE")),
+            }
+        }
+        ["admin", "v1", "orgs", org, "prices"] => {
+            let org = percent_decode(org)?;
+            identifier_request("the organization in the path", &org)?;
+            match method {
+                Method::GET => {
+                    let prices = admin.org_prices(org.clone()).await?;
+                    Ok(json_response(StatusCode::OK, &OrgPriceList { organization_id: org, prices }))
+                }
+                Method::PUT => {
+                    let request: OrgPriceRequest = read_json(req).await?;
+                    let price = request.parse()?;
+                    Ok(json_response(StatusCode::OK, &admin.set_org_price(org, price).await?))
+                }
+                Method::DELETE => {
+                    let (provider, model, at) = end_price_query(req.uri().query())?;
+                    let what = format!("a price of {org:?} for {provider:?} {model:?} in force at or after that time");
+                    match admin.end_org_price(org, provider, model, at).await? {
+                        true => Ok(no_content()),
+                        false => Err(ApiError::ResourceNotFound { what }),
+                    }
+                }
                 _ => Err(not_allowed("GET, PUT, DELETE")),
             }
         }
@@ -589,6 +755,95 @@ mod tests {
             let value = serde_json::to_value(&one).unwrap();
             assert_eq!(doc.check(schema, &value, "PUT rate-limit"), Vec::<String>::new(), "{value}");
         }
+    }
+
+    fn org_price_view() -> OrgPriceView {
+        OrgPriceView {
+            id: 7,
+            organization_id: "acme".into(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+            effective_from: "2026-01-01T00:00:00Z".into(),
+            effective_to: Some("2026-02-01T00:00:00Z".into()),
+            input: Some("0.000002".into()),
+            output: Some("0.000008".into()),
+            cache_read: Some("0.000001".into()),
+            cache_write: Some("0.0000025".into()),
+            reasoning: Some("0.00001".into()),
+        }
+    }
+
+    #[test]
+    fn price_bodies_agree_with_openapi() {
+        let doc = Doc::load();
+        let prices = "/admin/v1/orgs/{org}/prices";
+        let (schema, examples) = doc.body(prices, "get", Some("200"));
+        examples_round_trip::<OrgPriceList>(&examples, "GET prices");
+        let list = OrgPriceList { organization_id: "acme".into(), prices: vec![org_price_view()] };
+        type_matches_schema(&doc, schema, &list, "GET prices");
+        let (schema, examples) = doc.body(prices, "put", Some("200"));
+        examples_round_trip::<OrgPriceView>(&examples, "PUT prices 200");
+        type_matches_schema(&doc, schema, &org_price_view(), "PUT prices 200");
+
+        let (schema, examples) = doc.body(prices, "put", None);
+        for example in &examples {
+            let typed: OrgPriceRequest = serde_json::from_value((*example).clone()).expect("PUT example parses");
+            assert!(typed.parse().is_ok(), "the PUT example {example} is a price");
+        }
+        let full = OrgPriceRequest {
+            provider: "OpenAI".into(),
+            model: "gpt-4o".into(),
+            effective_from: "2026-01-01T00:00:00Z".into(),
+            input: "2e-6".into(),
+            output: "0.000008".into(),
+            cache_read: Some("0.000001".into()),
+            cache_write: Some("0.0000025".into()),
+            reasoning: Some("0.00001".into()),
+        };
+        type_matches_schema(&doc, schema, &full, "PUT prices");
+    }
+
+    #[test]
+    fn price_requests_are_checked() {
+        let request = |edit: &dyn Fn(&mut Value)| {
+            let mut v = json!({
+                "provider": " OpenAI ", "model": "gpt-4o", "effective_from": "2026-01-01T00:00:00.250+01:00",
+                "input": "2.5e-6", "output": "0.00001", "cache_read": "0.00000125",
+            });
+            edit(&mut v);
+            serde_json::from_value::<OrgPriceRequest>(v).map_err(|e| e.to_string()).and_then(|r| {
+                r.parse().map_err(|e| match e {
+                    ApiError::InvalidRequest { message } => message,
+                    other => format!("{other:?}"),
+                })
+            })
+        };
+        let ok = request(&|_| {}).unwrap();
+        assert_eq!(ok.provider, "openai", "trimmed and lower-cased like a record's");
+        assert_eq!(ok.effective_from, time::macros::datetime!(2025-12-31 23:00:00.25 UTC));
+        assert_eq!(ok.rates.base.input.unwrap().to_string(), "0.0000025");
+        assert_eq!(ok.rates.base.cache_write, None, "omitted: falls back to input when pricing");
+        let refused = |edit: &dyn Fn(&mut Value), why: &str| {
+            let e = request(edit).expect_err(why);
+            assert!(e.contains(why), "{e:?} should say {why:?}");
+        };
+        refused(&|v| v["input"] = json!(0.0000025), "expected a string");
+        refused(&|v| v["output"] = json!("-1"), "negative");
+        refused(&|v| v["output"] = json!("1e-40"), "not an exact decimal");
+        refused(&|v| v["effective_from"] = json!("yesterday"), "RFC 3339");
+        refused(&|v| v["model"] = json!(""), "model");
+        refused(&|v| v["provider"] = json!("a\u{7}b"), "control characters");
+        refused(&|v| v["currency"] = json!("EUR"), "unknown field");
+        refused(&|v| v.as_object_mut().unwrap().retain(|k, _| k != "output"), "missing field `output`");
+
+        let query = |q: &str| end_price_query(Some(q)).map(|(p, m, _)| (p, m));
+        assert_eq!(
+            query("provider=OpenAI&model=ft%3Agpt-4o%3Aacme%3A%3Ax&effective_from=2026-01-01T00%3A00%3A00Z").unwrap(),
+            ("openai".to_owned(), "ft:gpt-4o:acme::x".to_owned())
+        );
+        assert!(query("model=gpt-4o").is_err(), "provider is needed");
+        assert!(query("provider=openai&model=gpt-4o&from=x").is_err(), "unknown parameters are refused");
+        assert!(query("provider=openai&model=gpt-4o&effective_from=soon").is_err());
     }
 
     /// The checker above can fail: a field the document does not name, a

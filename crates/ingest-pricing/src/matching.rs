@@ -151,20 +151,59 @@ impl<T> Index<T> {
         version: Option<&str>,
         usable: impl Fn(&T) -> bool,
     ) -> Option<Match<'_, T>> {
-        self.find_names(provider, name, version, &usable).or_else(|| {
-            let base = name.strip_prefix("ft:")?.split(':').next().filter(|b| !b.is_empty())?;
-            self.find_names(provider, &format!("ft:{base}"), None, &usable)
-                .or_else(|| self.find_names(provider, base, None, &usable))
-        })
+        let mut found = None;
+        self.visit(provider, name, version, &mut |m| {
+            if usable(m.value) {
+                found = Some(m);
+                return true;
+            }
+            false
+        });
+        found
     }
 
-    fn find_names(
-        &self,
+    /// Every key [`find_where`](Self::find_where) would consider for these
+    /// names, in its order, whatever their values: `find_where` is the first
+    /// of them whose value is usable. (A caller that prices many records of
+    /// one model looks the candidates up once.)
+    pub fn candidates(&self, provider: &str, name: &str, version: Option<&str>) -> Vec<Match<'_, T>> {
+        let mut all = Vec::new();
+        self.visit(provider, name, version, &mut |m| {
+            all.push(m);
+            false
+        });
+        all
+    }
+
+    /// Calls `found` with each candidate key in matching order until it
+    /// returns true.
+    fn visit<'s>(
+        &'s self,
         provider: &str,
         name: &str,
         version: Option<&str>,
-        usable: &dyn Fn(&T) -> bool,
-    ) -> Option<Match<'_, T>> {
+        found: &mut dyn FnMut(Match<'s, T>) -> bool,
+    ) {
+        if self.visit_names(provider, name, version, found) {
+            return;
+        }
+        let Some(base) = name.strip_prefix("ft:").and_then(|rest| rest.split(':').next()).filter(|b| !b.is_empty())
+        else {
+            return;
+        };
+        if !self.visit_names(provider, &format!("ft:{base}"), None, found) {
+            self.visit_names(provider, base, None, found);
+        }
+    }
+
+    /// Steps 1 and 2 for one name; true when `found` said stop.
+    fn visit_names<'s>(
+        &'s self,
+        provider: &str,
+        name: &str,
+        version: Option<&str>,
+        found: &mut dyn FnMut(Match<'s, T>) -> bool,
+    ) -> bool {
         let version = version.map(str::trim).filter(|v| !v.is_empty());
         let mut names = Vec::with_capacity(3);
         if let Some(v) = version {
@@ -184,25 +223,24 @@ impl<T> Index<T> {
                 })
         };
         for n in &names {
-            if let Some(found) = self.exact(&format!("{provider}/{n}"), usable) {
-                return Some(found);
+            if let Some(m) = self.exact(&format!("{provider}/{n}"))
+                && found(m)
+            {
+                return true;
             }
             if let Some((key, keyed)) = self.by_key.get_key_value(n.as_str())
                 && bare_ok(&keyed.catalog_provider)
-                && usable(&keyed.value)
+                && found(Match { key, value: &keyed.value })
             {
-                return Some(Match { key, value: &keyed.value });
+                return true;
             }
         }
-        let canonical = row.map(|r| r.provider.as_str()).filter(|c| *c != provider)?;
-        names.iter().find_map(|n| self.exact(&format!("{canonical}/{n}"), usable))
+        let Some(canonical) = row.map(|r| r.provider.as_str()).filter(|c| *c != provider) else { return false };
+        names.iter().any(|n| self.exact(&format!("{canonical}/{n}")).is_some_and(&mut *found))
     }
 
-    fn exact(&self, key: &str, usable: &dyn Fn(&T) -> bool) -> Option<Match<'_, T>> {
-        self.by_key
-            .get_key_value(key)
-            .filter(|(_, keyed)| usable(&keyed.value))
-            .map(|(key, keyed)| Match { key, value: &keyed.value })
+    fn exact(&self, key: &str) -> Option<Match<'_, T>> {
+        self.by_key.get_key_value(key).map(|(key, keyed)| Match { key, value: &keyed.value })
     }
 }
 
@@ -243,6 +281,11 @@ mod tests {
         // A key that is not usable (no price in force) does not stop the search.
         let usable = index.find_where("openai", "gpt-4o", Some("2024-05-13"), |v| *v != 2).map(|m| *m.value);
         assert_eq!(usable, Some(1));
+        let keys: Vec<&str> = index.candidates("openai", "gpt-4o", Some("2024-05-13")).iter().map(|m| m.key).collect();
+        assert_eq!(keys, ["gpt-4o-2024-05-13", "gpt-4o"], "every candidate, in matching order");
+        let keys: Vec<&str> = index.candidates("azure.ai.openai", "gpt-4o", None).iter().map(|m| m.key).collect();
+        assert_eq!(keys, ["azure/gpt-4o"]);
+        assert!(index.candidates("groq", "gpt-4o", None).is_empty());
         assert_eq!(index.label("aws.bedrock"), "bedrock");
         assert_eq!(index.label("mistral"), "mistral");
         assert_eq!(index.label("my-proxy"), "other");

@@ -8,6 +8,19 @@ use sea_orm::DeriveIden;
 pub(crate) enum UsageRecords {
     Table,
     OrganizationId,
+    RequestId,
+    Provider,
+    ModelName,
+    ModelVersion,
+    PromptTokens,
+    CompletionTokens,
+    CachedTokens,
+    CacheWriteTokens,
+    ReasoningTokens,
+    OccurredAt,
+    CostNanoUsd,
+    PriceId,
+    Pricing,
 }
 
 #[derive(DeriveIden, Clone, Copy)]

@@ -290,17 +290,18 @@ struct CostTally {
 impl CostTally {
     fn price(book: &crate::PriceBook, records: &mut [UsageRecord]) -> CostTally {
         let mut tally = CostTally { labels: Vec::new(), records: Vec::with_capacity(records.len()) };
+        let mut pricer = crate::prices::Pricer::new(book);
         for r in records.iter_mut() {
-            let priced = book.price(r);
-            let label = match tally.labels.iter().position(|l| l == priced.label) {
+            let (cost, label) = pricer.price(r);
+            let label = match tally.labels.iter().position(|l| l == label) {
                 Some(i) => i,
                 None => {
-                    tally.labels.push(priced.label.to_owned());
+                    tally.labels.push(label.to_owned());
                     tally.labels.len() - 1
                 }
             };
-            tally.records.push((label, priced.cost.map(|c| c.nano_usd)));
-            r.cost = priced.cost;
+            tally.records.push((label, cost.map(|c| c.nano_usd)));
+            r.cost = cost;
         }
         tally
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use auth::{KeyRing, Principal, Scope, SigningSecret};
 use ingest_http::admin::{AdminError, AdminFuture};
-use ingest_http::admin::{PolicySource, RateLimitView};
+use ingest_http::admin::{NewOrgPrice, OrgPriceView, PolicySource, RateLimitView};
 use ingest_http::{Admin, CreatedKey, KeyView, NewKey};
 use ratelimit::{Policy, PolicyRegistry};
 use storage::{ApiKeyRow, OrgRateLimit, Store};
@@ -298,10 +298,34 @@ pub fn spawn_refresh(keys: Option<Keys>, limits: RateLimits, store: Store) -> to
     })
 }
 
-/// The admin API over [`Keys`] and [`RateLimits`].
+/// The admin API over [`Keys`], [`RateLimits`] and the stored prices.
 pub struct AdminApi {
     pub keys: Keys,
     pub limits: RateLimits,
+    pub store: Store,
+}
+
+/// An organization's price as the admin API shows it.
+pub fn org_price_view(price: &storage::StoredPrice) -> OrgPriceView {
+    let rate = |r: Option<pricing::Decimal>| r.map(|d| d.normalize().to_string());
+    let base = &price.rates.base;
+    OrgPriceView {
+        id: price.id,
+        organization_id: price.organization_id.clone().unwrap_or_default(),
+        provider: price.provider.clone(),
+        model: price.model.clone(),
+        effective_from: rfc3339(price.effective_from),
+        effective_to: price.effective_to.map(rfc3339),
+        input: rate(base.input),
+        output: rate(base.output),
+        cache_read: rate(base.cache_read),
+        cache_write: rate(base.cache_write),
+        reasoning: rate(base.reasoning),
+    }
+}
+
+fn storage_unavailable(e: storage::Error) -> AdminError {
+    unavailable(anyhow::Error::new(e))
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -377,5 +401,40 @@ impl Admin for AdminApi {
 
     fn remove_rate_limit(&self, org: String) -> AdminFuture<'_, bool> {
         Box::pin(async move { self.limits.remove(&org).await.map_err(unavailable) })
+    }
+
+    fn org_prices(&self, org: String) -> AdminFuture<'_, Vec<OrgPriceView>> {
+        Box::pin(async move {
+            let prices = self.store.stored_prices(Some(&org), None).await.map_err(storage_unavailable)?;
+            Ok(prices.iter().map(org_price_view).collect())
+        })
+    }
+
+    fn set_org_price(&self, org: String, price: NewOrgPrice) -> AdminFuture<'_, OrgPriceView> {
+        Box::pin(async move {
+            let stored = self
+                .store
+                .set_org_price(&org, &price.provider, &price.model, price.effective_from, &price.rates)
+                .await
+                .map_err(storage_unavailable)?;
+            tracing::info!(
+                organization = org,
+                provider = price.provider,
+                model = price.model,
+                price_id = stored.id,
+                "organization price set through the admin API"
+            );
+            Ok(org_price_view(&stored))
+        })
+    }
+
+    fn end_org_price(&self, org: String, provider: String, model: String, at: OffsetDateTime) -> AdminFuture<'_, bool> {
+        Box::pin(async move {
+            let ended = self.store.end_org_price(&org, &provider, &model, at).await.map_err(storage_unavailable)?;
+            if ended {
+                tracing::info!(organization = org, provider, model, "organization price ended through the admin API");
+            }
+            Ok(ended)
+        })
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dlq;
 pub mod keys;
 mod nats;
+pub mod prices;
 mod redis;
 pub mod retention;
 mod supervise;
@@ -156,7 +157,9 @@ impl App {
             keys: keys.as_ref().map(|k| k.ring().clone()),
             // Without keys there is no admin: an open admin API would let
             // anyone mint keys that outlive `auth.mode = "none"`.
-            admin: keys.clone().map(|keys| Arc::new(keys::AdminApi { keys, limits }) as Arc<dyn ingest_http::Admin>),
+            admin: keys.clone().map(|keys| {
+                Arc::new(keys::AdminApi { keys, limits, store: store.clone() }) as Arc<dyn ingest_http::Admin>
+            }),
         });
         tracing::info!(addr = %listener.local_addr()?, version = VERSION, "ingestd listening");
         // On shutdown the sources stop fetching at once and finish their batch
@@ -202,24 +205,44 @@ type Spawned = (&'static str, tokio::task::JoinHandle<Result<()>>, broker::Healt
 /// How often idle rate-limit keys are dropped (inserts also sweep, amortised).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+/// The configured database for a command that needs the schema up to date
+/// (`retention`, `prices`): refused with what to run when it is not.
+pub async fn open_migrated(config: &Config) -> Result<storage::Store> {
+    let store = storage::Store::connect(&config.database)
+        .await
+        .with_context(|| format!("database {}", config::mask_url(&config.database.url)))?;
+    let pending = store.pending_migrations().await?;
+    if !pending.is_empty() {
+        anyhow::bail!("the database needs migrations ({}); run `ingestd migrate`", pending.join(", "));
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
+    Ok(store)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    // The handlers are installed now, not at the first poll: the server may
+    // accept connections before it polls this future, and a SIGTERM in that
+    // window would otherwise kill the process without draining.
+    #[cfg(unix)]
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        match handlers {
+            Ok((mut term, mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+    }
 }

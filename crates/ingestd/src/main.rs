@@ -50,6 +50,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prices (SPEC §9): import a catalog version, show what is in force,
+    /// re-price stored rows.
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
+    },
     /// API keys: create, list, revoke.
     Keys {
         #[command(subcommand)]
@@ -100,6 +106,75 @@ enum KeysCommand {
     },
     /// Revoke a key; every running ingestd refuses it within 5 seconds.
     Revoke { id: uuid::Uuid },
+}
+
+#[derive(Subcommand)]
+enum PricesCommand {
+    /// Add a LiteLLM price file (model_prices_and_context_window.json) as a
+    /// new catalog version: only changed prices get new rows, in force from
+    /// --effective-from; stored records keep their cost until `rerate`.
+    Import {
+        file: PathBuf,
+        /// When the new prices take effect (default: now); after every
+        /// stored version's. RFC 3339 or a UTC date.
+        #[arg(long, value_name = "TIME", value_parser = ingestd::prices::parse_time)]
+        effective_from: Option<time::OffsetDateTime>,
+        /// The version's name (default: import-<effective-from>).
+        #[arg(long)]
+        version: Option<String>,
+        /// Print only the summary, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The prices in force (now, or --at): the catalog's, or an organization's own.
+    List {
+        #[arg(long, value_name = "TIME", value_parser = ingestd::prices::parse_time)]
+        at: Option<time::OffsetDateTime>,
+        /// Only this catalog provider (LiteLLM's name: openai, vertex_ai-language-models, …).
+        #[arg(long)]
+        provider: Option<String>,
+        /// This organization's own prices instead of the catalog's.
+        #[arg(long, value_name = "ORG")]
+        org: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every price of a model, past and future: MODEL is a catalog key, or
+    /// with --provider a model name matched as a record's.
+    Show {
+        model: String,
+        /// Match MODEL as a record of this provider is matched.
+        #[arg(long)]
+        provider: Option<String>,
+        /// The record's model.version, with --provider.
+        #[arg(long, requires = "provider")]
+        model_version: Option<String>,
+        /// Also this organization's own prices for MODEL.
+        #[arg(long, value_name = "ORG")]
+        org: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Price stored rows again with the prices in force when each occurred
+    /// (after an import or an organization price that back-dates). Safe
+    /// while ingestion runs; a second run changes nothing.
+    Rerate {
+        #[arg(long, value_name = "TIME", value_parser = ingestd::prices::parse_time)]
+        from: time::OffsetDateTime,
+        #[arg(long, value_name = "TIME", value_parser = ingestd::prices::parse_time)]
+        to: time::OffsetDateTime,
+        /// Only this organization's rows.
+        #[arg(long, value_name = "ORG")]
+        org: Option<String>,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
+        /// Print only the summary, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +303,36 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Some(Command::Keys { command }) => keys(&config, command).await,
+            Some(Command::Prices { command }) => {
+                use ingestd::prices;
+                let out = match command {
+                    PricesCommand::Import { file, effective_from, version, json } => {
+                        prices::import(&config, &file, effective_from, version, json).await?
+                    }
+                    PricesCommand::List { at, provider, org, json } => {
+                        prices::list(&config, at, provider.as_deref(), org.as_deref(), json).await?
+                    }
+                    PricesCommand::Show { model, provider, model_version, org, json } => {
+                        prices::show(
+                            &config,
+                            &model,
+                            provider.as_deref(),
+                            model_version.as_deref(),
+                            org.as_deref(),
+                            json,
+                        )
+                        .await?
+                    }
+                    PricesCommand::Rerate { from, to, org, batch, json } => {
+                        prices::rerate(&config, from, to, org.as_deref(), batch, json).await?
+                    }
+                };
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{out}");
+                }
+                Ok(())
+            }
             Some(Command::Config { .. } | Command::Health) => Ok(()),
         }
     });

@@ -9,8 +9,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use storage::{RetentionReport, Store};
+use anyhow::Result;
+use storage::RetentionReport;
 
 use crate::Config;
 
@@ -44,13 +44,7 @@ impl std::str::FromStr for Age {
 
 /// Runs retention; returns the summary to print (progress goes to stderr).
 pub async fn run(config: &Config, older_than: Age, execute: bool, with_rollups: bool, json: bool) -> Result<String> {
-    let store = Store::connect(&config.database)
-        .await
-        .with_context(|| format!("database {}", crate::config::mask_url(&config.database.url)))?;
-    let pending = store.pending_migrations().await?;
-    if !pending.is_empty() {
-        bail!("the database needs migrations ({}); run `ingestd migrate`", pending.join(", "));
-    }
+    let store = crate::open_migrated(config).await?;
     let cutoff = time::OffsetDateTime::now_utc() - older_than.0;
     let mut progress = |line: &str| {
         if !json {

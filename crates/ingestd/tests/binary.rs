@@ -434,3 +434,53 @@ fn retention_is_a_dry_run_unless_executed() {
     let out = run(&["retention", "--older-than", "400"]);
     assert_eq!(out.status.code(), Some(2), "an age without a unit is a usage error");
 }
+
+#[test]
+fn prices_commands_show_list_import_and_rerate() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("prices.db").display());
+    let run = |args: &[&str]| ingestd(dir.path()).env("DATABASE_URL", &url).args(args).output().unwrap();
+    let stdout = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(run(&["migrate"]).status.success());
+
+    let out = run(&["prices", "show", "gpt-4o"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("litellm-1.110.2") && stdout(&out).contains("0.0000025"), "{}", stdout(&out));
+    let out = run(&["prices", "show", "gpt-4o", "--provider", "azure.ai.openai"]);
+    assert!(stdout(&out).contains(r#"catalog key "azure/gpt-4o""#), "{}", stdout(&out));
+    let out = run(&["prices", "list", "--provider", "openai"]);
+    assert!(stdout(&out).starts_with("# catalog version litellm-1.110.2"), "{}", stdout(&out));
+    assert!(stdout(&out).lines().any(|l| l.starts_with("gpt-4o ")), "{}", stdout(&out));
+    let out = run(&["prices", "show", "no-such-model"]);
+    assert_eq!(out.status.code(), Some(1), "an unknown model is an error");
+
+    // gpt-4o's output price changed; everything else as in the snapshot.
+    let text = pricing::catalog::snapshot_json().unwrap();
+    let mut all: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_str(&text).unwrap();
+    all.insert(
+        "gpt-4o".into(),
+        serde_json::value::RawValue::from_string(
+            r#"{"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1.2e-05, "litellm_provider": "openai", "mode": "chat"}"#.into(),
+        )
+        .unwrap(),
+    );
+    let file = dir.path().join("prices.json");
+    std::fs::write(&file, serde_json::to_string(&all).unwrap()).unwrap();
+    let out = run(&["prices", "import", file.to_str().unwrap(), "--effective-from", "2026-01-01"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("0 prices added, 1 changed"), "{}", stdout(&out));
+    let out = run(&["prices", "show", "gpt-4o"]);
+    let history = stdout(&out);
+    assert!(history.contains("import-2026-01-01T00:00:00Z") && history.contains("0.000012"), "{history}");
+    let out = run(&["prices", "import", file.to_str().unwrap(), "--effective-from", "2025-06-01"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("after the latest stored one"));
+
+    let out = run(&["prices", "rerate", "--from", "2025-01-01", "--to", "2027-01-01", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["examined"].as_u64(), report["changed"].as_u64()), (Some(0), Some(0)), "{report}");
+    let out = run(&["prices", "rerate", "--from", "2026-01-01", "--to", "2025-01-01"]);
+    assert_eq!(out.status.code(), Some(1), "an empty range is refused");
+}

@@ -98,6 +98,26 @@ impl Server {
     }
 }
 
+/// An admin API request with `key`, and a JSON body when there is one.
+pub async fn admin(
+    c: &mut Client,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<&serde_json::Value>,
+) -> testkit::http::Reply {
+    let bearer = format!("Bearer {key}");
+    let mut headers = vec![("authorization", bearer.as_str())];
+    let bytes = match body {
+        Some(b) => {
+            headers.push(("content-type", "application/json"));
+            serde_json::to_vec(b).unwrap()
+        }
+        None => Vec::new(),
+    };
+    c.send(method, path, &headers, bytes).await.unwrap()
+}
+
 impl Peer {
     pub async fn client(&self) -> Client {
         Client::connect(self.addr).await.unwrap()
