@@ -207,6 +207,13 @@ async fn a_back_dated_organization_price_reaches_exactly_its_rows_by_rerate(kind
         records.push(record(org, days(1), "azure", "gpt-4o", 1003, 200));
         records.push(record(org, days(1), "openai", "gpt-4o-2024-08-06", 1004, 200));
     }
+    // Half a second either side of a whole second `edge`, of a model without
+    // an organization price: on SQLite "…:05.5Z" sorts before "…:05Z" as
+    // text, which re-rating must not trust.
+    let edge = days(3).replace_nanosecond(0).unwrap();
+    let half = time::Duration::milliseconds(500);
+    records.push(record(&a, edge + half, "openai", "gpt-4o-mini", 1010, 200));
+    records.push(record(&a, edge - half, "openai", "gpt-4o-mini", 1011, 200));
     let bearer = format!("Bearer {service}");
     let headers = [("content-type", "application/json"), ("authorization", bearer.as_str())];
     let body = serde_json::to_vec(&json!({ "records": records })).unwrap();
@@ -256,7 +263,7 @@ async fn a_back_dated_organization_price_reaches_exactly_its_rows_by_rerate(kind
     assert_eq!(before_a[1], catalog(1001, catalog_id), "stored before the price was set: unchanged until rerate");
 
     let report = rerate(&server, days(30), now + time::Duration::hours(1), None).await;
-    assert_eq!((&report["examined"], &report["changed"]), (&json!(11), &json!(2)), "{report}");
+    assert_eq!((&report["examined"], &report["changed"]), (&json!(13), &json!(2)), "{report}");
     assert_eq!(
         report["cost_after_nano_usd"].as_i64().unwrap() - report["cost_before_nano_usd"].as_i64().unwrap(),
         org_cost(1001) + org_cost(1002) - catalog_cost(1001) - catalog_cost(1002),
@@ -274,6 +281,10 @@ async fn a_back_dated_organization_price_reaches_exactly_its_rows_by_rerate(kind
     assert_eq!(rows(&server, &b).await, before_b, "another organization's rows are untouched");
     let report = rerate(&server, days(30), now + time::Duration::hours(1), None).await;
     assert_eq!(report["changed"], 0, "a second run changes nothing: {report}");
+    let report = rerate(&server, edge, edge + time::Duration::SECOND, Some(&a)).await;
+    assert_eq!(report["examined"], 1, "only the row at edge + 0.5 s is in [edge, edge + 1 s): {report}");
+    let report = rerate(&server, edge - time::Duration::SECOND, edge, Some(&a)).await;
+    assert_eq!(report["examined"], 1, "only the row at edge - 0.5 s is in [edge - 1 s, edge): {report}");
 
     // Withdrawn whole: the catalog prices those rows again after a rerate of
     // that organization.
@@ -285,7 +296,7 @@ async fn a_back_dated_organization_price_reaches_exactly_its_rows_by_rerate(kind
     assert_eq!(admin(&mut c, "DELETE", &query, &admin_key, None).await.status, 404);
     assert_eq!(admin(&mut c, "GET", &prices, &admin_key, None).await.json()["prices"], json!([]));
     let report = rerate(&server, days(30), now + time::Duration::hours(1), Some(&a)).await;
-    assert_eq!((&report["examined"], &report["changed"]), (&json!(6), &json!(3)), "{report}");
+    assert_eq!((&report["examined"], &report["changed"]), (&json!(8), &json!(3)), "{report}");
     let after = rows(&server, &a).await;
     assert!(after[..3].iter().zip(1000..).all(|(row, p)| *row == catalog(p, catalog_id)), "{after:?}");
     assert_eq!(after[5], catalog(1005, catalog_id));
@@ -316,6 +327,31 @@ async fn a_back_dated_organization_price_reaches_exactly_its_rows_by_rerate(kind
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    // A later price closes the one in force at its start; a DELETE inside
+    // a price's period ends it there.
+    let prices = format!("/admin/v1/orgs/{third}/prices");
+    let later_from = (now - time::Duration::hours(1)).replace_nanosecond(0).unwrap();
+    let mut later = price.clone();
+    later["effective_from"] = json!(rfc3339(later_from));
+    later["input"] = json!("0.000003");
+    assert_eq!(admin(&mut c, "PUT", &prices, &admin_key, Some(&later)).await.status, 200);
+    let end = later_from + time::Duration::days(30);
+    let query = format!("{prices}?provider=openai&model=gpt-4o&effective_from={}", rfc3339(end).replace(':', "%3A"));
+    assert_eq!(admin(&mut c, "DELETE", &query, &admin_key, None).await.status, 204);
+    let listed = admin(&mut c, "GET", &prices, &admin_key, None).await.json();
+    let periods: Vec<(&Value, &Value, &Value)> = listed["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (&p["effective_from"], &p["effective_to"], &p["input"]))
+        .collect();
+    let (first_from, later_from, end) =
+        (json!(rfc3339(days(1).replace_nanosecond(0).unwrap())), json!(rfc3339(later_from)), json!(rfc3339(end)));
+    assert_eq!(
+        periods,
+        [(&first_from, &later_from, &json!("0.000002")), (&later_from, &end, &json!("0.000003"))],
+        "{listed}"
+    );
     peer.stop().await;
     server.stop().await;
 }

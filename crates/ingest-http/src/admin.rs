@@ -58,7 +58,7 @@ pub trait Admin: Send + Sync + 'static {
     fn set_rate_limit(&self, org: String, policy: Policy) -> AdminFuture<'_, RateLimitView>;
     /// Whether a runtime policy was removed.
     fn remove_rate_limit(&self, org: String) -> AdminFuture<'_, bool>;
-    /// `org`'s own prices, oldest first.
+    /// `org`'s own prices, by model and start.
     fn org_prices(&self, org: String) -> AdminFuture<'_, Vec<OrgPriceView>>;
     /// Sets `org`'s price (already parsed and checked here).
     fn set_org_price(&self, org: String, price: NewOrgPrice) -> AdminFuture<'_, OrgPriceView>;
@@ -250,9 +250,29 @@ pub struct OrgPriceView {
     pub reasoning: Option<String>,
 }
 
+/// An RFC 3339 time in UTC, within the years every backend stores (1 to
+/// 9999, as records' `timestamp`).
 fn rfc3339_request(field: &str, text: &str) -> Result<time::OffsetDateTime, ApiError> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| ApiError::InvalidRequest { message: format!("{field}: {text:?} is not an RFC 3339 time ({e})") })
+    let invalid = |why: String| ApiError::InvalidRequest { message: format!("{field}: {text:?} {why}") };
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| invalid(format!("is not an RFC 3339 time ({e})")))?;
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .filter(|utc| (1..=9999).contains(&utc.year()))
+        .ok_or_else(|| invalid("is outside the years 1 to 9999 (UTC)".into()))
+}
+
+/// A provider as records' `provider` (SPEC §1): no control characters as
+/// sent, 1 to 64 characters once trimmed, stored lower-cased.
+fn provider_request(sent: &str) -> Result<String, ApiError> {
+    let invalid = |why: &str| ApiError::InvalidRequest { message: format!("provider {why}") };
+    if sent.chars().any(char::is_control) {
+        return Err(invalid("must not contain control characters"));
+    }
+    match sent.trim().chars().take(65).count() {
+        0 => Err(invalid("must be at least 1 character(s) long")),
+        65.. => Err(invalid("must be at most 64 characters long")),
+        _ => Ok(sent.trim().to_lowercase()),
+    }
 }
 
 fn identifier_request(field: &str, value: &str) -> Result<(), ApiError> {
@@ -264,8 +284,7 @@ impl OrgPriceRequest {
     /// Checks the request: identifiers as in records, a time, exact
     /// non-negative decimal rates.
     pub fn parse(self) -> Result<NewOrgPrice, ApiError> {
-        let provider = self.provider.trim().to_lowercase();
-        identifier_request("provider", &provider)?;
+        let provider = provider_request(&self.provider)?;
         identifier_request("model", &self.model)?;
         let effective_from = rfc3339_request("effective_from", &self.effective_from)?;
         let rate = |field: &str, text: &str| {
@@ -296,7 +315,7 @@ fn end_price_query(query: Option<&str>) -> Result<(String, String, time::OffsetD
     let (mut provider, mut model, mut at) = (None, None, None);
     for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*name {
-            "provider" => provider = Some(value.trim().to_lowercase()),
+            "provider" => provider = Some(provider_request(&value)?),
             "model" => model = Some(value.into_owned()),
             "effective_from" => at = Some(rfc3339_request("effective_from", &value)?),
             other => {
@@ -309,7 +328,6 @@ fn end_price_query(query: Option<&str>) -> Result<(String, String, time::OffsetD
     let missing = |what: &str| ApiError::InvalidRequest { message: format!("the query needs {what}") };
     let provider = provider.ok_or_else(|| missing("provider"))?;
     let model = model.ok_or_else(|| missing("model"))?;
-    identifier_request("provider", &provider)?;
     identifier_request("model", &model)?;
     Ok((provider, model, at.unwrap_or_else(time::OffsetDateTime::now_utc)))
 }
@@ -833,6 +851,10 @@ mod tests {
         refused(&|v| v["effective_from"] = json!("yesterday"), "RFC 3339");
         refused(&|v| v["model"] = json!(""), "model");
         refused(&|v| v["provider"] = json!("a\u{7}b"), "control characters");
+        refused(&|v| v["provider"] = json!("openai\t"), "control characters");
+        refused(&|v| v["provider"] = json!("p".repeat(65)), "at most 64");
+        refused(&|v| v["effective_from"] = json!("9999-12-31T23:59:59-01:00"), "years 1 to 9999");
+        refused(&|v| v["effective_from"] = json!("0000-01-01T00:30:00+01:00"), "years 1 to 9999");
         refused(&|v| v["currency"] = json!("EUR"), "unknown field");
         refused(&|v| v.as_object_mut().unwrap().retain(|k, _| k != "output"), "missing field `output`");
 

@@ -232,8 +232,13 @@ impl Prices {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Installs `book` unless a newer one is in place already (two
+    /// refreshes can overlap: the 2 s tick and the one after a change).
     fn replace(&self, book: PriceBook) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(book);
+        let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if book.generation >= current.generation {
+            *current = Arc::new(book);
+        }
     }
 }
 
@@ -292,7 +297,11 @@ impl StoredPrice {
 /// `t` in UTC without its fraction of a second: every stored price starts
 /// and ends on a whole second, so SQLite's text times compare as times.
 fn whole_second(t: OffsetDateTime) -> Result<OffsetDateTime, Error> {
-    t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).map_err(|e| Error::Prices(e.to_string()))
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .filter(|utc| (1..=9999).contains(&utc.year()))
+        .ok_or_else(|| Error::Prices(format!("{t} is outside the years 1 to 9999 (UTC)")))?
+        .replace_nanosecond(0)
+        .map_err(|e| Error::Prices(e.to_string()))
 }
 
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
@@ -345,6 +354,9 @@ impl Store {
         let effective_from = whole_second(effective_from)?;
         let now = OffsetDateTime::now_utc();
         let txn = self.connection().begin().await?;
+        // First: the row lock on `price_book` serializes every writer of
+        // prices, so what this transaction reads next is committed.
+        self.bump_generation(&txn).await?;
         let mut q = Query::insert();
         q.into_table(PriceCatalogs::Table)
             .columns([
@@ -450,7 +462,6 @@ impl Store {
             .value(PriceCatalogs::Entries, new_rows.len() as i64)
             .and_where(Expr::col(PriceCatalogs::Version).eq(version));
         txn.execute_raw(self.build(&q)).await?;
-        self.bump_generation(&txn).await?;
         txn.commit().await?;
         tracing::info!(
             version,
@@ -469,6 +480,17 @@ impl Store {
         &self,
         organization_id: Option<&str>,
         model: Option<&str>,
+    ) -> Result<Vec<StoredPrice>, Error> {
+        self.price_rows(organization_id, model, false).await
+    }
+
+    /// [`stored_prices`](Self::stored_prices); `lenient`: a row whose
+    /// rates cannot be read is left out with a warning instead of failing.
+    async fn price_rows(
+        &self,
+        organization_id: Option<&str>,
+        model: Option<&str>,
+        lenient: bool,
     ) -> Result<Vec<StoredPrice>, Error> {
         let mut q = Query::select();
         q.columns([
@@ -495,6 +517,15 @@ impl Store {
         let mut out = Vec::new();
         for row in self.connection().query_all_raw(self.build(&q)).await? {
             let text: String = row.try_get_by_index(7)?;
+            let rates = match serde_json::from_str(&text) {
+                Ok(rates) => rates,
+                Err(e) if lenient => {
+                    let id: i64 = row.try_get_by_index(0)?;
+                    tracing::warn!(price_id = id, error = %e, "a stored price cannot be read; it prices nothing");
+                    continue;
+                }
+                Err(e) => return Err(Error::Prices(e.to_string())),
+            };
             let price = StoredPrice {
                 id: row.try_get_by_index(0)?,
                 organization_id: row.try_get_by_index(1)?,
@@ -503,7 +534,7 @@ impl Store {
                 model: row.try_get_by_index(4)?,
                 effective_from: self.get_time(&row, 5)?.unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 effective_to: self.get_time(&row, 6)?,
-                rates: serde_json::from_str(&text).map_err(|e| Error::Prices(e.to_string()))?,
+                rates,
             };
             if price.effective_to != Some(price.effective_from) {
                 out.push(price);
@@ -527,6 +558,7 @@ impl Store {
         let effective_from = whole_second(effective_from)?;
         let text = serde_json::to_string(rates).map_err(|e| Error::Prices(e.to_string()))?;
         let txn = self.connection().begin().await?;
+        self.bump_generation(&txn).await?; // first: serializes the writers of prices
         self.cut_org_prices(&txn, org, provider, model, effective_from).await?;
         let mut q = Query::insert();
         q.into_table(PricesTable::Table)
@@ -551,9 +583,8 @@ impl Store {
             Some(row) => row.try_get_by_index(0)?,
             None => return Err(Error::Prices("the new price has no id".into())),
         };
-        self.bump_generation(&txn).await?;
         txn.commit().await?;
-        self.refresh_prices().await?;
+        self.refresh_after_change().await;
         Ok(StoredPrice {
             id,
             organization_id: Some(org.to_owned()),
@@ -578,13 +609,14 @@ impl Store {
     ) -> Result<bool, Error> {
         let at = whole_second(at)?;
         let txn = self.connection().begin().await?;
+        self.bump_generation(&txn).await?; // first: serializes the writers of prices
         let changed = self.cut_org_prices(&txn, org, provider, model, at).await?;
         if changed == 0 {
+            txn.rollback().await?;
             return Ok(false);
         }
-        self.bump_generation(&txn).await?;
         txn.commit().await?;
-        self.refresh_prices().await?;
+        self.refresh_after_change().await;
         Ok(true)
     }
 
@@ -629,6 +661,14 @@ impl Store {
         let withdrawn = txn.execute_raw(self.build(&withdraw)).await?.rows_affected();
         let closed = txn.execute_raw(self.build(&close)).await?.rows_affected();
         Ok(withdrawn + closed)
+    }
+
+    /// This process's book after a change it committed: a failure is
+    /// logged, not returned (the change is stored; the 2 s refresh retries).
+    async fn refresh_after_change(&self) {
+        if let Err(e) = self.refresh_prices().await {
+            tracing::warn!(error = %e, "could not re-read prices after a change; the next refresh will");
+        }
     }
 
     async fn bump_generation(&self, txn: &impl ConnectionTrait) -> Result<(), Error> {
@@ -686,13 +726,18 @@ impl Store {
         let mut catalog: HashMap<String, (String, Vec<PriceRow>)> = HashMap::new();
         let mut orgs = OrgPrices::new();
         // By model, owner and start: each key's rows come in start order.
-        for p in self.stored_prices(None, None).await? {
+        for p in self.price_rows(None, None, true).await? {
             let price = PriceRow { id: p.id, from: p.effective_from, to: p.effective_to, rates: p.rates };
             match p.organization_id {
                 Some(org) => {
                     orgs.entry(org).or_default().entry(p.provider).or_default().entry(p.model).or_default().push(price)
                 }
-                None => catalog.entry(p.model).or_insert_with(|| (p.provider, Vec::new())).1.push(price),
+                None => {
+                    // The latest row's `litellm_provider` decides bare-key matching.
+                    let entry = catalog.entry(p.model).or_default();
+                    entry.0 = p.provider;
+                    entry.1.push(price);
+                }
             }
         }
         let catalog =

@@ -17,6 +17,9 @@ use crate::prices::PriceQuery;
 use crate::schema::UsageRecords as U;
 use crate::{Backend, Error, Store};
 
+/// Rows between progress lines within one organization.
+const PROGRESS_EVERY: u64 = 50_000;
+
 /// What [`Store::rerate`] did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RerateReport {
@@ -92,8 +95,10 @@ impl Store {
         for org in &orgs {
             let (examined, changed) = (report.examined, report.changed);
             let mut after: Option<(Value, Value)> = None;
+            let (lo, hi) = (from.checked_sub(slack).unwrap_or(from), to.checked_add(slack).unwrap_or(to));
+            let mut reported = 0;
             loop {
-                let rows = self.rerate_page(org, from - slack, to + slack, after.as_ref(), batch).await?;
+                let rows = self.rerate_page(org, lo, hi, after.as_ref(), batch).await?;
                 let Some(last) = rows.last() else { break };
                 after = Some((last.at_value.clone(), last.id_value.clone()));
                 let mut updates = Vec::new();
@@ -142,6 +147,13 @@ impl Store {
                 }
                 if (rows.len() as u64) < batch {
                     break;
+                }
+                if report.examined - examined >= reported + PROGRESS_EVERY {
+                    reported = report.examined - examined;
+                    progress(&format!(
+                        "organization {org}: {reported} rows so far, {} changed",
+                        report.changed - changed
+                    ));
                 }
             }
             if report.examined > examined {

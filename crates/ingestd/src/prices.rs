@@ -15,12 +15,17 @@ use crate::Config;
 /// A time as the command line spells it: RFC 3339 (`2026-03-01T00:00:00Z`)
 /// or a UTC date (`2026-03-01`, its midnight).
 pub fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
-    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Ok(t);
-    }
-    let date = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
-        .map_err(|_| format!("{s:?}: expected an RFC 3339 time (2026-03-01T00:00:00Z) or a date (2026-03-01)"))?;
-    Ok(date.midnight().assume_utc())
+    let t = match OffsetDateTime::parse(s, &Rfc3339) {
+        Ok(t) => t,
+        Err(_) => time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+            .map_err(|_| format!("{s:?}: expected an RFC 3339 time (2026-03-01T00:00:00Z) or a date (2026-03-01)"))?
+            .midnight()
+            .assume_utc(),
+    };
+    // The years every backend stores, as records' timestamps.
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .filter(|utc| (1..=9999).contains(&utc.year()))
+        .ok_or_else(|| format!("{s:?} is outside the years 1 to 9999 (UTC)"))
 }
 
 /// nano-USD as an exact USD decimal: `-2365000` → `-0.002365`.
@@ -32,8 +37,9 @@ pub fn usd(nano: i128) -> String {
     if fraction.is_empty() { format!("{sign}{whole}") } else { format!("{sign}{whole}.{fraction}") }
 }
 
-/// To the second: prices start and end on whole seconds.
+/// In UTC to the second: prices start and end on whole seconds.
 fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t);
     let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
@@ -52,11 +58,15 @@ pub async fn import(
         bail!("{} has no priced entry of the modes {:?}", file.display(), pricing::catalog::MODES);
     }
     let effective_from = effective_from.unwrap_or_else(OffsetDateTime::now_utc);
-    let version = version.unwrap_or_else(|| {
-        let at = effective_from.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(effective_from);
-        format!("import-{}", rfc3339(at))
-    });
+    let version = version.unwrap_or_else(|| format!("import-{}", rfc3339(effective_from)));
     let store = crate::open_migrated(config).await?;
+    if !json {
+        eprintln!(
+            "ingestd prices import: {} priced entries read from {}; storing them as catalog version {version}",
+            parsed.entries.len(),
+            file.display()
+        );
+    }
     let report = store.import_catalog(&version, effective_from, &parsed.entries).await?;
     if !json {
         for (key, why) in parsed.skipped.iter().take(5) {
@@ -193,7 +203,16 @@ pub async fn show(
                 key = found.to_owned();
             }
             None => {
-                let _ = writeln!(out, "# provider {provider:?}, model {model:?}: no catalog key matches (unpriced)");
+                let _ = write!(
+                    out,
+                    "# provider {provider:?}, model {model:?}: no catalog key matches; its records are unpriced \
+                     unless an organization price applies"
+                );
+                if org.is_none() {
+                    return Ok(out);
+                }
+                out.push('\n');
+                key = String::new();
             }
         }
     }
