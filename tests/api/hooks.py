@@ -35,7 +35,10 @@ Repairs, each a rule the schema cannot express:
 - PUT /admin/v1/orgs/{org}/rate-limit: `max_requests` + `window_secs`
   (+ `burst_size`) whose bucket ceil(window / max_requests) * (max_requests +
   burst_size) is deeper than 2^51 us (422 invalid_policy): the window is
-  shortened to the longest that fits (the burst dropped when none does).
+  shortened to the longest that fits (the burst dropped when none does);
+- PUT /admin/v1/orgs/{org}/prices (body) and DELETE (query): a provider not
+  blank once trimmed, and an `effective_from` whose UTC form is in the years
+  0001-9999 (any other valid date-time is replaced by 2026-01-01T00:00:00Z).
 
 Set `API_FUZZ_NO_REPAIR` to a comma-separated list of repair names
 (`tokens`, `timestamp`, ...; see `REPAIRS`) to switch repairs off: a planted
@@ -60,7 +63,7 @@ MAX_BUCKET_MICROS = 2**51
 #: Characters Rust's `str::trim` removes (Unicode White_Space).
 RUST_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 
-REPAIRS = ("tokens", "performance", "timestamp", "provider", "metadata", "policy")
+REPAIRS = ("tokens", "performance", "timestamp", "provider", "metadata", "policy", "price")
 DISABLED = {name.strip() for name in os.environ.get("API_FUZZ_NO_REPAIR", "").split(",") if name.strip()}
 UNKNOWN = DISABLED - set(REPAIRS)
 if UNKNOWN:
@@ -73,6 +76,16 @@ def enabled(repair: str) -> bool:
 
 @schemathesis.hook
 def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> schemathesis.Case:
+    operation = case.operation
+    if (
+        enabled("price")
+        and operation.method.upper() == "DELETE"
+        and operation.path == "/admin/v1/orgs/{org}/prices"
+        and is_positive(case, ParameterLocation.QUERY)
+        and isinstance(case.query, dict)
+    ):
+        case.query = repair_price(dict(case.query))
+        return case
     if not body_is_positive(case):
         return case
     operation = case.operation
@@ -87,15 +100,33 @@ def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> sche
     elif method == "PUT" and path == "/admin/v1/orgs/{org}/rate-limit" and isinstance(body, dict):
         if enabled("policy"):
             case.body = repair_policy(body)
+    elif method == "PUT" and path == "/admin/v1/orgs/{org}/prices" and isinstance(body, dict):
+        if enabled("price"):
+            case.body = repair_price(dict(body))
     return case
+
+
+def repair_price(fields: dict[str, Any]) -> dict[str, Any]:
+    """A price's provider and time, as `repair_record` does for records."""
+    if isinstance(fields.get("provider"), str) and not fields["provider"].strip(RUST_WHITESPACE):
+        fields["provider"] = "openai"
+    if isinstance(fields.get("effective_from"), str) and parse_utc(fields["effective_from"]) is None:
+        fields["effective_from"] = "2026-01-01T00:00:00Z"
+    return fields
+
 
 
 def body_is_positive(case: schemathesis.Case) -> bool:
     """Whether the case's body was generated in positive mode."""
+    return is_positive(case, ParameterLocation.BODY)
+
+
+def is_positive(case: schemathesis.Case, location: ParameterLocation) -> bool:
+    """Whether the case's part at `location` was generated in positive mode."""
     meta = case.meta
     if meta is None:
         return False
-    component = meta.components.get(ParameterLocation.BODY)
+    component = meta.components.get(location)
     return component is not None and component.mode == GenerationMode.POSITIVE
 
 

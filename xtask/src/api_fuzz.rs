@@ -11,7 +11,7 @@
 //! installs from PyPI (a pinned version: its checks change between releases)
 //! with the machine's `python3`, or from `$SCHEMATHESIS` when set.
 //!
-//! Two passes: the rate-limit admin operations set policies on whatever
+//! Two passes: the organization admin operations (rate limits, prices) set policies on whatever
 //! organization the generator picks, which would leave the ingestion
 //! operations of the same run mostly answering 429; they run second.
 
@@ -54,9 +54,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let config = root.join("tests/api/schemathesis.toml");
         let schema = format!("{}/openapi.json", server.base);
         let auth = format!("Authorization: Bearer {}", server.admin_key);
-        for (pass, filter) in
-            [("ingestion and keys", "--exclude-path-regex"), ("rate-limit admin", "--include-path-regex")]
-        {
+        for (pass, filter) in [
+            ("ingestion and keys", "--exclude-path-regex"),
+            ("organization admin (rate limits, prices)", "--include-path-regex"),
+        ] {
             println!(
                 "api-fuzz: schemathesis {VERSION} on {backend}, {pass} operations, seed {seed}, {examples} examples each"
             );

@@ -211,6 +211,29 @@ pub struct OrgPriceRequest {
     pub reasoning: Option<String>,
 }
 
+/// The rate syntax the admin API takes (`docs/openapi.json`'s pattern
+/// `^(0|[1-9][0-9]{0,9})(\.[0-9]{1,18})?([eE]-?[0-9])?$`): every such text is
+/// an exact decimal of at most 27 places, so [`pricing::parse_rate`] takes
+/// it whole.
+fn rate_syntax(text: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (text, None),
+    };
+    let (whole, fraction) = match mantissa.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (mantissa, None),
+    };
+    let whole_ok = whole == "0" || (digits(whole) && whole.len() <= 10 && !whole.starts_with('0'));
+    let fraction_ok = fraction.is_none_or(|f| digits(f) && f.len() <= 18);
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix('-').unwrap_or(e);
+        e.len() == 1 && digits(e)
+    });
+    whole_ok && fraction_ok && exponent_ok
+}
+
 /// An [`OrgPriceRequest`] once checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewOrgPrice {
@@ -288,9 +311,15 @@ impl OrgPriceRequest {
         identifier_request("model", &self.model)?;
         let effective_from = rfc3339_request("effective_from", &self.effective_from)?;
         let rate = |field: &str, text: &str| {
-            pricing::parse_rate(text).map_err(|e| ApiError::InvalidRequest {
-                message: format!("{field}: {e} (rates are USD per token as decimal strings, e.g. \"0.0000025\")"),
-            })
+            let invalid = |why: String| ApiError::InvalidRequest {
+                message: format!("{field}: {why} (rates are USD per token as decimal strings, e.g. \"0.0000025\")"),
+            };
+            if !rate_syntax(text) {
+                return Err(invalid(format!(
+                    "{text:?} is not a rate: at most 10 digits before the point and 18 after, an optional exponent of -9 to 9"
+                )));
+            }
+            pricing::parse_rate(text).map_err(invalid)
         };
         let optional = |field: &str, text: &Option<String>| text.as_deref().map(|t| rate(field, t)).transpose();
         let base = pricing::KindRates {
@@ -846,8 +875,16 @@ mod tests {
             assert!(e.contains(why), "{e:?} should say {why:?}");
         };
         refused(&|v| v["input"] = json!(0.0000025), "expected a string");
-        refused(&|v| v["output"] = json!("-1"), "negative");
-        refused(&|v| v["output"] = json!("1e-40"), "not an exact decimal");
+        refused(&|v| v["output"] = json!("-1"), "not a rate");
+        refused(&|v| v["output"] = json!("1e-40"), "not a rate");
+        for bad in ["00.1", "1.", ".5", " 0.1", "0.1\n", "1e10", "1e+5", "0.0000000000000000001", "12345678901", "+1"] {
+            refused(&|v| v["input"] = json!(bad), "not a rate");
+        }
+        for good in ["0", "0.0000025", "2.5e-6", "9999999999.999999999999999999e9", "9999999999.999999999999999999e-9"]
+        {
+            assert!(request(&|v| v["input"] = json!(good)).is_ok(), "{good}");
+        }
+        assert!(request(&|v| v["reasoning"] = json!(null)).is_ok(), "null: not set");
         refused(&|v| v["effective_from"] = json!("yesterday"), "RFC 3339");
         refused(&|v| v["model"] = json!(""), "model");
         refused(&|v| v["provider"] = json!("a\u{7}b"), "control characters");
