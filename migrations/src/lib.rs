@@ -13,8 +13,10 @@ mod m0001_initial;
 mod m0002_org_rate_limits;
 mod m0003_partitioned_usage_records;
 mod m0004_prices;
+mod m0005_usage_rollups;
 
 pub use m0003_partitioned_usage_records::PARTITION_MONTHS_BACK;
+pub use m0005_usage_rollups::{fill_rollups_sql, saturating_sum};
 
 pub struct Migrator;
 
@@ -26,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_org_rate_limits::Migration),
             Box::new(m0003_partitioned_usage_records::Migration),
             Box::new(m0004_prices::Migration),
+            Box::new(m0005_usage_rollups::Migration),
         ]
     }
 }

@@ -39,6 +39,12 @@ Repairs, each a rule the schema cannot express:
 - PUT /admin/v1/orgs/{org}/prices (body) and DELETE (query): a provider not
   blank once trimmed, and an `effective_from` whose UTC form is in the years
   0001-9999 (any other valid date-time is replaced by 2026-01-01T00:00:00Z).
+- GET /v1/usage/records|summary|export (query, `read`): `organization_id`
+  set (the run's admin key must name one); `from`/`to` Unix seconds or
+  RFC 3339 in the years 0001-9999 (others dropped, `from` of a summary
+  replaced), `from` not after `to`; no `cursor` or `page` (only the service
+  makes those); a summary's `limit` within its bucket width's maximum and a
+  `1m` range of at most 6 hours.
 
 Set `API_FUZZ_NO_REPAIR` to a comma-separated list of repair names
 (`tokens`, `timestamp`, ...; see `REPAIRS`) to switch repairs off: a planted
@@ -63,7 +69,10 @@ MAX_BUCKET_MICROS = 2**51
 #: Characters Rust's `str::trim` removes (Unicode White_Space).
 RUST_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 
-REPAIRS = ("tokens", "performance", "timestamp", "provider", "metadata", "policy", "price")
+REPAIRS = ("tokens", "performance", "timestamp", "provider", "metadata", "policy", "price", "read")
+READ_PATHS = ("/v1/usage/records", "/v1/usage/summary", "/v1/usage/export")
+#: A summary's most buckets per page, by width (docs/api.md).
+BUCKET_LIMITS = {"1m": 1440, "1h": 168, "1d": 31}
 DISABLED = {name.strip() for name in os.environ.get("API_FUZZ_NO_REPAIR", "").split(",") if name.strip()}
 UNKNOWN = DISABLED - set(REPAIRS)
 if UNKNOWN:
@@ -85,6 +94,14 @@ def map_case(context: schemathesis.HookContext, case: schemathesis.Case) -> sche
         and isinstance(case.query, dict)
     ):
         case.query = repair_price(dict(case.query))
+        return case
+    if (
+        enabled("read")
+        and operation.method.upper() == "GET"
+        and operation.path in READ_PATHS
+        and is_positive(case, ParameterLocation.QUERY)
+    ):
+        case.query = repair_read(operation.path, dict(case.query or {}))
         return case
     if not body_is_positive(case):
         return case
@@ -114,6 +131,53 @@ def repair_price(fields: dict[str, Any]) -> dict[str, Any]:
         fields["effective_from"] = "2026-01-01T00:00:00Z"
     return fields
 
+
+
+def read_time(value: Any) -> datetime | None:
+    """A read endpoint's time: Unix seconds or RFC 3339, years 0001-9999 (UTC)."""
+    if not isinstance(value, str):
+        return None
+    if re.fullmatch(r"-?[0-9]+", value):
+        try:
+            t = datetime.fromtimestamp(int(value), timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+        return t
+    return parse_utc(value)
+
+
+def repair_read(path: str, query: dict[str, Any]) -> dict[str, Any]:
+    query.pop("cursor", None)
+    query.pop("page", None)
+    if not query.get("organization_id"):
+        query["organization_id"] = "acme"
+    times = {}
+    for key in ("from", "to"):
+        if key in query:
+            t = read_time(query[key])
+            if t is None:
+                del query[key]
+            else:
+                times[key] = t
+    if path == "/v1/usage/summary" and "from" not in times:
+        query["from"] = "2026-01-01T00:00:00Z"
+        times["from"] = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    if "from" in times and "to" in times and times["from"] > times["to"]:
+        query["from"], query["to"] = query["to"], query["from"]
+        times["from"], times["to"] = times["to"], times["from"]
+    if path == "/v1/usage/summary":
+        width = query.get("bucket_width", "1d")
+        most = BUCKET_LIMITS.get(width, 31)
+        if isinstance(query.get("limit"), int) and query["limit"] > most:
+            query["limit"] = most
+        if width == "1m":
+            end = times.get("to") or datetime.now(timezone.utc)
+            if end - times["from"] > timedelta(hours=5):
+                start = max(end - timedelta(hours=5), datetime(1, 1, 2, tzinfo=timezone.utc))
+                query["from"] = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+                if start > end:
+                    query["to"] = query["from"]
+    return query
 
 
 def body_is_positive(case: schemathesis.Case) -> bool:

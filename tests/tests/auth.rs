@@ -24,7 +24,7 @@ async fn keyed(kind: Kind) -> Server {
 /// A key of `scope` created the way `ingestd keys create` does.
 async fn create_key(server: &Server, scope: auth::Scope, org: Option<&str>, signed: bool) -> ingestd::keys::NewApiKey {
     let keys = server.keys.as_ref().expect("auth.mode = api_key");
-    keys.create(scope, org.map(str::to_owned), None, signed).await.unwrap()
+    keys.create(scope, org.map(str::to_owned), None, signed, auth::Permissions::WRITE).await.unwrap()
 }
 
 async fn post(c: &mut Client, path: &str, key: &str, extra: &[(&str, &str)], body: &Value) -> Reply {

@@ -188,8 +188,8 @@ async fn rerate(server: &Server, from: OffsetDateTime, to: OffsetDateTime, org: 
 async fn a_back_dated_organization_price_reaches_exactly_its_rows_by_rerate(kind: Kind) {
     let server = Server::start(kind, |c| c.auth.mode = ingestd::config::AuthMode::ApiKey).await;
     let keys = server.keys.as_ref().unwrap();
-    let admin_key = keys.create(auth::Scope::Admin, None, None, false).await.unwrap().key;
-    let service = keys.create(auth::Scope::Service, None, None, false).await.unwrap().key;
+    let admin_key = keys.create(auth::Scope::Admin, None, None, false, auth::Permissions::WRITE).await.unwrap().key;
+    let service = keys.create(auth::Scope::Service, None, None, false, auth::Permissions::WRITE).await.unwrap().key;
     let mut c = server.client().await;
     let id = uuid::Uuid::now_v7().simple();
     let (a, b) = (format!("org-a-{id}"), format!("org-b-{id}"));

@@ -11,7 +11,13 @@ fn lookup(c: &mut Criterion) {
     ring.replace(keys.iter().map(|k| {
         (
             key::digest(k),
-            Principal { key_id: uuid::Uuid::now_v7(), scope: Scope::Service, organization: None, signing_secret: None },
+            Principal {
+                key_id: uuid::Uuid::now_v7(),
+                scope: Scope::Service,
+                permissions: ingest_auth::Permissions::WRITE,
+                organization: None,
+                signing_secret: None,
+            },
         )
     }));
     let known = &keys[4242];

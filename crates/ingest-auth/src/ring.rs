@@ -79,7 +79,13 @@ mod tests {
     use crate::Scope;
 
     fn principal(scope: Scope, org: Option<&str>) -> Principal {
-        Principal { key_id: Uuid::now_v7(), scope, organization: org.map(str::to_owned), signing_secret: None }
+        Principal {
+            key_id: Uuid::now_v7(),
+            scope,
+            permissions: crate::Permissions::WRITE,
+            organization: org.map(str::to_owned),
+            signing_secret: None,
+        }
     }
 
     #[test]

@@ -23,7 +23,6 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use ratelimit::{Policy, PolicyConfig, PolicyProblem};
 use serde::{Deserialize, Serialize};
@@ -107,6 +106,8 @@ pub struct KeyView {
     pub signed: bool,
     pub created_at: String,
     pub revoked_at: Option<String>,
+    /// `read`, `write` or both (SPEC §10).
+    pub permissions: Vec<String>,
 }
 
 /// `POST /admin/v1/keys`.
@@ -121,6 +122,9 @@ pub struct NewKey {
     /// Also create a signing secret (`whsec_…`); requests must then be signed.
     #[serde(default)]
     pub signing_secret: bool,
+    /// `["read"]`, `["write"]` (the default) or both.
+    #[serde(default)]
+    pub permissions: Option<Vec<String>>,
 }
 
 /// A new key: the only time its secret is shown.
@@ -393,7 +397,7 @@ fn policy_request(body: &RawValue) -> Result<Policy, ApiError> {
     })
 }
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<crate::body::Body>;
 
 /// Serves one admin request (authentication already done).
 pub(crate) async fn dispatch(admin: &dyn Admin, req: Request<Incoming>) -> Result<Resp, ApiError> {
@@ -481,7 +485,7 @@ impl From<AdminError> for ApiError {
 }
 
 fn no_content() -> Resp {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(crate::body::full(Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }
@@ -719,6 +723,7 @@ mod tests {
             signed: true,
             created_at: "2026-01-01T00:00:00Z".into(),
             revoked_at: Some("2026-01-02T00:00:00Z".into()),
+            permissions: vec!["read".into(), "write".into()],
         }
     }
 
@@ -745,6 +750,7 @@ mod tests {
             organization_id: Some("acme".into()),
             label: Some("exporter".into()),
             signing_secret: true,
+            permissions: Some(vec!["read".into(), "write".into()]),
         };
         type_matches_schema(&doc, schema, &full, "POST keys");
         let service = json!({"scope": "service", "label": null, "signing_secret": false});

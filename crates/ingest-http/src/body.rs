@@ -9,6 +9,16 @@ use hyper::body::Incoming;
 
 use crate::ApiError;
 
+/// Every response's body: whole (`full`), or streamed (the export). A
+/// streamed body that fails half-way ends the response with an error, so
+/// the client sees a cut-off transfer, never a complete-looking one.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Encoding {
     Identity,

@@ -1,6 +1,4 @@
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
 use model::SinkError;
 use model::decode::{BatchError, DocumentError};
 use serde_json::json;
@@ -54,6 +52,10 @@ pub enum ApiError {
     InvalidSignature { reason: String },
     #[error("this endpoint needs an admin key")]
     AdminScopeRequired,
+    #[error("this API key may not {action}; it needs the {needed:?} permission")]
+    PermissionDenied { needed: &'static str, action: &'static str },
+    #[error("this API key reads only organization {own:?}, not {asked:?}")]
+    OrganizationForbidden { own: String, asked: String },
     #[error("header idempotency-key {rule}")]
     InvalidIdempotencyKey { rule: &'static str },
     #[error("invalid request: {message}")]
@@ -84,7 +86,7 @@ impl ApiError {
             | MalformedApiKey { .. }
             | UnknownApiKey
             | InvalidSignature { .. } => StatusCode::UNAUTHORIZED,
-            AdminScopeRequired => StatusCode::FORBIDDEN,
+            AdminScopeRequired | PermissionDenied { .. } | OrganizationForbidden { .. } => StatusCode::FORBIDDEN,
             InvalidPolicy { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ResourceNotFound { .. } => StatusCode::NOT_FOUND,
             BodyTooLarge { .. } | BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -125,6 +127,8 @@ impl ApiError {
             UnknownApiKey => "unknown_api_key",
             InvalidSignature { .. } => "invalid_signature",
             AdminScopeRequired => "admin_scope_required",
+            PermissionDenied { .. } => "permission_denied",
+            OrganizationForbidden { .. } => "organization_forbidden",
             InvalidIdempotencyKey { .. } => "invalid_idempotency_key",
             InvalidRequest { .. } => "invalid_request",
             InvalidPolicy { .. } => "invalid_policy",
@@ -141,7 +145,7 @@ impl ApiError {
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<crate::body::Body> {
         let mut body = json!({ "error": self.to_string(), "code": self.code() });
         if let ApiError::MalformedJson { line, column, .. } = &self {
             body["line"] = json!(line);
@@ -192,10 +196,10 @@ impl From<SinkError> for ApiError {
     }
 }
 
-pub(crate) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+pub(crate) fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<crate::body::Body> {
     // Serializing our own response types cannot fail.
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(crate::body::full(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response

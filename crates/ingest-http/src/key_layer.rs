@@ -7,7 +7,9 @@
 //! organization key's own organization, whatever headers say; for service and
 //! admin keys the `X-Organization-Id` header when present (the rate-limit
 //! layer reads and checks it), else the key's id. `/admin/…` needs an admin
-//! key.
+//! key; the read endpoints (`/v1/usage/records|summary|export`) a key with
+//! the `read` permission, every other `/v1/…` path one with `write`
+//! (SPEC §10; 403 `permission_denied`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,9 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use auth::{KeyRing, Lookup, Principal, Scope};
-use bytes::Bytes;
 use http::{Request, Response, header};
-use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::ApiError;
@@ -51,7 +51,7 @@ pub struct AuthService<S> {
     ring: Arc<KeyRing>,
 }
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<crate::body::Body>;
 
 impl<S, B> Service<Request<B>> for AuthService<S>
 where
@@ -86,6 +86,16 @@ where
         };
         if admin && principal.scope != Scope::Admin {
             return Box::pin(std::future::ready(Ok(ApiError::AdminScopeRequired.into_response())));
+        }
+        // SPEC §10: reading needs `read`, ingesting `write` (admin keys may do both).
+        let denied = if crate::read::is_read_path(path) {
+            (!principal.may_read()).then_some(ApiError::PermissionDenied { needed: "read", action: "read usage" })
+        } else {
+            (!admin && !principal.may_ingest())
+                .then_some(ApiError::PermissionDenied { needed: "write", action: "ingest records" })
+        };
+        if let Some(e) = denied {
+            return Box::pin(std::future::ready(Ok(e.into_response())));
         }
         let organization = match (principal.scope, &principal.organization) {
             (Scope::Org, Some(org)) => Some(org.clone()),

@@ -1,8 +1,9 @@
 //! The HTTP edge of ingestd: a hyper 1 server with a tower stack, no web
 //! framework.
 //!
-//! Routes (SPEC §2): `GET /health`, `GET /health/ready`, `POST /v1/usage`,
-//! `POST /v1/usage/batch`, `GET /metrics`, `GET /openapi.json`.
+//! Routes (SPEC §2, §10): `GET /health`, `GET /health/ready`, `POST /v1/usage`,
+//! `POST /v1/usage/batch`, `GET /v1/usage/records|summary|export` (`read.rs`),
+//! `GET /metrics`, `GET /openapi.json`, `/admin/v1/…` (`admin.rs`).
 //!
 //! The stack, outermost first: request id (`x-request-id`, generated when
 //! absent, echoed) → tracing span → CORS → API key ([`key_layer`]) →
@@ -18,16 +19,18 @@
 //! [`model::Ingestor`], generic over [`model::RecordSink`].
 
 pub mod admin;
-mod body;
+pub mod body;
 mod config;
 mod error;
 pub mod key_layer;
 pub mod limit_layer;
+mod read;
 mod routes;
 mod server;
 mod state;
 
 pub use admin::{Admin, AdminError, CreatedKey, KeyList, KeyView, NewKey, PolicySource, RateLimitView};
+pub use body::Body;
 pub use config::HttpConfig;
 pub use error::ApiError;
 pub use key_layer::AuthLayer;

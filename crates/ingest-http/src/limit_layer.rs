@@ -19,9 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use ratelimit::{Decision, Limiter, Policy, RateLimiter};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -77,7 +75,7 @@ pub struct RateLimitService<S> {
     limiter: Arc<Limiter>,
 }
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<crate::body::Body>;
 
 impl<S, B> Service<Request<B>> for RateLimitService<S>
 where
@@ -98,7 +96,9 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        if !req.uri().path().starts_with("/v1/") {
+        // Reads do not spend the organization's ingestion allowance.
+        let path = req.uri().path();
+        if !path.starts_with("/v1/") || crate::read::is_read_path(path) {
             return Box::pin(inner.oneshot(req));
         }
         let organization = match organization(&req) {
@@ -248,7 +248,7 @@ mod tests {
 
     fn service(limiter: Arc<Limiter>) -> impl Service<Request<()>, Response = Reply, Error = Infallible> + Clone {
         RateLimitLayer::new(limiter).layer(service_fn(|_: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"stored"))))
+            Ok::<_, Infallible>(Response::new(crate::body::full(&b"stored"[..])))
         }))
     }
 

@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use auth::Principal;
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use model::decode::Rejected;
 use model::{
@@ -27,11 +25,14 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("/health/ready", "GET"),
     ("/v1/usage", "POST"),
     ("/v1/usage/batch", "POST"),
+    (crate::read::RECORDS, "GET"),
+    (crate::read::SUMMARY, "GET"),
+    (crate::read::EXPORT, "GET"),
     ("/metrics", "GET"),
     ("/openapi.json", "GET"),
 ];
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<crate::body::Body>;
 
 pub(crate) async fn handle<S: RecordSink>(state: Arc<AppState<S>>, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
@@ -55,6 +56,7 @@ pub(crate) async fn handle<S: RecordSink>(state: Arc<AppState<S>>, req: Request<
             let deadline = Deadline { at: started + Duration::from_secs(secs), secs };
             caught(ingest(&state, req, kind, deadline)).await
         }
+        (Some((p, _)), _) if crate::read::is_read_path(p) => timed(secs, read(&state, req, p)).await,
         (Some((p, _)), _) => timed(secs, dispatch(&state, p)).await,
     };
     metrics::counter!("ingestd_http_requests_total", "route" => label, "status" => response.status().as_str().to_owned())
@@ -87,6 +89,20 @@ async fn caught(handler: impl std::future::Future<Output = Result<Resp, ApiError
             metrics::counter!("ingestd_panics_total", "where" => "http").increment(1);
             ApiError::Internal.into_response()
         }
+    }
+}
+
+/// The read endpoints (`read.rs`); the key layer checked the permission.
+async fn read<S>(state: &AppState<S>, req: Request<Incoming>, path: &str) -> Result<Resp, ApiError> {
+    let principal = req.extensions().get::<Arc<Principal>>().cloned();
+    if state.keys.is_some() && principal.is_none() {
+        return Err(ApiError::MissingApiKey);
+    }
+    let (reader, principal) = (state.reader.as_ref(), principal.as_deref());
+    match path {
+        crate::read::RECORDS => crate::read::records(reader, req, principal).await,
+        crate::read::SUMMARY => crate::read::summary(reader, req, principal).await,
+        _ => crate::read::export(reader, req, principal).await,
     }
 }
 
@@ -140,7 +156,7 @@ async fn ready<S>(state: &AppState<S>) -> Resp {
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Resp {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(crate::body::full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     response

@@ -5,9 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderName, Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -115,8 +113,8 @@ pub async fn serve<S: RecordSink>(
 
 /// Load shedding refuses with an error; clients get a 503 with `Retry-After`.
 fn shed_to_503(
-    result: Result<Response<Full<Bytes>>, tower::BoxError>,
-) -> Result<Response<Full<Bytes>>, tower::BoxError> {
+    result: Result<Response<crate::body::Body>, tower::BoxError>,
+) -> Result<Response<crate::body::Body>, tower::BoxError> {
     Ok(match result {
         Ok(response) => response,
         Err(_) => {

@@ -28,4 +28,7 @@ pub struct AppState<S> {
     pub keys: Option<Arc<KeyRing>>,
     /// Serves `/admin/v1/…`; `None`: those routes are 404.
     pub admin: Option<Arc<dyn Admin>>,
+    /// Serves the read endpoints (`/v1/usage/records|summary|export`);
+    /// `None`: they answer 404.
+    pub reader: Option<Arc<dyn model::UsageReader>>,
 }

@@ -17,6 +17,7 @@ pub mod decode;
 mod error;
 pub mod ids;
 mod ingest;
+pub mod read;
 mod record;
 mod response;
 pub mod validate;
@@ -26,6 +27,7 @@ pub use error::{ErrorCode, FieldError};
 pub use ingest::{
     DeadLetter, DeadLetterSink, Deadline, IngestReport, Ingestor, RecordOutcome, RecordSink, SinkError, StoreOutcome,
 };
+pub use read::{UsageFilter, UsageReader};
 pub use record::{Cost, ModelInfo, Performance, Source, TokenUsage, UsageRecord};
 pub use response::{IngestionResponse, RecordError, ResponseStatus};
 pub use validate::ValidationConfig;

@@ -24,6 +24,8 @@ pub struct ApiKeyRow {
     pub signing_secret: Option<String>,
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    /// `write`, `read` or `read,write` (SPEC §10).
+    pub permissions: String,
 }
 
 impl std::fmt::Debug for ApiKeyRow {
@@ -36,6 +38,7 @@ impl std::fmt::Debug for ApiKeyRow {
             .field("signed", &self.signing_secret.is_some())
             .field("created_at", &self.created_at)
             .field("revoked_at", &self.revoked_at)
+            .field("permissions", &self.permissions)
             .finish_non_exhaustive()
     }
 }
@@ -50,7 +53,7 @@ pub struct OrgRateLimit {
     pub updated_at: OffsetDateTime,
 }
 
-const KEY_COLUMNS: [ApiKeys; 8] = [
+const KEY_COLUMNS: [ApiKeys; 9] = [
     ApiKeys::Id,
     ApiKeys::Scope,
     ApiKeys::OrganizationId,
@@ -59,6 +62,7 @@ const KEY_COLUMNS: [ApiKeys; 8] = [
     ApiKeys::SigningSecret,
     ApiKeys::CreatedAt,
     ApiKeys::RevokedAt,
+    ApiKeys::Permissions,
 ];
 
 impl Store {
@@ -124,6 +128,7 @@ impl Store {
                         .get_time(row, 6)?
                         .ok_or_else(|| Error::from(sea_orm::DbErr::Type("a key without created_at".into())))?,
                     revoked_at: self.get_time(row, 7)?,
+                    permissions: row.try_get_by_index(8)?,
                 })
             })
             .collect()
@@ -139,7 +144,7 @@ impl Store {
         Ok(self.connection().execute_raw(self.build(&q)).await?.rows_affected() > 0)
     }
 
-    fn key_values(&self, key: &ApiKeyRow) -> [sea_orm::sea_query::SimpleExpr; 8] {
+    fn key_values(&self, key: &ApiKeyRow) -> [sea_orm::sea_query::SimpleExpr; 9] {
         [
             self.uuid(key.id).into(),
             key.scope.clone().into(),
@@ -152,6 +157,7 @@ impl Store {
                 Some(t) => self.timestamp(t).into(),
                 None => Expr::cust("NULL"),
             },
+            key.permissions.clone().into(),
         ]
     }
 

@@ -26,28 +26,48 @@ use crate::store::{Committed, Key, refusal_reason};
 /// savepoint and split in halves when the database refuses it.
 const ISOLATING_CHUNK_ROWS: usize = 2_500;
 
-/// The insert: columns in the migration's order,
-/// `received_at` (the same for the whole commit) as `$19`.
-macro_rules! pg_insert {
-    () => {
+/// The insert: columns in the migration's order, `received_at` (the same
+/// for the whole commit) as `$19`, each record's UTC hour as `$24`. The new
+/// rows (`n`: those whose key was new) go into `usage_records` and, summed
+/// per rollup group in key order (so concurrent commits lock rollup rows in
+/// one order), into `usage_rollups` (`rollups.rs`).
+fn pg_insert(returning: bool) -> String {
+    let sum = |c: &str| format!("LEAST(COALESCE(sum({c}), 0), 9223372036854775807)::int8");
+    format!(
         "WITH t AS MATERIALIZED (SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
          $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], \
          $14::float8[], $15::float8[], $16::jsonb[], $17::jsonb[], $18::timestamptz[], $20::text[], \
-         $21::int8[], $22::int8[], $23::int8[]) \
-         AS t(o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, s, cwt, cost, pid)), \
+         $21::int8[], $22::int8[], $23::int8[], $24::int8[]) \
+         AS t(o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, s, cwt, cost, pid, hr)), \
          k AS (INSERT INTO usage_record_keys (organization_id, request_id, occurred_at) \
-         SELECT o, r, oc FROM t ON CONFLICT DO NOTHING RETURNING organization_id, request_id) \
-         INSERT INTO usage_records (organization_id, request_id, project_id, user_id, provider, model_name, \
+         SELECT o, r, oc FROM t ON CONFLICT DO NOTHING RETURNING organization_id, request_id), \
+         n AS MATERIALIZED (SELECT t.* FROM t JOIN k ON k.organization_id = t.o AND k.request_id = t.r), \
+         i AS (INSERT INTO usage_records (organization_id, request_id, project_id, user_id, provider, model_name, \
          model_version, context_window, prompt_tokens, completion_tokens, total_tokens, cached_tokens, \
          reasoning_tokens, latency_ms, time_to_first_token_ms, tags, metadata, occurred_at, received_at, source, \
          cache_write_tokens, cost_nano_usd, price_id, pricing) \
          SELECT o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, $19, s, cwt, cost, pid, \
-         CASE WHEN cost IS NULL THEN 'unpriced' ELSE 'priced' END \
-         FROM t JOIN k ON k.organization_id = t.o AND k.request_id = t.r"
-    };
+         CASE WHEN cost IS NULL THEN 'unpriced' ELSE 'priced' END FROM n \
+         RETURNING organization_id, request_id), \
+         g AS (INSERT INTO usage_rollups (organization_id, hour_start, provider, model_name, project_id, user_id, \
+         requests, prompt_tokens, completion_tokens, total_tokens, cached_tokens, cache_write_tokens, \
+         reasoning_tokens, cost_nano_usd, unpriced_requests) \
+         SELECT o, hr, pr, m, COALESCE(p, ''), COALESCE(u, ''), count(*), {}, {}, {}, {}, {}, {}, {}, \
+         count(*) FILTER (WHERE cost IS NULL) FROM n GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6{}) \
+         {}",
+        sum("pt"),
+        sum("ct"),
+        sum("tt"),
+        sum("cat"),
+        sum("cwt"),
+        sum("rt"),
+        sum("cost"),
+        crate::rollups::upsert_tail(),
+        if returning { "SELECT organization_id, request_id FROM i" } else { "SELECT count(*) FROM i" },
+    )
 }
-const INSERT: &str = pg_insert!();
-const INSERT_RETURNING: &str = concat!(pg_insert!(), " RETURNING organization_id, request_id");
+static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| pg_insert(false));
+static INSERT_RETURNING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| pg_insert(true));
 
 /// Months (`year * 12 + month0`) known to have a partition; shared by the
 /// clones of one `Store`, forgotten after a failed commit (an operator or
@@ -175,8 +195,9 @@ pub(crate) async fn insert_new(
     ensure_partitions(pool, partitions, records).await?;
     let columns = Columns::new(records);
     let mut txn = pool.begin().await.map_err(db_err)?;
-    let affected = columns.insert(received_at, false).execute(&mut *txn).await.map_err(db_err)?.rows_affected();
-    if affected == records.len() as u64 {
+    let affected: i64 =
+        columns.insert(received_at, false).fetch_one(&mut *txn).await.map_err(db_err)?.try_get(0).map_err(db_err)?;
+    if affected == records.len() as i64 {
         txn.commit().await.map_err(db_err)?;
         let inserted = records.iter().map(|(r, _)| (r.organization_id.clone(), r.request_id)).collect();
         return Ok(Committed { inserted, refused: HashMap::new() });
@@ -279,6 +300,7 @@ struct Columns {
     cache_write_tokens: Vec<Option<i64>>,
     cost_nano_usd: Vec<Option<i64>>,
     price_id: Vec<Option<i64>>,
+    hour_start: Vec<i64>,
 }
 
 impl Columns {
@@ -307,6 +329,7 @@ impl Columns {
             c.cache_write_tokens.push(r.usage.cache_write_tokens.map(|n| n as i64));
             c.cost_nano_usd.push(r.cost.map(|c| c.nano_usd));
             c.price_id.push(r.cost.map(|c| c.price_id));
+            c.hour_start.push(crate::rollups::hour_start(r.timestamp));
         }
         c
     }
@@ -316,8 +339,8 @@ impl Columns {
         received_at: OffsetDateTime,
         returning: bool,
     ) -> sea_orm::sqlx::query::Query<'_, sea_orm::sqlx::Postgres, sea_orm::sqlx::postgres::PgArguments> {
-        let sql = if returning { INSERT_RETURNING } else { INSERT };
-        sea_orm::sqlx::query(sql)
+        let sql: &'static str = if returning { &INSERT_RETURNING } else { &INSERT };
+        sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(sql))
             .bind(&self.organization_id)
             .bind(&self.request_id)
             .bind(&self.project_id)
@@ -341,6 +364,7 @@ impl Columns {
             .bind(&self.cache_write_tokens)
             .bind(&self.cost_nano_usd)
             .bind(&self.price_id)
+            .bind(&self.hour_start)
     }
 }
 

@@ -54,6 +54,8 @@ struct Row {
     cost: Option<i64>,
     price_id: Option<i64>,
     pricing: String,
+    project: Option<String>,
+    user: Option<String>,
 }
 
 impl Store {
@@ -85,17 +87,11 @@ impl Store {
             cost_before_nano_usd: 0,
             cost_after_nano_usd: 0,
         };
-        // SQLite holds times as RFC 3339 text, whose order is not the
-        // times' when fractions of a second differ: select a second more
-        // on each side and decide in Rust.
-        let slack = match self.backend() {
-            Backend::Sqlite => time::Duration::SECOND,
-            Backend::Postgres => time::Duration::ZERO,
-        };
         for org in &orgs {
             let (examined, changed) = (report.examined, report.changed);
             let mut after: Option<(Value, Value)> = None;
-            let (lo, hi) = (from.checked_sub(slack).unwrap_or(from), to.checked_add(slack).unwrap_or(to));
+            // SQLite's `occurred_at` text sorts as the times (m0005).
+            let (lo, hi) = (from, to);
             let mut reported = 0;
             loop {
                 let rows = self.rerate_page(org, lo, hi, after.as_ref(), batch).await?;
@@ -131,7 +127,25 @@ impl Store {
                     updates.push((row, cost, pricing));
                 }
                 if !updates.is_empty() {
+                    // The rollups move with the rows, in the same transaction.
+                    let mut changes = crate::rollups::CostChanges::new();
+                    for (row, cost, _) in &updates {
+                        let key = crate::rollups::RollupKey {
+                            organization_id: org.clone(),
+                            hour_start: crate::rollups::hour_start(row.at),
+                            provider: row.provider.clone(),
+                            model: row.model.clone(),
+                            project: row.project.clone().unwrap_or_default(),
+                            user: row.user.clone().unwrap_or_default(),
+                        };
+                        let change = changes.entry(key).or_default();
+                        change.0 = change
+                            .0
+                            .saturating_add(cost.map_or(0, |c| c.nano_usd).saturating_sub(row.cost.unwrap_or(0)));
+                        change.1 += i64::from(cost.is_none()) - i64::from(row.cost.is_none());
+                    }
                     let txn = self.connection().begin().await?;
+                    crate::rollups::apply_cost_changes(&txn, self.db_backend(), &changes).await?;
                     for (row, cost, pricing) in updates {
                         let mut q = Query::update();
                         q.table(U::Table)
@@ -205,11 +219,13 @@ impl Store {
             U::CostNanoUsd,
             U::PriceId,
             U::Pricing,
+            U::ProjectId,
+            U::UserId,
         ])
         .from(U::Table)
         .and_where(Expr::col(U::OrganizationId).eq(org))
-        .and_where(Expr::col(U::OccurredAt).gte(self.timestamp(from)))
-        .and_where(Expr::col(U::OccurredAt).lt(self.timestamp(to)))
+        .and_where(Expr::col(U::OccurredAt).gte(self.occurred(from)))
+        .and_where(Expr::col(U::OccurredAt).lt(self.occurred(to)))
         .order_by(U::OccurredAt, Order::Asc)
         .order_by(U::RequestId, Order::Asc)
         .limit(limit);
@@ -258,6 +274,8 @@ impl Store {
                 cost: row.try_get_by_index(10)?,
                 price_id: row.try_get_by_index(11)?,
                 pricing: row.try_get_by_index(12)?,
+                project: row.try_get_by_index(13)?,
+                user: row.try_get_by_index(14)?,
             });
         }
         Ok(out)

@@ -14,6 +14,11 @@
 //! SQLite deletes the rows older than the cutoff in bounded batches, one
 //! organization at a time along the `(organization_id, occurred_at)` index.
 //!
+//! Rollups are kept (summaries of removed ranges keep working) unless
+//! `with_rollups`: then the rollups of every hour up to the cutoff's are
+//! rebuilt from the rows left (on PostgreSQL a partition straddling the
+//! cutoff keeps its rows, and so their sums).
+//!
 //! A dry run (`execute = false`) counts what would be removed and changes
 //! nothing. Once removed, a record is forgotten: if a source sends it again,
 //! it is stored again (and removed by the next run).
@@ -55,6 +60,11 @@ pub struct RetentionReport {
     /// PostgreSQL: idempotency keys removed with the rows (none on SQLite,
     /// whose rows are their own key). In a dry run: the rows' count.
     pub keys: u64,
+    /// With `--with-rollups` (executed): the rollups of the hours up to the
+    /// cutoff's, rebuilt from the rows left, so removed rows leave no sums
+    /// behind and the rows kept keep theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollups: Option<crate::RebuildReport>,
 }
 
 /// A partition dropped whole.
@@ -76,16 +86,26 @@ impl Store {
         &self,
         cutoff: OffsetDateTime,
         execute: bool,
+        with_rollups: bool,
         progress: &mut (dyn FnMut(&str) + Send),
     ) -> Result<RetentionReport, Error> {
         let cutoff = cutoff
             .to_offset(time::UtcOffset::UTC)
             .replace_nanosecond(0)
             .map_err(|e| Error::Database(sea_orm::DbErr::Custom(e.to_string())))?;
-        let mut report = RetentionReport { cutoff, executed: execute, partitions: Vec::new(), rows: 0, keys: 0 };
+        let mut report =
+            RetentionReport { cutoff, executed: execute, partitions: Vec::new(), rows: 0, keys: 0, rollups: None };
         match self.backend() {
             Backend::Postgres => self.postgres_retention(&mut report, progress).await?,
             Backend::Sqlite => self.sqlite_retention(&mut report, progress).await?,
+        }
+        if execute && with_rollups {
+            let rebuilt = self.rebuild_rollups(None, Some(cutoff)).await?;
+            progress(&format!(
+                "rollups up to {cutoff}: {} removed, {} rebuilt from the rows left",
+                rebuilt.removed, rebuilt.written
+            ));
+            report.rollups = Some(rebuilt);
         }
         Ok(report)
     }

@@ -9,6 +9,8 @@ pub(crate) enum UsageRecords {
     Table,
     OrganizationId,
     RequestId,
+    ProjectId,
+    UserId,
     Provider,
     ModelName,
     ModelVersion,
@@ -48,6 +50,7 @@ pub(crate) enum ApiKeys {
     SigningSecret,
     CreatedAt,
     RevokedAt,
+    Permissions,
 }
 
 #[derive(DeriveIden, Clone, Copy)]

@@ -17,7 +17,7 @@
 //! Everything else on SQLite (migrations, reads, admin, dead letters, pings)
 //! stays on the SeaORM pool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,7 @@ use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::rollups::{RollupKey, Sums};
 use crate::store::{Committed, Key};
 use crate::{DatabaseConfig, Error, SqliteSynchronous};
 
@@ -41,6 +42,9 @@ const INSERT: &str = "INSERT INTO usage_records (organization_id, request_id, pr
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
     ?21, ?22, ?23, ?24) \
     ON CONFLICT (organization_id, request_id) DO NOTHING";
+
+/// The rollup upsert (`rollups.rs`).
+static UPSERT_ROLLUP: std::sync::LazyLock<String> = std::sync::LazyLock::new(crate::rollups::sqlite_upsert);
 
 /// The writer's connection. The writer commits one batch at a time, so the
 /// lock is never contended; it is there because a blocking thread borrows
@@ -61,6 +65,7 @@ impl std::fmt::Debug for Bulk {
 pub(crate) struct Row {
     key: Key,
     values: [Value; 24],
+    rollup: (RollupKey, Sums),
 }
 
 impl Bulk {
@@ -112,13 +117,16 @@ fn insert(conn: &mut Connection, rows: Vec<Row>) -> Result<Committed, Error> {
     // timeout) before the first row, not found busy half-way through.
     let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::Sqlite)?;
     let mut committed = Committed { inserted: HashSet::with_capacity(rows.len()), refused: HashMap::new() };
+    // The rollups of the rows new in this commit, one upsert per group.
+    let mut groups: BTreeMap<RollupKey, Sums> = BTreeMap::new();
     {
         let mut statement = txn.prepare_cached(INSERT).map_err(Error::Sqlite)?;
-        for Row { key, values } in rows {
+        for Row { key, values, rollup: (group, sums) } in rows {
             match statement.execute(params_from_iter(values)) {
                 Ok(0) => {}
                 Ok(_) => {
                     committed.inserted.insert(key);
+                    groups.entry(group).or_default().add(&sums);
                 }
                 Err(e) => match refusal(&e) {
                     Some(reason) => {
@@ -132,6 +140,23 @@ fn insert(conn: &mut Connection, rows: Vec<Row>) -> Result<Committed, Error> {
                     None => return Err(Error::Sqlite(e)),
                 },
             }
+        }
+    }
+    if !groups.is_empty() {
+        let mut upsert = txn.prepare_cached(&UPSERT_ROLLUP).map_err(Error::Sqlite)?;
+        for (group, Sums(sums)) in groups {
+            let RollupKey { organization_id, hour_start, provider, model, project, user } = group;
+            let key = [
+                Value::Text(organization_id),
+                Value::Integer(hour_start),
+                Value::Text(provider),
+                Value::Text(model),
+                Value::Text(project),
+                Value::Text(user),
+            ];
+            upsert
+                .execute(params_from_iter(key.into_iter().chain(sums.into_iter().map(Value::Integer))))
+                .map_err(Error::Sqlite)?;
         }
     }
     txn.commit().map_err(Error::Sqlite)?;
@@ -167,6 +192,7 @@ impl Row {
         let metadata =
             r.metadata.clone().map_or(Value::Null, |m| Value::Text(serde_json::Value::Object(m).to_string()));
         Row {
+            rollup: (RollupKey::of(r), Sums::of(r)),
             key: (r.organization_id.clone(), r.request_id),
             values: [
                 text(&r.organization_id),
@@ -186,7 +212,7 @@ impl Row {
                 opt_real(r.performance.time_to_first_token_ms),
                 Value::Text(tags),
                 metadata,
-                Value::Text(time_text(r.timestamp)),
+                Value::Text(occurred_text(r.timestamp)),
                 text(received_at),
                 text(source.as_str()),
                 opt_count(r.usage.cache_write_tokens),
@@ -198,6 +224,23 @@ impl Row {
     }
 }
 
+/// `occurred_at` as SQLite stores it (migration m0005): RFC 3339 in UTC
+/// with exactly nine fraction digits, so that the text order of the column
+/// is the order of the times.
+pub(crate) fn occurred_text(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond()
+    )
+}
+
 /// A timestamp as SQLite stores it: RFC 3339 in UTC.
 pub(crate) fn time_text(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC).format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
@@ -206,6 +249,28 @@ pub(crate) fn time_text(t: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn occurred_texts_sort_as_their_times() {
+        use time::macros::datetime;
+        let times = [
+            datetime!(0999-01-01 0:00 UTC),
+            datetime!(2026-12-06 17:00:05 UTC),
+            datetime!(2026-12-06 17:00:05.000000001 UTC),
+            datetime!(2026-12-06 17:00:05.25 UTC),
+            datetime!(2026-12-06 17:00:05.5 UTC),
+            datetime!(2026-12-06 18:00:05.75 +01:00),
+            datetime!(2026-12-06 17:00:06 UTC),
+        ];
+        let texts: Vec<String> = times.iter().map(|t| occurred_text(*t)).collect();
+        let mut sorted = texts.clone();
+        sorted.sort();
+        assert_eq!(texts, sorted);
+        assert_eq!(texts[1], "2026-12-06T17:00:05.000000000Z");
+        for (t, text) in times.iter().zip(&texts) {
+            assert_eq!(OffsetDateTime::parse(text, &Rfc3339).unwrap(), *t);
+        }
+    }
 
     #[test]
     fn an_in_memory_database_is_refused() {

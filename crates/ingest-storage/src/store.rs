@@ -131,8 +131,12 @@ impl Store {
                     // statement journal; in a temporary file that costs a
                     // write(2) per page (≈10 % of commit time when profiled).
                     .pragma("temp_store", "memory")
-                    // 64 MiB page cache per connection (SQLite's default is 2 MiB).
-                    .pragma("cache_size", "-65536")
+                    // SQLite's default page cache (2 MiB) per pooled connection:
+                    // the pool reads and administers; the writer's
+                    // own connection (`sqlite.rs`) has 64 MiB. Reads walk the
+                    // pool's connections in turn, so each one's cache adds to
+                    // the process's memory (a 1M-row export warmed 8 × 64 MiB).
+                    .pragma("cache_size", "-2048")
             });
         }
         if backend == Backend::Postgres {
@@ -322,6 +326,15 @@ impl Store {
         match self.backend {
             Backend::Postgres => Value::TimeDateTimeWithTimeZone(Some(t)),
             Backend::Sqlite => Value::String(Some(crate::sqlite::time_text(t))),
+        }
+    }
+
+    /// `usage_records.occurred_at` values: as [`timestamp`](Self::timestamp)
+    /// on PostgreSQL, fixed-width text on SQLite (`sqlite::occurred_text`).
+    pub(crate) fn occurred(&self, t: OffsetDateTime) -> Value {
+        match self.backend {
+            Backend::Postgres => Value::TimeDateTimeWithTimeZone(Some(t)),
+            Backend::Sqlite => Value::String(Some(crate::sqlite::occurred_text(t))),
         }
     }
 

@@ -10,7 +10,91 @@ use time::{Date, Duration, Month, OffsetDateTime};
 
 use StoreOutcome::{Duplicate as D, Inserted as I};
 
-testkit::on_every_backend!(retention_removes_what_occurred_before_the_cutoff);
+testkit::on_every_backend!(
+    retention_removes_what_occurred_before_the_cutoff,
+    m0005_fills_rollups_from_stored_rows_and_orders_sqlite_times,
+);
+
+/// m0005 on a database with rows: the rollups are filled from them (a
+/// summary of an upgraded database is right at once), existing keys keep
+/// `write`, and SQLite's `occurred_at` texts get their fixed nine-digit
+/// fraction, so that text order is time order.
+async fn m0005_fills_rollups_from_stored_rows_and_orders_sqlite_times(kind: Kind) {
+    let db = TestDatabase::new(kind).await;
+    let store = Store::connect(&db.config).await.unwrap();
+    Migrator::up(store.connection(), Some(4)).await.unwrap();
+    let times =
+        ["2026-11-02T10:00:05Z", "2026-11-02T10:00:05.5Z", "2026-11-02T10:59:59.999999Z", "2026-11-02T11:00:00Z"];
+    for (i, t) in times.iter().enumerate() {
+        let (id, now, tags) = match kind {
+            Kind::Sqlite => (format!("'00000000-0000-4000-8000-00000000000{i}'"), "'2026-11-02T12:00:00Z'", "'[]'"),
+            Kind::Postgres => (format!("'00000000-0000-4000-8000-00000000000{i}'::uuid"), "now()", "'[]'::jsonb"),
+        };
+        let cost = if i == 0 { "NULL" } else { "1000" };
+        let sql = format!(
+            "INSERT INTO usage_records (organization_id, request_id, project_id, provider, model_name, prompt_tokens, \
+             completion_tokens, total_tokens, cached_tokens, tags, occurred_at, received_at, source, cost_nano_usd) \
+             VALUES ('org-m', {id}, {}, 'openai', 'gpt-4o', 10, 2, 12, {}, {tags}, '{t}', {now}, 'http', {cost})",
+            if i == 1 { "'p'" } else { "NULL" },
+            if i == 2 { "4" } else { "NULL" },
+        );
+        store.connection().execute_unprepared(&sql).await.unwrap();
+        if kind == Kind::Postgres {
+            let key = format!(
+                "INSERT INTO usage_record_keys (organization_id, request_id, occurred_at) VALUES ('org-m', {id}, '{t}')"
+            );
+            store.connection().execute_unprepared(&key).await.unwrap();
+        }
+    }
+    Migrator::up(store.connection(), None).await.unwrap();
+    let rollups = store
+        .connection()
+        .query_all_raw(Statement::from_string(
+            store.connection().get_database_backend(),
+            "SELECT hour_start, project_id, requests, prompt_tokens, cached_tokens, cost_nano_usd, unpriced_requests \
+             FROM usage_rollups ORDER BY hour_start, project_id",
+        ))
+        .await
+        .unwrap();
+    let rollups: Vec<(i64, String, i64, i64, i64, i64, i64)> = rollups
+        .iter()
+        .map(|r| {
+            let n = |i| r.try_get_by_index::<i64>(i).unwrap();
+            (n(0), r.try_get_by_index(1).unwrap(), n(2), n(3), n(4), n(5), n(6))
+        })
+        .collect();
+    let ten = OffsetDateTime::parse("2026-11-02T10:00:00Z", &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp();
+    assert_eq!(
+        rollups,
+        [
+            (ten, String::new(), 2, 20, 4, 1000, 1),
+            (ten, "p".to_owned(), 1, 10, 0, 1000, 0),
+            (ten + 3600, String::new(), 1, 10, 0, 1000, 0),
+        ]
+    );
+    if kind == Kind::Sqlite {
+        let texts = store
+            .connection()
+            .query_all_raw(Statement::from_string(
+                store.connection().get_database_backend(),
+                "SELECT occurred_at FROM usage_records ORDER BY occurred_at",
+            ))
+            .await
+            .unwrap();
+        let texts: Vec<String> = texts.iter().map(|r| r.try_get_by_index(0).unwrap()).collect();
+        assert_eq!(
+            texts,
+            [
+                "2026-11-02T10:00:05.000000000Z",
+                "2026-11-02T10:00:05.500000000Z",
+                "2026-11-02T10:59:59.999999000Z",
+                "2026-11-02T11:00:00.000000000Z"
+            ]
+        );
+    }
+}
 
 /// The first instant of the UTC month `back` months before this one.
 fn month_start(back: i32) -> OffsetDateTime {
@@ -132,8 +216,8 @@ async fn postgres_migration_partitions_a_table_that_has_rows() {
     assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, 13);
     writer.shutdown().await;
 
-    // And back down (m0004, then m0003): one table, the same rows.
-    Migrator::down(store.connection(), Some(2)).await.unwrap();
+    // And back down (m0005, m0004, then m0003): one table, the same rows.
+    Migrator::down(store.connection(), Some(3)).await.unwrap();
     assert!(partitions(&store).await.is_empty());
     assert_eq!(scalar(&store, "SELECT count(*) FROM usage_records").await, 13);
 }
@@ -180,12 +264,12 @@ async fn retention_removes_what_occurred_before_the_cutoff(kind: Kind) {
     let total = records.len() as u64;
 
     let mut lines = Vec::new();
-    let dry = store.retention(cutoff, false, &mut |l| lines.push(l.to_owned())).await.unwrap();
+    let dry = store.retention(cutoff, false, false, &mut |l| lines.push(l.to_owned())).await.unwrap();
     assert_eq!((dry.rows, dry.executed), (expected, false), "{dry:?}");
     assert_eq!(store.count_records(None).await.unwrap(), total, "a dry run removes nothing");
     assert!(!lines.is_empty());
 
-    let done = store.retention(cutoff, true, &mut |_| {}).await.unwrap();
+    let done = store.retention(cutoff, true, false, &mut |_| {}).await.unwrap();
     assert_eq!(done.rows, expected, "{done:?}");
     assert_eq!(store.count_records(None).await.unwrap(), total - expected);
     if store.backend() == Backend::Postgres {
@@ -196,7 +280,7 @@ async fn retention_removes_what_occurred_before_the_cutoff(kind: Kind) {
         let left = partitions(&store).await;
         assert!(left.contains(&partition(13)) && !left.contains(&partition(14)), "{left:?}");
     }
-    let again = store.retention(cutoff, false, &mut |_| {}).await.unwrap();
+    let again = store.retention(cutoff, false, false, &mut |_| {}).await.unwrap();
     assert_eq!(again.rows, 0, "nothing left to remove: {again:?}");
 
     // Removed records come back as new (the writer still believes their
@@ -229,7 +313,7 @@ async fn postgres_retention_removes_the_keys_an_interrupted_run_left() {
     assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, 5, "keys without rows");
     assert!(sink.store(old.clone(), Source::Http).await.unwrap().iter().all(|o| *o == D), "still seen as stored");
 
-    let done = store.retention(month_start(12), true, &mut |_| {}).await.unwrap();
+    let done = store.retention(month_start(12), true, false, &mut |_| {}).await.unwrap();
     assert_eq!((done.rows, done.keys, done.partitions.len()), (0, 5, 0), "{done:?}");
     assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, 0);
     assert!(sink.store(old, Source::Http).await.unwrap().iter().all(|o| *o == I), "stored again");
@@ -294,7 +378,7 @@ async fn postgres_one_row_per_key_while_retention_runs_beside_two_writers() {
     let mut runs = 0;
     for _ in 0..3 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        stores[0].retention(month_start(12), true, &mut |_| {}).await.unwrap();
+        stores[0].retention(month_start(12), true, false, &mut |_| {}).await.unwrap();
         runs += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

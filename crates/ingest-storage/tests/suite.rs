@@ -216,8 +216,17 @@ async fn columns_are_typed_for_people(kind: Kind) {
     let id = r.request_id.hyphenated().to_string();
     let expected = match kind {
         Kind::Sqlite => {
-            let ts = r.timestamp.format(&time::format_description::well_known::Rfc3339).unwrap();
-            assert!(ts.ends_with('Z'));
+            // UTC, with exactly nine fraction digits (m0005: text order is time order).
+            let t = r.timestamp.to_offset(time::UtcOffset::UTC);
+            let ts = format!(
+                "{}.{:09}Z",
+                t.replace_nanosecond(0)
+                    .unwrap()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap()
+                    .trim_end_matches('Z'),
+                t.nanosecond()
+            );
             format!("text,{id},{ts},[\"test\"],integer,nats")
         }
         Kind::Postgres => format!("uuid,{id},timestamp with time zone,jsonb,bigint,nats"),
@@ -307,6 +316,7 @@ fn key_row(scope: &str, org: Option<&str>, digest: u8) -> ApiKeyRow {
         signing_secret: digest.is_multiple_of(2).then(|| "whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0".to_owned()),
         created_at: now,
         revoked_at: None,
+        permissions: if digest.is_multiple_of(3) { "read".to_owned() } else { "read,write".to_owned() },
     }
 }
 

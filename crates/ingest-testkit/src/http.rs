@@ -63,6 +63,35 @@ impl Client {
         Ok(Reply { status: parts.status, headers: parts.headers, body })
     }
 
+    /// Sends a request and hands each piece of the response body to
+    /// `chunk` as it arrives, keeping none of it; the status, the headers
+    /// and the bytes received. An error ending the body half-way is the
+    /// `Err`.
+    pub async fn stream(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        mut chunk: impl FnMut(&[u8]),
+    ) -> Result<(StatusCode, HeaderMap, u64), hyper::Error> {
+        let mut req = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("valid request");
+        self.sender.ready().await?;
+        let res = self.sender.send_request(req).await?;
+        let (parts, mut body) = res.into_parts();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                n += data.len() as u64;
+                chunk(&data);
+            }
+        }
+        Ok((parts.status, parts.headers, n))
+    }
+
     pub async fn get(&mut self, path: &str) -> Reply {
         self.send("GET", path, &[], Bytes::new()).await.expect("GET")
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use auth::{KeyRing, Principal, Scope, SigningSecret};
+use auth::{KeyRing, Permissions, Principal, Scope, SigningSecret};
 use ingest_http::admin::{AdminError, AdminFuture};
 use ingest_http::admin::{NewOrgPrice, OrgPriceView, PolicySource, RateLimitView};
 use ingest_http::{Admin, CreatedKey, KeyView, NewKey};
@@ -67,8 +67,9 @@ impl Keys {
         organization: Option<String>,
         label: Option<String>,
         signing_secret: bool,
+        permissions: Permissions,
     ) -> Result<NewApiKey> {
-        let new = new_key(scope, organization, label, signing_secret)?;
+        let new = new_key(scope, organization, label, signing_secret, permissions)?;
         let _changing = self.lock.lock().await;
         self.store.insert_api_key(&new.row).await.context("storing the key")?;
         if let Some(principal) = principal(&new.row) {
@@ -81,7 +82,7 @@ impl Keys {
     /// key and returns it, to be shown once. Of several processes starting
     /// together one creates it.
     pub async fn bootstrap(&self) -> Result<Option<NewApiKey>> {
-        let new = new_key(Scope::Service, None, Some("created at first start".to_owned()), false)?;
+        let new = new_key(Scope::Service, None, Some("created at first start".to_owned()), false, Permissions::WRITE)?;
         let _changing = self.lock.lock().await;
         if !self.store.insert_first_api_key(&new.row).await.context("creating the first key")? {
             return Ok(None);
@@ -115,7 +116,13 @@ impl Keys {
     }
 }
 
-fn new_key(scope: Scope, organization: Option<String>, label: Option<String>, signed: bool) -> Result<NewApiKey> {
+fn new_key(
+    scope: Scope,
+    organization: Option<String>,
+    label: Option<String>,
+    signed: bool,
+    permissions: Permissions,
+) -> Result<NewApiKey> {
     match (scope, &organization) {
         (Scope::Org, None) => bail!("an org key needs an organization (organization_id; --org on the command line)"),
         (Scope::Org, Some(org)) => {
@@ -140,6 +147,7 @@ fn new_key(scope: Scope, organization: Option<String>, label: Option<String>, si
         signing_secret: signing_secret.as_ref().map(|s| s.expose().to_owned()),
         created_at: OffsetDateTime::now_utc(),
         revoked_at: None,
+        permissions: permissions.as_str().to_owned(),
     };
     Ok(NewApiKey { row, key, signing_secret })
 }
@@ -173,7 +181,8 @@ fn principal(row: &ApiKeyRow) -> Option<Principal> {
             Err(_) => return broken("malformed signing secret"),
         },
     };
-    Some(Principal { key_id: row.id, scope, organization: row.organization_id.clone(), signing_secret })
+    let Some(permissions) = Permissions::parse(&row.permissions) else { return broken("unknown permissions") };
+    Some(Principal { key_id: row.id, scope, permissions, organization: row.organization_id.clone(), signing_secret })
 }
 
 /// Runtime per-organization policies (admin API), over the configured ones.
@@ -342,6 +351,8 @@ pub fn key_view(row: &ApiKeyRow) -> KeyView {
         signed: row.signing_secret.is_some(),
         created_at: rfc3339(row.created_at),
         revoked_at: row.revoked_at.map(rfc3339),
+        permissions: Permissions::parse(&row.permissions)
+            .map_or_else(|| vec![row.permissions.clone()], |p| p.names().into_iter().map(str::to_owned).collect()),
     }
 }
 
@@ -360,12 +371,20 @@ impl Admin for AdminApi {
             let scope = Scope::parse(&request.scope).ok_or_else(|| {
                 AdminError::Invalid(format!("scope {:?} is not one of \"org\", \"service\", \"admin\"", request.scope))
             })?;
+            let permissions = match &request.permissions {
+                None => Permissions::WRITE,
+                Some(names) => Permissions::from_names(names.iter().map(String::as_str)).ok_or_else(|| {
+                    AdminError::Invalid(format!(
+                        "permissions {names:?} must name \"read\", \"write\" or both, each once"
+                    ))
+                })?,
+            };
             // Refused before touching storage, with the reason.
-            new_key(scope, request.organization_id.clone(), request.label.clone(), false)
+            new_key(scope, request.organization_id.clone(), request.label.clone(), false, permissions)
                 .map_err(|e| AdminError::Invalid(e.to_string()))?;
             let new = self
                 .keys
-                .create(scope, request.organization_id, request.label, request.signing_secret)
+                .create(scope, request.organization_id, request.label, request.signing_secret, permissions)
                 .await
                 .map_err(unavailable)?;
             tracing::info!(key_id = %new.row.id, scope = %scope, "API key created through the admin API");

@@ -13,6 +13,7 @@ mod nats;
 pub mod prices;
 mod redis;
 pub mod retention;
+pub mod rollups;
 mod supervise;
 mod telemetry;
 
@@ -160,6 +161,7 @@ impl App {
             admin: keys.clone().map(|keys| {
                 Arc::new(keys::AdminApi { keys, limits, store: store.clone() }) as Arc<dyn ingest_http::Admin>
             }),
+            reader: Some(Arc::new(store.clone()) as Arc<dyn model::UsageReader>),
         });
         tracing::info!(addr = %listener.local_addr()?, version = VERSION, "ingestd listening");
         // On shutdown the sources stop fetching at once and finish their batch

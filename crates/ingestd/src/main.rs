@@ -43,7 +43,8 @@ enum Command {
         /// Remove them (without it: only count what would be removed).
         #[arg(long)]
         execute: bool,
-        /// Also remove the rollups of the removed range (kept by default).
+        /// Also rebuild the rollups up to the cutoff from the rows left
+        /// (by default they are kept, so summaries of removed ranges work).
         #[arg(long)]
         with_rollups: bool,
         /// Print only the final summary, as JSON.
@@ -55,6 +56,11 @@ enum Command {
     Prices {
         #[command(subcommand)]
         command: PricesCommand,
+    },
+    /// Rollups (SPEC §10), the sums summaries are answered from.
+    Rollups {
+        #[command(subcommand)]
+        command: RollupsCommand,
     },
     /// API keys: create, list, revoke.
     Keys {
@@ -97,6 +103,11 @@ enum KeysCommand {
         /// signed (Standard Webhooks).
         #[arg(long)]
         signing_secret: bool,
+        /// What the key may do with usage: `write` (ingestion; the
+        /// default), `read` (the read endpoints) or `read,write`. Admin keys
+        /// may do everything.
+        #[arg(long, value_name = "LIST", default_value = "write", value_parser = parse_permissions)]
+        permissions: auth::Permissions,
     },
     /// List keys (never their secrets).
     List {
@@ -171,6 +182,21 @@ enum PricesCommand {
         /// Rows per transaction.
         #[arg(long, default_value_t = 1000)]
         batch: u64,
+        /// Print only the summary, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RollupsCommand {
+    /// Recompute the rollups of the hours in [--from, --to) (widened to
+    /// whole hours; both optional: every hour) from the stored rows.
+    Rebuild {
+        #[arg(long, value_name = "TIME", value_parser = ingestd::prices::parse_time)]
+        from: Option<time::OffsetDateTime>,
+        #[arg(long, value_name = "TIME", value_parser = ingestd::prices::parse_time)]
+        to: Option<time::OffsetDateTime>,
         /// Print only the summary, as JSON.
         #[arg(long)]
         json: bool,
@@ -303,6 +329,14 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Some(Command::Keys { command }) => keys(&config, command).await,
+            Some(Command::Rollups { command: RollupsCommand::Rebuild { from, to, json } }) => {
+                let summary = ingestd::rollups::rebuild_rollups(&config, from, to, json).await?;
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{summary}");
+                }
+                Ok(())
+            }
             Some(Command::Prices { command }) => {
                 use ingestd::prices;
                 let out = match command {
@@ -391,18 +425,22 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let keys = ingestd::keys::Keys::new(store, std::sync::Arc::new(auth::KeyRing::new()));
     #[allow(clippy::print_stdout)]
     match command {
-        KeysCommand::Create { org, service, admin, label, signing_secret } => {
+        KeysCommand::Create { org, service, admin, label, signing_secret, permissions } => {
             let scope = match (service, admin) {
                 (true, _) => auth::Scope::Service,
                 (_, true) => auth::Scope::Admin,
                 _ => auth::Scope::Org,
             };
-            let new = keys.create(scope, org, label, signing_secret).await?;
+            let new = keys.create(scope, org, label, signing_secret, permissions).await?;
             let whom = match &new.row.organization_id {
                 Some(org) => format!(" for organization {org:?}"),
                 None => String::new(),
             };
-            println!("created {scope} key {}{whom}; the key is shown once, below", new.row.id);
+            println!(
+                "created {scope} key {}{whom} that may {}; the key is shown once, below",
+                new.row.id,
+                permissions.as_str().replace(',', " and ")
+            );
             if let Some(secret) = &new.signing_secret {
                 println!("signing secret (shown once; requests must be signed with it): {}", secret.expose());
             }
@@ -416,8 +454,8 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
                 }
             } else {
                 println!(
-                    "{:<36}  {:<7}  {:<20}  {:<20}  {:<20}  LABEL",
-                    "ID", "SCOPE", "ORGANIZATION", "CREATED", "REVOKED"
+                    "{:<36}  {:<7}  {:<10}  {:<20}  {:<20}  {:<20}  LABEL",
+                    "ID", "SCOPE", "PERMISSION", "ORGANIZATION", "CREATED", "REVOKED"
                 );
                 for row in &rows {
                     let v = ingestd::keys::key_view(row);
@@ -426,9 +464,10 @@ async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
                         label.push_str(" [signed]");
                     }
                     println!(
-                        "{:<36}  {:<7}  {:<20}  {:<20}  {:<20}  {}",
+                        "{:<36}  {:<7}  {:<10}  {:<20}  {:<20}  {:<20}  {}",
                         v.id,
                         v.scope,
+                        v.permissions.join(","),
                         v.organization_id.unwrap_or_else(|| "-".into()),
                         seconds(&v.created_at),
                         v.revoked_at.as_deref().map_or_else(|| "-".into(), seconds),
@@ -483,4 +522,9 @@ fn health(bind: &str) -> Result<(), String> {
         Some("200") => Ok(()),
         _ => Err(format!("{addr}/health answered {status_line:?}")),
     }
+}
+
+/// `--permissions read,write`.
+fn parse_permissions(s: &str) -> Result<auth::Permissions, String> {
+    auth::Permissions::parse(s).ok_or_else(|| format!("{s:?}: expected read, write or read,write"))
 }

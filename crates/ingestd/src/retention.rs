@@ -3,8 +3,9 @@
 //! (`storage::Store::retention` says how on each backend). Without
 //! `--execute` it is a dry run that only counts.
 //!
-//! Rollups (SPEC §10) are kept unless `--with-rollups`; this schema has no
-//! rollups yet, which the summary says.
+//! Rollups (SPEC §10) are kept unless `--with-rollups`, so summaries of
+//! removed ranges keep working; with it, the rollups of the hours up to the
+//! cutoff's are rebuilt from the rows left.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -51,7 +52,7 @@ pub async fn run(config: &Config, older_than: Age, execute: bool, with_rollups: 
             eprintln!("ingestd retention: {line}");
         }
     };
-    let report = store.retention(cutoff, execute, &mut progress).await?;
+    let report = store.retention(cutoff, execute, with_rollups, &mut progress).await?;
     Ok(if json { serde_json::to_string(&report)? } else { summary(&report, with_rollups) })
 }
 
@@ -67,11 +68,17 @@ fn summary(r: &RetentionReport, with_rollups: bool) -> String {
     if r.executed && r.keys > 0 {
         let _ = write!(out, "; {} idempotency keys removed", r.keys);
     }
-    let _ = write!(
-        out,
-        "; rollups: {}",
-        if with_rollups { "none exist in this schema, nothing to remove" } else { "kept (none exist in this schema)" }
-    );
+    match (&r.rollups, with_rollups) {
+        (Some(rollups), _) => {
+            let _ = write!(
+                out,
+                "; rollups up to the cutoff's hour rebuilt from the rows left ({} removed, {} written)",
+                rollups.removed, rollups.written
+            );
+        }
+        (None, true) => out.push_str("; rollups up to the cutoff's hour would be rebuilt from the rows left"),
+        (None, false) => out.push_str("; rollups kept (summaries of the removed range keep working)"),
+    }
     if !r.executed {
         out.push_str("; run again with --execute to remove them");
     }
