@@ -413,6 +413,21 @@ async fn summaries_equal_a_direct_aggregation_of_the_rows(kind: Kind) {
         }
         check_summaries(&server, &mut c, &mut rng, &orgs, base, seed).await;
 
+        // A backfill after the first answers: older records, and some sent
+        // before again (duplicates now, counted nowhere).
+        let mut backfill: Vec<Value> = (0..40)
+            .map(|_| {
+                let org = rng.pick(&orgs).clone();
+                let mut r = random_record(&mut rng, &org, base);
+                r["timestamp"] = json!(rfc3339(base + time::Duration::seconds(rng.below(6 * 3_600) as i64)));
+                r
+            })
+            .collect();
+        backfill.extend((0..10).map(|_| rng.pick(&sent).clone()));
+        let r = post_batch(&mut c, None, &backfill).await;
+        assert_eq!(r.status, 200, "seed {seed}: {}", String::from_utf8_lossy(&r.body));
+        check_summaries(&server, &mut c, &mut rng, &orgs, base, seed).await;
+
         // Re-rating (a back-dated organization price) moves the sums with the rows.
         let rates: pricing::Rates =
             serde_json::from_value(json!({ "input": "0.000003", "output": "0.000007" })).unwrap();

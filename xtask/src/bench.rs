@@ -1,4 +1,4 @@
-//! `cargo xtask bench [floor|writer|price|http|redis|nats|all]`; see docs/benchmarks.md.
+//! `cargo xtask bench [floor|writer|price|read|http|redis|nats|all]`; see docs/benchmarks.md.
 //!
 //! `http` builds the release binaries, then for each scenario starts a fresh
 //! `ingestd` (new SQLite file, `synchronous=FULL`) and, in the same run, the
@@ -18,6 +18,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "floor" => storage_bench("floor"),
         "writer" => storage_bench("writer"),
         "price" => price(),
+        "read" => read(),
         "http" => http(),
         "redis" => redis(),
         "nats" => nats(&args[1..]),
@@ -26,10 +27,11 @@ pub fn run(args: &[String]) -> Result<()> {
             redis()?;
             nats(&[])?;
             storage_bench("floor")?;
+            read()?;
             price()?;
             storage_bench("writer")
         }
-        other => bail!("unknown benchmark {other:?}; expected floor, writer, price, http, redis, nats or all"),
+        other => bail!("unknown benchmark {other:?}; expected floor, writer, price, read, http, redis, nats or all"),
     }
 }
 
@@ -42,6 +44,19 @@ fn storage_bench(name: &str) -> Result<()> {
     services.apply(&mut cmd);
     if !cmd.status()?.success() {
         bail!("{name} benchmark failed");
+    }
+    Ok(())
+}
+
+/// The read path (`ingestd`'s `read` bench): the writer with and without
+/// rollups, summary latency over 10M rows, export rows/s.
+fn read() -> Result<()> {
+    let services = crate::services::Services::ensure()?;
+    let mut cmd = Command::new("cargo");
+    cmd.args(["bench", "-p", "ingestd", "--bench", "read"]);
+    services.apply(&mut cmd);
+    if !cmd.status()?.success() {
+        bail!("read benchmark failed");
     }
     Ok(())
 }

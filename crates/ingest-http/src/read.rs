@@ -99,6 +99,16 @@ fn time_param(params: &BTreeMap<String, Vec<String>>, key: &str) -> Result<Optio
 /// The organization the caller may read, and the filters of every read.
 fn filter(principal: Option<&Principal>, params: &BTreeMap<String, Vec<String>>) -> Result<UsageFilter, ApiError> {
     let asked = one(params, "organization_id").map(str::to_owned);
+    if let Some(Err(rule)) = asked.as_deref().map(model::validate::check_organization_id) {
+        return Err(invalid(format!("organization_id {rule}")));
+    }
+    // An empty filter would match nothing a summary can tell apart from
+    // "none" (rollups group an empty project or user with none): refused.
+    for key in ["provider", "model", "project_id", "user_id"] {
+        if one(params, key).is_some_and(|v| v.trim().is_empty()) {
+            return Err(invalid(format!("{key} must not be empty")));
+        }
+    }
     let organization_id = match principal {
         Some(p) if p.scope == Scope::Org => {
             let own = p.organization.clone().unwrap_or_default();

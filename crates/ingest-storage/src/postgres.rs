@@ -31,8 +31,7 @@ const ISOLATING_CHUNK_ROWS: usize = 2_500;
 /// rows (`n`: those whose key was new) go into `usage_records` and, summed
 /// per rollup group in key order (so concurrent commits lock rollup rows in
 /// one order), into `usage_rollups` (`rollups.rs`).
-fn pg_insert(returning: bool) -> String {
-    let sum = |c: &str| format!("LEAST(COALESCE(sum({c}), 0), 9223372036854775807)::int8");
+fn pg_insert(returning: bool, rollups: bool) -> String {
     format!(
         "WITH t AS MATERIALIZED (SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
          $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], \
@@ -48,13 +47,21 @@ fn pg_insert(returning: bool) -> String {
          cache_write_tokens, cost_nano_usd, price_id, pricing) \
          SELECT o, r, p, u, pr, m, v, cw, pt, ct, tt, cat, rt, l, ttft, tg, md, oc, $19, s, cwt, cost, pid, \
          CASE WHEN cost IS NULL THEN 'unpriced' ELSE 'priced' END FROM n \
-         RETURNING organization_id, request_id), \
-         g AS (INSERT INTO usage_rollups (organization_id, hour_start, provider, model_name, project_id, user_id, \
+         RETURNING organization_id, request_id){} {}",
+        if rollups { rollup_cte() } else { String::new() },
+        if returning { "SELECT organization_id, request_id FROM i" } else { "SELECT count(*) FROM i" },
+    )
+}
+
+/// The new rows' sums per rollup group, upserted in key order.
+fn rollup_cte() -> String {
+    let sum = |c: &str| format!("LEAST(COALESCE(sum({c}), 0), 9223372036854775807)::int8");
+    format!(
+        ", g AS (INSERT INTO usage_rollups (organization_id, hour_start, provider, model_name, project_id, user_id, \
          requests, prompt_tokens, completion_tokens, total_tokens, cached_tokens, cache_write_tokens, \
          reasoning_tokens, cost_nano_usd, unpriced_requests) \
          SELECT o, hr, pr, m, COALESCE(p, ''), COALESCE(u, ''), count(*), {}, {}, {}, {}, {}, {}, {}, \
-         count(*) FILTER (WHERE cost IS NULL) FROM n GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6{}) \
-         {}",
+         count(*) FILTER (WHERE cost IS NULL) FROM n GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6{})",
         sum("pt"),
         sum("ct"),
         sum("tt"),
@@ -63,11 +70,13 @@ fn pg_insert(returning: bool) -> String {
         sum("rt"),
         sum("cost"),
         crate::rollups::upsert_tail(),
-        if returning { "SELECT organization_id, request_id FROM i" } else { "SELECT count(*) FROM i" },
     )
 }
-static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| pg_insert(false));
-static INSERT_RETURNING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| pg_insert(true));
+/// The statements, by (returning, rollups); without rollups only for the
+/// benchmark's A/B (`Store::without_rollups`).
+static INSERTS: std::sync::LazyLock<[[String; 2]; 2]> = std::sync::LazyLock::new(|| {
+    [[pg_insert(false, false), pg_insert(false, true)], [pg_insert(true, false), pg_insert(true, true)]]
+});
 
 /// Months (`year * 12 + month0`) known to have a partition; shared by the
 /// clones of one `Store`, forgotten after a failed commit (an operator or
@@ -191,9 +200,10 @@ pub(crate) async fn insert_new(
     partitions: &Partitions,
     records: &[(&UsageRecord, Source)],
     received_at: OffsetDateTime,
+    rollups: bool,
 ) -> Result<Committed, Error> {
     ensure_partitions(pool, partitions, records).await?;
-    let columns = Columns::new(records);
+    let columns = Columns::new(records, rollups);
     let mut txn = pool.begin().await.map_err(db_err)?;
     let affected: i64 =
         columns.insert(received_at, false).fetch_one(&mut *txn).await.map_err(db_err)?.try_get(0).map_err(db_err)?;
@@ -220,6 +230,7 @@ pub(crate) async fn insert_isolating(
     partitions: &Partitions,
     records: &[(&UsageRecord, Source)],
     received_at: OffsetDateTime,
+    rollups: bool,
 ) -> Result<Committed, Error> {
     ensure_partitions(pool, partitions, records).await?;
     let mut txn = pool.begin().await.map_err(db_err)?;
@@ -234,7 +245,7 @@ pub(crate) async fn insert_isolating(
         (0..records.len()).step_by(step).map(|at| at..(at + step).min(records.len())).rev().collect();
     while let Some(range) = todo.pop() {
         let chunk = &records[range.clone()];
-        let columns = Columns::new(chunk);
+        let columns = Columns::new(chunk, rollups);
         let mut savepoint = txn.begin().await.map_err(db_err)?;
         match columns.insert(received_at, true).fetch_all(&mut *savepoint).await {
             Ok(rows) => {
@@ -301,11 +312,12 @@ struct Columns {
     cost_nano_usd: Vec<Option<i64>>,
     price_id: Vec<Option<i64>>,
     hour_start: Vec<i64>,
+    rollups: bool,
 }
 
 impl Columns {
-    fn new(records: &[(&UsageRecord, Source)]) -> Self {
-        let mut c = Columns::default();
+    fn new(records: &[(&UsageRecord, Source)], rollups: bool) -> Self {
+        let mut c = Columns { rollups, ..Columns::default() };
         for (r, source) in records {
             c.organization_id.push(r.organization_id.clone());
             c.request_id.push(r.request_id);
@@ -339,7 +351,7 @@ impl Columns {
         received_at: OffsetDateTime,
         returning: bool,
     ) -> sea_orm::sqlx::query::Query<'_, sea_orm::sqlx::Postgres, sea_orm::sqlx::postgres::PgArguments> {
-        let sql: &'static str = if returning { &INSERT_RETURNING } else { &INSERT };
+        let sql: &'static str = &INSERTS[usize::from(returning)][usize::from(self.rollups)];
         sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(sql))
             .bind(&self.organization_id)
             .bind(&self.request_id)

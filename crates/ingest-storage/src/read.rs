@@ -174,11 +174,7 @@ impl Store {
                 ],
             )
         } else {
-            (
-                format!("(hour_start - (((hour_start % {w}) + {w}) % {w}))"),
-                "usage_rollups",
-                crate::rollups::SUM_COLUMNS,
-            )
+            (format!("(hour_start - (((hour_start % {w}) + {w}) % {w}))"), "usage_rollups", crate::rollups::SUM_COLUMNS)
         };
         let mut conditions = vec![self.match_filter(&mut sql, &query.filter)];
         if from_rows {

@@ -101,18 +101,18 @@ impl Bulk {
     /// TOOBIG, MISMATCH, a CHECK or a trigger's `RAISE(ABORT)`) without
     /// affecting the others. Any other failure rolls the whole transaction
     /// back.
-    pub(crate) async fn insert(&self, rows: Vec<Row>) -> Result<Committed, Error> {
+    pub(crate) async fn insert(&self, rows: Vec<Row>, rollups: bool) -> Result<Committed, Error> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            insert(&mut conn, rows)
+            insert(&mut conn, rows, rollups)
         })
         .await
         .map_err(|e| Error::Database(sea_orm::DbErr::Custom(format!("the SQLite insert thread failed: {e}"))))?
     }
 }
 
-fn insert(conn: &mut Connection, rows: Vec<Row>) -> Result<Committed, Error> {
+fn insert(conn: &mut Connection, rows: Vec<Row>, rollups: bool) -> Result<Committed, Error> {
     // IMMEDIATE: the write lock is taken (or waited for, up to the busy
     // timeout) before the first row, not found busy half-way through.
     let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(Error::Sqlite)?;
@@ -142,7 +142,7 @@ fn insert(conn: &mut Connection, rows: Vec<Row>) -> Result<Committed, Error> {
             }
         }
     }
-    if !groups.is_empty() {
+    if rollups && !groups.is_empty() {
         let mut upsert = txn.prepare_cached(&UPSERT_ROLLUP).map_err(Error::Sqlite)?;
         for (group, Sums(sums)) in groups {
             let RollupKey { organization_id, hour_start, provider, model, project, user } = group;

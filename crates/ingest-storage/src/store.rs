@@ -34,6 +34,9 @@ pub struct Store {
     partitions: crate::postgres::Partitions,
     /// The prices every submission is priced from (`prices.rs`).
     pub(crate) prices: crate::prices::Prices,
+    /// Whether the writer keeps the rollups (always, but in the
+    /// benchmark's A/B: [`Store::without_rollups`]).
+    rollups: bool,
 }
 
 /// Ready while the database answers a ping.
@@ -174,7 +177,17 @@ impl Store {
             bulk,
             partitions: crate::postgres::Partitions::default(),
             prices: crate::prices::Prices::default(),
+            rollups: true,
         })
+    }
+
+    /// This store with a writer that does not keep the rollups: for the
+    /// read benchmark's A/B only (`cargo xtask bench read`). Summaries of
+    /// what it stores disagree with the rows.
+    #[doc(hidden)]
+    pub fn without_rollups(mut self) -> Self {
+        self.rollups = false;
+        self
     }
 
     pub fn backend(&self) -> Backend {
@@ -276,12 +289,18 @@ impl Store {
         received_at: OffsetDateTime,
     ) -> Result<Committed, Error> {
         if let Some(bulk) = &self.bulk {
-            return bulk.insert(sqlite_rows(records, received_at)).await;
+            return bulk.insert(sqlite_rows(records, received_at), self.rollups).await;
         }
         // A failed commit forgets the known partitions (one may have been dropped).
-        crate::postgres::insert_new(self.db.get_postgres_connection_pool(), &self.partitions, records, received_at)
-            .await
-            .inspect_err(|_| self.partitions.forget())
+        crate::postgres::insert_new(
+            self.db.get_postgres_connection_pool(),
+            &self.partitions,
+            records,
+            received_at,
+            self.rollups,
+        )
+        .await
+        .inspect_err(|_| self.partitions.forget())
     }
 
     /// [`insert_new`](Self::insert_new) after it failed while the database
@@ -301,13 +320,14 @@ impl Store {
     ) -> Result<Committed, Error> {
         if let Some(bulk) = &self.bulk {
             // Row by row already: a refused row never failed the others.
-            return bulk.insert(sqlite_rows(records, received_at)).await;
+            return bulk.insert(sqlite_rows(records, received_at), self.rollups).await;
         }
         crate::postgres::insert_isolating(
             self.db.get_postgres_connection_pool(),
             &self.partitions,
             records,
             received_at,
+            self.rollups,
         )
         .await
         .inspect_err(|_| self.partitions.forget())

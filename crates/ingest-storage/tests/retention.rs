@@ -283,6 +283,15 @@ async fn retention_removes_what_occurred_before_the_cutoff(kind: Kind) {
     let again = store.retention(cutoff, false, false, &mut |_| {}).await.unwrap();
     assert_eq!(again.rows, 0, "nothing left to remove: {again:?}");
 
+    // Rollups of removed rows are kept by default (summaries of old ranges
+    // keep working) ...
+    let rolled = "SELECT CAST(COALESCE(sum(requests), 0) AS BIGINT) FROM usage_rollups";
+    assert_eq!(scalar(&store, rolled).await, total as i64, "rollups kept without --with-rollups");
+    // ... and with --with-rollups they are the rows left, again.
+    let with = store.retention(cutoff, true, true, &mut |_| {}).await.unwrap();
+    assert!(with.rollups.is_some(), "{with:?}");
+    assert_eq!(scalar(&store, rolled).await, (total - expected) as i64, "rollups follow the rows left");
+
     // Removed records come back as new (the writer still believes their
     // months' partitions exist: they land in the default partition); kept
     // ones are duplicates.
