@@ -45,7 +45,13 @@ pub(crate) fn is_read_path(path: &str) -> bool {
 const RECORDS_DEFAULT: u32 = 100;
 const RECORDS_MAX: u32 = 1_000;
 /// Rows per storage read of an export.
-const EXPORT_PAGE: u32 = 2_000;
+const EXPORT_PAGE: u32 = 1_000;
+/// Exports running at once in one process; one more is 503 `overloaded`
+/// (each holds up to [`EXPORT_AHEAD`] + 2 pages: up to 16 KiB of metadata
+/// per row makes a page at most ≈ 16 MiB).
+const MAX_EXPORTS: usize = 4;
+static EXPORTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS)));
 /// Pages an export may hold in memory ahead of the client.
 const EXPORT_AHEAD: usize = 2;
 /// The longest range `1m` buckets may cover (SPEC §10).
@@ -89,11 +95,21 @@ fn time_param(params: &BTreeMap<String, Vec<String>>, key: &str) -> Result<Optio
     } else {
         OffsetDateTime::parse(text, &Rfc3339).map_err(|_| bad())?
     };
-    let t = t.to_offset(time::UtcOffset::UTC);
-    if !(1..=9999).contains(&t.year()) {
-        return Err(invalid(format!("{key} must fall in the years 1 to 9999 (UTC)")));
-    }
-    Ok(Some(t))
+    let t = t
+        .checked_to_offset(time::UtcOffset::UTC)
+        .filter(|t| (1..=9999).contains(&t.year()))
+        .ok_or_else(|| invalid(format!("{key} must fall in the years 1 to 9999 (UTC)")))?;
+    // Stored times are whole microseconds (PostgreSQL's precision; the
+    // decoder keeps no more on either backend): a bound inside a
+    // microsecond is moved up to its end, so both backends select the same
+    // rows.
+    Ok(Some(ceil_micros(t)))
+}
+
+/// `t` rounded up to a whole microsecond.
+fn ceil_micros(t: OffsetDateTime) -> OffsetDateTime {
+    let sub = t.nanosecond() % 1_000;
+    if sub == 0 { t } else { t.checked_add(time::Duration::nanoseconds(i64::from(1_000 - sub))).unwrap_or(t) }
 }
 
 /// The organization the caller may read, and the filters of every read.
@@ -167,10 +183,11 @@ fn decode_cursor(text: &str) -> Result<RecordPosition, ApiError> {
         return Err(bad());
     };
     let nanos: i128 = nanos.parse().map_err(|_| bad())?;
-    Ok(RecordPosition {
-        occurred_at: OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad())?,
-        request_id: Uuid::try_parse(id).map_err(|_| bad())?,
-    })
+    let occurred_at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad())?;
+    if !(1..=9999).contains(&occurred_at.year()) {
+        return Err(bad());
+    }
+    Ok(RecordPosition { occurred_at, request_id: Uuid::try_parse(id).map_err(|_| bad())? })
 }
 
 /// `GET /v1/usage/records`.
@@ -315,6 +332,12 @@ pub(crate) fn usd(nano: i128) -> String {
     format!("{sign}{}.{:09}", n / 1_000_000_000, n % 1_000_000_000)
 }
 
+/// A sum as a JSON number: exact up to 2^64 − 1, which sums of absurd
+/// token counts (each up to 2^63 − 1) may pass; those answer 2^64 − 1.
+fn count(n: i128) -> Value {
+    json!(u64::try_from(n.max(0)).unwrap_or(u64::MAX))
+}
+
 fn result_json(row: &SummaryRow, group_by: GroupBy) -> Value {
     let Totals {
         requests,
@@ -338,10 +361,10 @@ fn result_json(row: &SummaryRow, group_by: GroupBy) -> Value {
         ("reasoning_tokens", reasoning_tokens),
         ("total_tokens", total_tokens),
     ] {
-        out.insert(name.into(), json!(value));
+        out.insert(name.into(), count(value));
     }
     out.insert("cost_usd".into(), json!(usd(cost_nano_usd)));
-    out.insert("unpriced_requests".into(), json!(unpriced_requests));
+    out.insert("unpriced_requests".into(), count(unpriced_requests));
     for (on, name, value) in [
         (group_by.provider, "provider", &row.provider),
         (group_by.model, "model", &row.model),
@@ -472,11 +495,13 @@ pub(crate) async fn export(
         Some(other) => return Err(invalid(format!("format {other:?} is not csv or ndjson"))),
     };
     let reader = reader(state_reader, EXPORT)?;
+    let permit = EXPORTS.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
     // The first page is read before answering, so a storage failure is a
     // 503, not a cut-off 200.
     let first = reader.records(filter.clone(), None, EXPORT_PAGE).await.map_err(storage)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(EXPORT_AHEAD);
     tokio::spawn(async move {
+        let _permit = permit; // held until the export ends
         let mut page = first;
         let mut header = true;
         loop {
@@ -521,6 +546,28 @@ fn tokio_stream_from<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_out_of_range_are_refused_not_panics() {
+        let params = |v: &str| BTreeMap::from([("from".to_owned(), vec![v.to_owned()])]);
+        for bad in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:30:00+01:00", "99999999999999", "-99999999999", "x"] {
+            assert!(time_param(&params(bad), "from").is_err(), "{bad}");
+        }
+        let t = time_param(&params("2026-01-01T00:00:00.0000005Z"), "from").unwrap().unwrap();
+        assert_eq!(t.nanosecond(), 1_000, "rounded up to the microsecond");
+        assert_eq!(time_param(&params("1767225600"), "from").unwrap().unwrap().unix_timestamp(), 1_767_225_600);
+    }
+
+    #[test]
+    fn huge_sums_saturate_instead_of_panicking() {
+        let row = SummaryRow {
+            totals: Totals { requests: 3, prompt_tokens: i128::from(i64::MAX) * 3, ..Totals::default() },
+            ..SummaryRow::default()
+        };
+        let v = result_json(&row, GroupBy::default());
+        assert_eq!(v["prompt_tokens"], json!(u64::MAX));
+        assert_eq!(v["requests"], json!(3));
+    }
 
     #[test]
     fn cursors_round_trip_and_refuse_forgeries() {

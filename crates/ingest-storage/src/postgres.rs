@@ -53,7 +53,9 @@ fn pg_insert(returning: bool, rollups: bool) -> String {
     )
 }
 
-/// The new rows' sums per rollup group, upserted in key order.
+/// The new rows' sums per rollup group, upserted in key order: byte order
+/// (`COLLATE "C"`), the order of re-rating's `BTreeMap` too, so the writer
+/// and a re-rating lock shared rollup rows in one order (no deadlock).
 fn rollup_cte() -> String {
     let sum = |c: &str| format!("LEAST(COALESCE(sum({c}), 0), 9223372036854775807)::int8");
     format!(
@@ -61,7 +63,9 @@ fn rollup_cte() -> String {
          requests, prompt_tokens, completion_tokens, total_tokens, cached_tokens, cache_write_tokens, \
          reasoning_tokens, cost_nano_usd, unpriced_requests) \
          SELECT o, hr, pr, m, COALESCE(p, ''), COALESCE(u, ''), count(*), {}, {}, {}, {}, {}, {}, {}, \
-         count(*) FILTER (WHERE cost IS NULL) FROM n GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6{})",
+         count(*) FILTER (WHERE cost IS NULL) FROM n GROUP BY 1, 2, 3, 4, 5, 6 \
+         ORDER BY o COLLATE \"C\", hr, pr COLLATE \"C\", m COLLATE \"C\", COALESCE(p, '') COLLATE \"C\", \
+         COALESCE(u, '') COLLATE \"C\"{})",
         sum("pt"),
         sum("ct"),
         sum("tt"),

@@ -178,9 +178,12 @@ impl Store {
         };
         let mut conditions = vec![self.match_filter(&mut sql, &query.filter)];
         if from_rows {
-            let (start, end) = (seconds(query.start)?, seconds(query.end)?);
-            conditions.push(format!("occurred_at >= {}", sql.arg(self.occurred(start))));
-            conditions.push(format!("occurred_at < {}", sql.arg(self.occurred(end))));
+            conditions.push(format!("occurred_at >= {}", sql.arg(self.occurred(seconds(query.start)?))));
+            // The end of the last minute of 9999 is past what a time holds:
+            // no upper bound is the same bound.
+            if let Ok(end) = seconds(query.end) {
+                conditions.push(format!("occurred_at < {}", sql.arg(self.occurred(end))));
+            }
         } else {
             conditions.push(format!("hour_start >= {}", sql.arg(Value::BigInt(Some(query.start)))));
             conditions.push(format!("hour_start < {}", sql.arg(Value::BigInt(Some(query.end)))));

@@ -127,9 +127,33 @@ impl Store {
                     updates.push((row, cost, pricing));
                 }
                 if !updates.is_empty() {
-                    // The rollups move with the rows, in the same transaction.
+                    // Each row is updated only if it still holds what was
+                    // read (another re-rating may have changed it since, or
+                    // retention removed it); the rollups move by what was
+                    // updated, in the same transaction, in key order.
+                    let txn = self.connection().begin().await?;
                     let mut changes = crate::rollups::CostChanges::new();
-                    for (row, cost, _) in &updates {
+                    for (row, cost, pricing) in updates {
+                        let mut q = Query::update();
+                        q.table(U::Table)
+                            .value(U::CostNanoUsd, cost.map(|c| c.nano_usd))
+                            .value(U::PriceId, cost.map(|c| c.price_id))
+                            .value(U::Pricing, pricing)
+                            .and_where(Expr::col(U::OrganizationId).eq(org.as_str()))
+                            .and_where(Expr::col(U::OccurredAt).eq(row.at_value.clone()))
+                            .and_where(Expr::col(U::RequestId).eq(row.id_value.clone()))
+                            .and_where(Expr::col(U::Pricing).eq(row.pricing.as_str()))
+                            .and_where(match row.cost {
+                                Some(c) => Expr::col(U::CostNanoUsd).eq(c),
+                                None => Expr::col(U::CostNanoUsd).is_null(),
+                            })
+                            .and_where(match row.price_id {
+                                Some(p) => Expr::col(U::PriceId).eq(p),
+                                None => Expr::col(U::PriceId).is_null(),
+                            });
+                        if txn.execute_raw(self.build(&q)).await?.rows_affected() != 1 {
+                            continue;
+                        }
                         let key = crate::rollups::RollupKey {
                             organization_id: org.clone(),
                             hour_start: crate::rollups::hour_start(row.at),
@@ -144,19 +168,7 @@ impl Store {
                             .saturating_add(cost.map_or(0, |c| c.nano_usd).saturating_sub(row.cost.unwrap_or(0)));
                         change.1 += i64::from(cost.is_none()) - i64::from(row.cost.is_none());
                     }
-                    let txn = self.connection().begin().await?;
                     crate::rollups::apply_cost_changes(&txn, self.db_backend(), &changes).await?;
-                    for (row, cost, pricing) in updates {
-                        let mut q = Query::update();
-                        q.table(U::Table)
-                            .value(U::CostNanoUsd, cost.map(|c| c.nano_usd))
-                            .value(U::PriceId, cost.map(|c| c.price_id))
-                            .value(U::Pricing, pricing)
-                            .and_where(Expr::col(U::OrganizationId).eq(org.as_str()))
-                            .and_where(Expr::col(U::OccurredAt).eq(row.at_value.clone()))
-                            .and_where(Expr::col(U::RequestId).eq(row.id_value.clone()));
-                        txn.execute_raw(self.build(&q)).await?;
-                    }
                     txn.commit().await?;
                 }
                 if (rows.len() as u64) < batch {

@@ -20,7 +20,8 @@ use time::OffsetDateTime;
 use crate::{Backend, Error, Store};
 
 /// A rollup row's key. `project` and `user` are `""` for a row without one
-/// (identifiers are never empty).
+/// (a record's empty project or user is grouped with none: the read
+/// endpoints refuse empty filters and report both as `null`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct RollupKey {
     pub(crate) organization_id: String,
@@ -159,7 +160,14 @@ pub(crate) async fn apply_cost_changes(
         }
         let mut values = key.values().to_vec();
         values.extend([Value::BigInt(Some(*cost)), Value::BigInt(Some(*unpriced))]);
-        txn.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+        if txn.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?.rows_affected() == 0 {
+            // Rows stored without their rollups (by a process older than
+            // m0005): `ingestd rollups rebuild` puts them right.
+            tracing::warn!(
+                organization_id = %key.organization_id, hour_start = key.hour_start,
+                "re-rated rows have no rollup row; run `ingestd rollups rebuild` for their hours"
+            );
+        }
     }
     Ok(())
 }
