@@ -87,7 +87,10 @@ impl Store {
         if let Some(from) = filter.from {
             conditions.push(format!("occurred_at >= {}", sql.arg(self.occurred(from))));
         }
-        if let Some(to) = filter.to {
+        // Past the first page the cursor is the upper bound: given `to` as
+        // well, SQLite bounds the index scan by `to` and filters the rows
+        // down to the cursor, reading every earlier page again.
+        if let Some(to) = filter.to.filter(|to| after.is_none_or(|p| p.occurred_at >= *to)) {
             conditions.push(format!("occurred_at < {}", sql.arg(self.occurred(to))));
         }
         if let Some(p) = after {
