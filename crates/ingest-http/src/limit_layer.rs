@@ -4,8 +4,9 @@
 //! The organization is the one the API-key layer ([`crate::key_layer`]) put in the
 //! request's extensions ([`Organization`]); otherwise the `X-Organization-Id`
 //! header; otherwise `anonymous`. It is never taken from the body, which nobody has
-//! vouched for. Only `/v1/…` is limited: probes, metrics and the API
-//! description are not.
+//! vouched for. Only `/v1/…` ingestion is limited: probes, metrics, the API
+//! description and the read endpoints (`/v1/usage/records|summary|export`)
+//! are not.
 //!
 //! Every response under the limiter carries `X-RateLimit-Limit`,
 //! `X-RateLimit-Remaining`, `X-RateLimit-Reset` and the IETF
