@@ -1,4 +1,4 @@
-//! `cargo xtask bench [floor|writer|price|read|http|redis|nats|all]`; see docs/benchmarks.md.
+//! `cargo xtask bench [floor|writer|price|read|otlp|http|redis|nats|all]`; see docs/benchmarks.md.
 //!
 //! `http` builds the release binaries, then for each scenario starts a fresh
 //! `ingestd` (new SQLite file, `synchronous=FULL`) and, in the same run, the
@@ -19,6 +19,8 @@ pub fn run(args: &[String]) -> Result<()> {
         "writer" => storage_bench("writer"),
         "price" => price(),
         "read" => read(),
+        // `POST /v1/traces` against the JSON batch endpoint, same run.
+        "otlp" => cargo_bench("ingestd", "otlp"),
         "http" => http(),
         "redis" => redis(),
         "nats" => nats(&args[1..]),
@@ -28,19 +30,27 @@ pub fn run(args: &[String]) -> Result<()> {
             nats(&[])?;
             storage_bench("floor")?;
             read()?;
+            cargo_bench("ingestd", "otlp")?;
             price()?;
             storage_bench("writer")
         }
-        other => bail!("unknown benchmark {other:?}; expected floor, writer, price, read, http, redis, nats or all"),
+        other => {
+            bail!("unknown benchmark {other:?}; expected floor, writer, price, read, otlp, http, redis, nats or all")
+        }
     }
 }
 
 /// A bench of ingest-storage: `writer` (criterion, the writer's shapes) or
 /// `floor` (the writer against each database's own bulk path).
 fn storage_bench(name: &str) -> Result<()> {
+    cargo_bench("ingest-storage", name)
+}
+
+/// `cargo bench -p PACKAGE --bench NAME` with the services the tests use.
+fn cargo_bench(package: &str, name: &str) -> Result<()> {
     let services = crate::services::Services::ensure()?;
     let mut cmd = Command::new("cargo");
-    cmd.args(["bench", "-p", "ingest-storage", "--bench", name]);
+    cmd.args(["bench", "-p", package, "--bench", name]);
     services.apply(&mut cmd);
     if !cmd.status()?.success() {
         bail!("{name} benchmark failed");
@@ -51,14 +61,7 @@ fn storage_bench(name: &str) -> Result<()> {
 /// The read path (`ingestd`'s `read` bench): the writer with and without
 /// rollups, summary latency over 10M rows, export rows/s.
 fn read() -> Result<()> {
-    let services = crate::services::Services::ensure()?;
-    let mut cmd = Command::new("cargo");
-    cmd.args(["bench", "-p", "ingestd", "--bench", "read"]);
-    services.apply(&mut cmd);
-    if !cmd.status()?.success() {
-        bail!("read benchmark failed");
-    }
-    Ok(())
+    cargo_bench("ingestd", "read")
 }
 
 /// What pricing one record costs (criterion, `ingest-pricing`'s `price`).

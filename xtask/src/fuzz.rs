@@ -20,7 +20,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-const TARGETS: &[&str] = &["decode_record", "decode_batch", "stream_message", "structured_record"];
+const TARGETS: &[&str] = &["decode_record", "decode_batch", "stream_message", "structured_record", "otlp_traces"];
 /// The cargo-fuzz release this is pinned to.
 const CARGO_FUZZ: &str = "0.13.2";
 

@@ -84,7 +84,7 @@ pub fn key_unix_ms(source: Source, key: &str) -> Option<u64> {
     match source {
         Source::Redis => key.rsplit_once(':').and_then(|(_, id)| entry_id_ms(id)),
         Source::Nats => key.rsplit_once('@').and_then(|(_, ms)| ms.parse().ok()),
-        Source::Http => None,
+        Source::Http | Source::Otlp => None,
     }
 }
 

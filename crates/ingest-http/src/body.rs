@@ -26,16 +26,27 @@ enum Encoding {
     Zstd,
 }
 
-/// Checks the headers before any of the body is read.
+/// Checks the headers of a JSON request before any of the body is read.
 pub(crate) fn check_headers(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    check_media(headers, limit, "application/json", |essence| {
+        essence.eq_ignore_ascii_case("application/json").then_some(())
+    })
+}
+
+/// Checks the headers before any of the body is read: the media type is
+/// one `accept` takes (`expected` names them for the 415), the encoding one
+/// [`read`] knows, and an uncompressed body's declared length within `limit`.
+pub(crate) fn check_media<T>(
+    headers: &HeaderMap,
+    limit: usize,
+    expected: &'static str,
+    accept: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("(not text)"));
-    let is_json = content_type.is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or("").trim();
-        essence.eq_ignore_ascii_case("application/json")
-    });
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType { found: content_type.unwrap_or("nothing").to_owned() });
-    }
+    let essence = content_type.map_or("", |ct| ct.split(';').next().unwrap_or("").trim());
+    let Some(media) = accept(essence) else {
+        return Err(ApiError::UnsupportedMediaType { found: content_type.unwrap_or("nothing").to_owned(), expected });
+    };
     let encoding = encoding(headers)?;
     if encoding == Encoding::Identity {
         let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -43,7 +54,7 @@ pub(crate) fn check_headers(headers: &HeaderMap, limit: usize) -> Result<(), Api
             return Err(ApiError::BodyTooLarge { limit, after: "" });
         }
     }
-    Ok(())
+    Ok(media)
 }
 
 fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {

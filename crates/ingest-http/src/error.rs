@@ -16,12 +16,15 @@ pub enum ApiError {
     BatchTooLarge { max: usize },
     #[error("batch has no records; send 1 to {max}")]
     EmptyBatch { max: usize },
-    #[error("content-type must be application/json, found {found}")]
-    UnsupportedMediaType { found: String },
+    #[error("content-type must be {expected}, found {found}")]
+    UnsupportedMediaType { found: String, expected: &'static str },
     #[error("content-encoding {found} is not supported; use gzip, zstd or identity")]
     UnsupportedEncoding { found: String },
     #[error("request body is not valid {encoding} data")]
     BadEncoding { encoding: &'static str },
+    /// `POST /v1/traces`: the body is not an OTLP export request.
+    #[error("{0}")]
+    MalformedOtlp(String),
     #[error("could not read the request body")]
     BodyRead,
     #[error("no route for {path}")]
@@ -77,6 +80,7 @@ impl ApiError {
             | InvalidEnvelope { .. }
             | EmptyBatch { .. }
             | BadEncoding { .. }
+            | MalformedOtlp(_)
             | BodyRead
             | InvalidOrganizationHeader { .. }
             | InvalidIdempotencyKey { .. }
@@ -112,6 +116,7 @@ impl ApiError {
             UnsupportedMediaType { .. } => "unsupported_media_type",
             UnsupportedEncoding { .. } => "unsupported_encoding",
             BadEncoding { .. } => "bad_encoding",
+            MalformedOtlp(_) => "malformed_otlp",
             BodyRead => "body_read_failed",
             NotFound { .. } => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",

@@ -1,8 +1,9 @@
 //! The HTTP edge of ingestd: a hyper 1 server with a tower stack, no web
 //! framework.
 //!
-//! Routes (SPEC §2, §10): `GET /health`, `GET /health/ready`, `POST /v1/usage`,
-//! `POST /v1/usage/batch`, `GET /v1/usage/records|summary|export` (`read.rs`),
+//! Routes (SPEC §2, §10, §11): `GET /health`, `GET /health/ready`, `POST /v1/usage`,
+//! `POST /v1/usage/batch`, `POST /v1/traces` (OTLP/HTTP, `otlp.rs`),
+//! `GET /v1/usage/records|summary|export` (`read.rs`),
 //! `GET /metrics`, `GET /openapi.json`, `/admin/v1/…` (`admin.rs`).
 //!
 //! The stack, outermost first: request id (`x-request-id`, generated when
@@ -24,6 +25,7 @@ mod config;
 mod error;
 pub mod key_layer;
 pub mod limit_layer;
+mod otlp;
 mod read;
 mod routes;
 mod server;

@@ -25,6 +25,7 @@ pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("/health/ready", "GET"),
     ("/v1/usage", "POST"),
     ("/v1/usage/batch", "POST"),
+    (crate::otlp::TRACES, "POST"),
     (crate::read::RECORDS, "GET"),
     (crate::read::SUMMARY, "GET"),
     (crate::read::EXPORT, "GET"),
@@ -55,6 +56,10 @@ pub(crate) async fn handle<S: RecordSink>(state: Arc<AppState<S>>, req: Request<
             let kind = if *p == "/v1/usage" { Kind::Single } else { Kind::Batch };
             let deadline = Deadline { at: started + Duration::from_secs(secs), secs };
             caught(ingest(&state, req, kind, deadline)).await
+        }
+        (Some((crate::otlp::TRACES, _)), _) => {
+            let deadline = Deadline { at: started + Duration::from_secs(secs), secs };
+            caught(crate::otlp::traces(&state, req, deadline)).await
         }
         (Some((p, _)), _) if crate::read::is_read_path(p) => timed(secs, read(&state, req, p)).await,
         (Some((p, _)), _) => timed(secs, dispatch(&state, p)).await,
@@ -225,7 +230,7 @@ async fn ingest<S: RecordSink>(
     }
 
     let report = state.ingestor.store_before(decoded, Source::Http, deadline).await?;
-    count_records(&report);
+    count_records(&report, Source::Http);
     let status = status_for(&report, kind);
     let body = IngestionResponse::new(response_id, &report, OffsetDateTime::now_utc());
     Ok(json_response(status, &body))
@@ -279,7 +284,11 @@ fn idempotent_id(header: &str, caller: &[u8], key: &str, record: &UsageRecord, i
     )
 }
 
-fn verify_signature(secret: &auth::SigningSecret, headers: &http::HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+pub(crate) fn verify_signature(
+    secret: &auth::SigningSecret,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<(), ApiError> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signed = auth::webhook::Headers {
         id: text("webhook-id"),
@@ -295,7 +304,7 @@ fn verify_signature(secret: &auth::SigningSecret, headers: &http::HeaderMap, bod
 
 /// An organization key writes only its own organization's records: the
 /// others are rejected one by one (`organization_forbidden`).
-fn forbid_foreign_records(principal: &Principal, decoded: &mut [Result<UsageRecord, Rejected>]) {
+pub(crate) fn forbid_foreign_records(principal: &Principal, decoded: &mut [Result<UsageRecord, Rejected>]) {
     for item in decoded.iter_mut() {
         if let Ok(record) = item
             && !principal.may_write(&record.organization_id)
@@ -332,12 +341,13 @@ fn status_for(report: &IngestReport, kind: Kind) -> StatusCode {
     if all_forbidden { StatusCode::FORBIDDEN } else { StatusCode::UNPROCESSABLE_ENTITY }
 }
 
-fn count_records(report: &IngestReport) {
+pub(crate) fn count_records(report: &IngestReport, source: Source) {
     for (outcome, n) in
         [("accepted", report.accepted()), ("duplicate", report.duplicates()), ("rejected", report.rejected())]
     {
         if n > 0 {
-            metrics::counter!("ingestd_records_total", "source" => "http", "outcome" => outcome).increment(n as u64);
+            metrics::counter!("ingestd_records_total", "source" => source.as_str(), "outcome" => outcome)
+                .increment(n as u64);
         }
     }
 }

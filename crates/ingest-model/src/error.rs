@@ -81,6 +81,9 @@ codes! {
     /// The database refused the record although it passed validation; the
     /// other records of the request, and of other requests, are not affected.
     StorageRefused => "storage_refused",
+    /// An OTLP span that carries token usage has no valid trace id (16
+    /// bytes) or span id (8 bytes), from which its record's id derives.
+    InvalidSpanId => "invalid_span_id",
 }
 
 impl fmt::Display for ErrorCode {

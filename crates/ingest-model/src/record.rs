@@ -108,6 +108,8 @@ pub enum Source {
     Http,
     Nats,
     Redis,
+    /// OTLP/HTTP trace export (`POST /v1/traces`, SPEC §11).
+    Otlp,
 }
 
 impl Source {
@@ -116,6 +118,7 @@ impl Source {
             Source::Http => "http",
             Source::Nats => "nats",
             Source::Redis => "redis",
+            Source::Otlp => "otlp",
         }
     }
 }

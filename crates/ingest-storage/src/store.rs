@@ -491,6 +491,7 @@ impl Store {
             "http" => Source::Http,
             "nats" => Source::Nats,
             "redis" => Source::Redis,
+            "otlp" => Source::Otlp,
             other => return Err(sea_orm::DbErr::Type(format!("unknown dead-letter source {other:?}")).into()),
         };
         let (id, first_seen_at, last_seen_at, replayed_at) = match self.backend {

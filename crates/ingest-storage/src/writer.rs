@@ -249,7 +249,9 @@ impl WriterHandle {
         let need = u32::try_from(records.len().min(self.capacity)).unwrap_or(u32::MAX);
         let permit = match source {
             // A client is told at once to come back later.
-            Source::Http => self.space.clone().try_acquire_many_owned(need).map_err(|_| SinkError::Overloaded)?,
+            Source::Http | Source::Otlp => {
+                self.space.clone().try_acquire_many_owned(need).map_err(|_| SinkError::Overloaded)?
+            }
             // A stream source waits its turn: the semaphore is FIFO, so room
             // freed goes to it before later HTTP submissions take it.
             Source::Nats | Source::Redis => {

@@ -9,6 +9,7 @@
 pub mod conformance;
 pub mod http;
 pub mod nats;
+pub mod python;
 pub mod redis;
 mod throwaway;
 

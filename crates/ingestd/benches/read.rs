@@ -29,13 +29,13 @@ use sea_orm::{ConnectionTrait, TransactionTrait};
 use storage::{Writer, WriterConfig};
 use testkit::{Kind, TestDatabase, record};
 
+use common::{Service, env_number};
+
+mod common;
+
 const CALLERS: usize = 8;
 const PER_SUBMISSION: usize = 1000;
 const ORG: &str = "read-bench";
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
 
 fn main() {
     let rows = env_number("XTASK_BENCH_ROWS", 100_000);
@@ -197,16 +197,8 @@ async fn summary_and_export(kind: Kind, rows: i64) {
 async fn export(kind: Kind, db: &TestDatabase, start: i64, rows: i64) {
     let wanted = rows.min(1_000_000);
     let to = start + (30 * 86_400) * wanted / rows;
-    let mut config = ingestd::Config { database: db.config.clone(), ..ingestd::Config::default() };
-    config.auth.mode = ingestd::config::AuthMode::None;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = ingestd::App::build(config).await.expect("app");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run(listener, async move {
-        let _ = stopped.await;
-    }));
-    let mut client = testkit::http::Client::connect(addr).await.expect("connect");
+    let service = Service::start(db, |_| {}).await;
+    let mut client = testkit::http::Client::connect(service.addr).await.expect("connect");
     let path = format!("/v1/usage/export?organization_id={ORG}&format=csv&from={start}&to={to}");
     let began = Instant::now();
     let mut lines = 0u64;
@@ -222,6 +214,5 @@ async fn export(kind: Kind, db: &TestDatabase, start: i64, rows: i64) {
         bytes as f64 / 1e6,
         exported as f64 / elapsed.as_secs_f64() / 1e3
     );
-    let _ = stop.send(());
-    task.await.expect("app task").expect("app");
+    service.stop().await;
 }

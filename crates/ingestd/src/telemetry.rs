@@ -59,8 +59,19 @@ fn otlp_provider() -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::Expo
     if !endpoint_set {
         return Ok(None);
     }
-    // The endpoint, headers and timeout come from the standard OTEL_* variables.
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    // The endpoint, headers, timeout and protocol come from the standard
+    // OTEL_* variables. Without a protocol set, protobuf, the OTLP default:
+    // the crate's own default follows its cargo features, and becomes JSON
+    // in any build where another crate enables `http-json` (the tests do).
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
+    let protocol_set = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    if !protocol_set {
+        use opentelemetry_otlp::WithExportConfig as _;
+        builder = builder.with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    }
+    let exporter = builder.build()?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name("ingestd").build();
     Ok(Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build()))
 }

@@ -1,0 +1,416 @@
+//! OpenTelemetry in (SPEC §11): an OTLP/HTTP trace export request, in
+//! protobuf or JSON, read into ingestd usage records.
+//!
+//! [`decode`] turns the body into an `ExportTraceServiceRequest`
+//! (`opentelemetry-proto`'s prost messages; its serde derives carry the
+//! OTLP/JSON quirks: hex trace and span ids, integer enums, 64-bit integers
+//! as decimal strings, unknown fields ignored). [`usage_spans`] maps each
+//! span that carries token usage to a record in ingestd's own JSON (SPEC §1)
+//! and counts the others; the caller hands those records to the one decoder
+//! every source uses (`model::Ingestor::decode`), so an OTLP record obeys
+//! exactly the rules a JSON record does and a bad attribute comes back as the
+//! same coded error. [`response`] writes the `ExportTraceServiceResponse`.
+//!
+//! The attribute precedence (current GenAI names, then older spellings,
+//! then OpenLLMetry's `llm.usage.*`) is the table in docs/otlp.md; it lives
+//! here as data ([`ATTRIBUTES`]), read in one pass over each span.
+//!
+//! No IO, no async.
+
+use std::fmt;
+
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+/// The body's encoding, from its media type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// `application/x-protobuf`
+    Protobuf,
+    /// `application/json`
+    Json,
+}
+
+impl Encoding {
+    /// The media types accepted, in the order error messages name them.
+    pub const MEDIA_TYPES: &'static str = "application/x-protobuf or application/json";
+
+    /// The encoding of a media type's essence (`type/subtype`, any case).
+    pub fn from_media_type(essence: &str) -> Option<Encoding> {
+        if essence.eq_ignore_ascii_case("application/x-protobuf") {
+            Some(Encoding::Protobuf)
+        } else if essence.eq_ignore_ascii_case("application/json") {
+            Some(Encoding::Json)
+        } else {
+            None
+        }
+    }
+
+    /// The response's `Content-Type`: the request's.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "protobuf",
+            Encoding::Json => "JSON",
+        }
+    }
+}
+
+/// A body that is not an `ExportTraceServiceRequest` in its encoding.
+#[derive(Debug)]
+pub struct DecodeError {
+    pub encoding: Encoding,
+    pub message: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not an OTLP ExportTraceServiceRequest in {}: {}", self.encoding.name(), self.message)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes a whole (already decompressed) request body. Nesting is bounded
+/// by both decoders (prost: 100 levels, serde_json: 128), so a deep
+/// `arrayValue` is an error, not a stack overflow.
+pub fn decode(body: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequest, DecodeError> {
+    let result = match encoding {
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string()),
+        Encoding::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
+    };
+    result.map_err(|message| DecodeError { encoding, message })
+}
+
+/// The `ExportTraceServiceResponse` body in `encoding`: `partial_success` is
+/// set only when `rejected > 0` (OTLP: an empty one would mean "all
+/// accepted" anyway, and some clients log any that is present).
+pub fn response(encoding: Encoding, rejected: u64, message: &str) -> Vec<u8> {
+    match encoding {
+        Encoding::Protobuf => ExportTraceServiceResponse {
+            partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: i64::try_from(rejected).unwrap_or(i64::MAX),
+                error_message: message.to_owned(),
+            }),
+        }
+        .encode_to_vec(),
+        // Written here, not by the crate's serde derive: OTLP/JSON encodes
+        // int64 as a decimal string, the derive as a number.
+        Encoding::Json if rejected == 0 => b"{}".to_vec(),
+        Encoding::Json => serde_json::to_vec(&json!({
+            "partialSuccess": { "rejectedSpans": rejected.to_string(), "errorMessage": message }
+        }))
+        .unwrap_or_default(),
+    }
+}
+
+/// What a request's spans came to.
+#[derive(Debug, Default)]
+pub struct Spans {
+    /// One per span that carries token usage, in request order.
+    pub usage: Vec<UsageSpan>,
+    /// Spans without token usage: skipped, not rejected.
+    pub without_usage: u64,
+}
+
+/// A span that carries token usage.
+#[derive(Debug)]
+pub struct UsageSpan {
+    /// Hex, as OTLP/JSON writes them (for messages and logs).
+    pub trace_id: String,
+    pub span_id: String,
+    /// The record in ingestd's JSON (SPEC §1), for `model::Ingestor::decode`;
+    /// `Err`: the span cannot be a record whatever its attributes say.
+    pub record: Result<Box<RawValue>, SpanProblem>,
+}
+
+/// Why a usage span cannot become a record at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpanProblem {
+    /// Its trace id is not 16 bytes or its span id not 8 (or either is all
+    /// zeros): the record's id derives from both.
+    InvalidSpanId,
+}
+
+impl fmt::Display for SpanProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpanProblem::InvalidSpanId => f.write_str(
+                "the span needs a valid trace id (16 bytes, not all zero) and span id (8 bytes, not all zero)",
+            ),
+        }
+    }
+}
+
+/// A record field that span attributes fill, and the attributes that give
+/// it, first match wins (SPEC §11; docs/otlp.md's table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Provider,
+    Model,
+    PromptTokens,
+    CompletionTokens,
+    CachedTokens,
+    CacheWriteTokens,
+    ReasoningTokens,
+    UserId,
+}
+
+const FIELDS: usize = 8;
+
+/// Each field's attributes, in precedence order.
+pub const ATTRIBUTES: [(Field, &[&str]); FIELDS] = [
+    (Field::Provider, &["gen_ai.provider.name", "gen_ai.system"]),
+    (Field::Model, &["gen_ai.response.model", "gen_ai.request.model"]),
+    (Field::PromptTokens, &["gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.usage.prompt_tokens"]),
+    (
+        Field::CompletionTokens,
+        &["gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.usage.completion_tokens"],
+    ),
+    (Field::CachedTokens, &["gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens"]),
+    (
+        Field::CacheWriteTokens,
+        &["gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens"],
+    ),
+    (
+        Field::ReasoningTokens,
+        &["gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens", "llm.usage.reasoning_tokens"],
+    ),
+    (Field::UserId, &["user.id"]),
+];
+
+/// Resource attributes read.
+pub const SERVICE_NAME: &str = "service.name";
+pub const USER_ID: &str = "user.id";
+pub const ORGANIZATION_ID: &str = "ingestd.organization_id";
+
+/// The attributes of one span (or resource) that matter, found in one pass.
+#[derive(Default)]
+struct Found<'a> {
+    /// `slots[field][rank]`: the value of the field's `rank`-th attribute.
+    slots: [[Option<&'a AnyValue>; 3]; FIELDS],
+}
+
+impl<'a> Found<'a> {
+    fn of(attributes: &'a [KeyValue]) -> Found<'a> {
+        let mut found = Found::default();
+        for kv in attributes {
+            let Some(value) = kv.value.as_ref() else { continue };
+            if let Some((field, rank)) = slot(&kv.key) {
+                // The first occurrence of a repeated key wins, as the first
+                // spelling does.
+                found.slots[field][rank].get_or_insert(value);
+            }
+        }
+        found
+    }
+
+    fn get(&self, field: Field) -> Option<&'a AnyValue> {
+        self.slots[field as usize].iter().flatten().next().copied()
+    }
+}
+
+fn slot(key: &str) -> Option<(usize, usize)> {
+    // Every attribute this reads starts with one of three prefixes; most
+    // span attributes (http.*, db.*, …) leave at the first comparison.
+    if !(key.starts_with("gen_ai.") || key.starts_with("llm.") || key == USER_ID) {
+        return None;
+    }
+    ATTRIBUTES.iter().enumerate().find_map(|(i, (_, keys))| keys.iter().position(|k| *k == key).map(|rank| (i, rank)))
+}
+
+/// Maps every span of `request` (SPEC §11). `organization`: the one every
+/// record gets (an organization key's own, or a service key's
+/// `X-Organization-Id`); `None`: each resource's `ingestd.organization_id`.
+pub fn usage_spans(request: &ExportTraceServiceRequest, organization: Option<&str>) -> Spans {
+    let mut spans = Spans::default();
+    for resource_spans in &request.resource_spans {
+        let resource: &[KeyValue] = resource_spans.resource.as_ref().map_or(&[], |r| &r.attributes);
+        let resource = Resource::of(resource);
+        for scope_spans in &resource_spans.scope_spans {
+            for span in &scope_spans.spans {
+                match usage_span(span, &resource, organization) {
+                    Some(usage) => spans.usage.push(usage),
+                    None => spans.without_usage += 1,
+                }
+            }
+        }
+    }
+    spans
+}
+
+struct Resource<'a> {
+    service_name: Option<&'a AnyValue>,
+    user_id: Option<&'a AnyValue>,
+    organization: Option<&'a AnyValue>,
+}
+
+impl<'a> Resource<'a> {
+    fn of(attributes: &'a [KeyValue]) -> Resource<'a> {
+        let get = |key: &str| attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref());
+        Resource { service_name: get(SERVICE_NAME), user_id: get(USER_ID), organization: get(ORGANIZATION_ID) }
+    }
+}
+
+/// One span's record, or `None` when it carries no token usage.
+fn usage_span(span: &Span, resource: &Resource<'_>, organization: Option<&str>) -> Option<UsageSpan> {
+    let found = Found::of(&span.attributes);
+    let (prompt, completion) = (found.get(Field::PromptTokens), found.get(Field::CompletionTokens));
+    if prompt.is_none() && completion.is_none() {
+        return None;
+    }
+    let trace_id = hex(&span.trace_id);
+    let span_id = hex(&span.span_id);
+    let valid_ids = span.trace_id.len() == 16
+        && span.span_id.len() == 8
+        && span.trace_id.iter().any(|b| *b != 0)
+        && span.span_id.iter().any(|b| *b != 0);
+    if !valid_ids {
+        return Some(UsageSpan { trace_id, span_id, record: Err(SpanProblem::InvalidSpanId) });
+    }
+
+    let mut record = Map::new();
+    let end = span.end_time_unix_nano;
+    // SPEC §11: a UUID v8 from the trace and span ids, ordered by the end
+    // time, so a retried or repeated export is a duplicate.
+    let request_id = model::ids::derived_ordered(end / 1_000_000, &[b"otlp", &span.trace_id, &span.span_id]);
+    record.insert("request_id".into(), json!(request_id));
+    if end > 0
+        && let Ok(at) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(end))
+        && let Ok(text) = at.format(&Rfc3339)
+    {
+        record.insert("timestamp".into(), Value::String(text));
+    }
+    if let Some(v) = found.get(Field::Provider) {
+        record.insert("provider".into(), value(v));
+    }
+    if let Some(v) = found.get(Field::Model) {
+        record.insert("model".into(), json!({ "name": value(v) }));
+    }
+    match organization {
+        Some(org) => {
+            record.insert("organization_id".into(), Value::String(org.to_owned()));
+        }
+        None => {
+            if let Some(v) = resource.organization {
+                record.insert("organization_id".into(), value(v));
+            }
+        }
+    }
+    if let Some(v) = resource.service_name {
+        record.insert("project_id".into(), value(v));
+    }
+    if let Some(v) = found.get(Field::UserId).or(resource.user_id) {
+        record.insert("user_id".into(), value(v));
+    }
+    record.insert("usage".into(), usage(&found, prompt, completion));
+    let start = span.start_time_unix_nano;
+    if start > 0 && end >= start {
+        // Not money: a duration, kept as the float the record holds.
+        record.insert("performance".into(), json!({ "latency_ms": (end - start) as f64 / 1e6 }));
+    }
+    record.insert("metadata".into(), json!({ "otel": { "trace_id": trace_id, "span_id": span_id } }));
+    // Serializing a map of JSON values cannot fail; were it to, the
+    // decoder refuses the `null` as an invalid record.
+    let record = serde_json::value::to_raw_value(&record).unwrap_or_else(|_| RawValue::NULL.to_owned());
+    Some(UsageSpan { trace_id, span_id, record: Ok(record) })
+}
+
+/// The `usage` object. Input tokens include cache tokens, as the GenAI
+/// conventions say; where cache read + cache write exceed the input count,
+/// the instrumentation reported them separately and both are added to it.
+/// A count that is not a whole non-negative number is passed on as sent,
+/// for the record decoder to reject with its coded error.
+fn usage(found: &Found<'_>, prompt: Option<&AnyValue>, completion: Option<&AnyValue>) -> Value {
+    let count = |v: Option<&AnyValue>| v.map_or(Some(0), whole);
+    let (cached, cache_write) = (found.get(Field::CachedTokens), found.get(Field::CacheWriteTokens));
+    let mut prompt_tokens = prompt.map_or(json!(0), value);
+    let mut total = None;
+    if let (Some(input), Some(output)) = (count(prompt), count(completion)) {
+        let mut input = input;
+        if let (Some(c), Some(w)) = (count(cached), count(cache_write))
+            && c.saturating_add(w) > input
+        {
+            input = input.saturating_add(c).saturating_add(w);
+            prompt_tokens = json!(input);
+        }
+        total = Some(json!(input.saturating_add(output)));
+    }
+    let completion_tokens = completion.map_or(json!(0), value);
+    let mut usage = Map::new();
+    // A count the decoder will refuse stands in for the total too, so the
+    // one problem is reported, not a second "missing total".
+    let total = total
+        .unwrap_or_else(|| if count(prompt).is_none() { prompt_tokens.clone() } else { completion_tokens.clone() });
+    usage.insert("prompt_tokens".into(), prompt_tokens);
+    usage.insert("completion_tokens".into(), completion_tokens);
+    usage.insert("total_tokens".into(), total);
+    for (field, key) in [
+        (Field::CachedTokens, "cached_tokens"),
+        (Field::CacheWriteTokens, "cache_write_tokens"),
+        (Field::ReasoningTokens, "reasoning_tokens"),
+    ] {
+        if let Some(v) = found.get(field) {
+            usage.insert(key.into(), value(v));
+        }
+    }
+    Value::Object(usage)
+}
+
+/// A token count: a non-negative `intValue`, or a `doubleValue` that is a
+/// whole non-negative number below 2^64.
+fn whole(v: &AnyValue) -> Option<u64> {
+    match v.value.as_ref()? {
+        Any::IntValue(i) => u64::try_from(*i).ok(),
+        Any::DoubleValue(d) if d.is_finite() && *d >= 0.0 && d.fract() == 0.0 && *d < 18_446_744_073_709_551_616.0 => {
+            // Exact: a whole double below 2^64 converts without rounding.
+            Some(*d as u64)
+        }
+        _ => None,
+    }
+}
+
+/// An attribute value as JSON, for the record decoder to take or refuse
+/// with its own error (a provider sent as a number is `invalid_type`).
+fn value(v: &AnyValue) -> Value {
+    match v.value.as_ref() {
+        None => Value::Null,
+        Some(Any::StringValue(s)) => Value::String(s.clone()),
+        Some(Any::BoolValue(b)) => Value::Bool(*b),
+        Some(Any::IntValue(i)) => json!(i),
+        Some(Any::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number),
+        Some(Any::ArrayValue(a)) => Value::Array(a.values.iter().map(value).collect()),
+        Some(Any::KvlistValue(kv)) => Value::Object(
+            kv.values.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Value::Null, value))).collect(),
+        ),
+        Some(Any::BytesValue(b)) => Value::Array(b.iter().map(|b| json!(b)).collect()),
+        // Meant for profiles only; OTLP says to treat it as absent elsewhere.
+        Some(Any::StringValueStrindex(_)) => Value::Null,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests;
