@@ -124,8 +124,13 @@ async fn python_sdk_spans_are_stored_field_by_field(kind: Kind) {
     let server = Server::start(kind, with_keys).await;
     let acme = key(&server, auth::Scope::Org, Some("acme"), auth::Permissions::WRITE).await;
     let admin = key(&server, auth::Scope::Admin, None, auth::Permissions::WRITE).await;
-    // The resource names another organization: an organization key writes its own.
-    let env = [("OTEL_RESOURCE_ATTRIBUTES", "service.name=checkout,ingestd.organization_id=globex")];
+    // The resource and a header name another organization: an organization
+    // key writes its own.
+    let headers = format!("authorization=Bearer%20{acme},x-organization-id=globex");
+    let env = [
+        ("OTEL_RESOURCE_ATTRIBUTES", "service.name=checkout,ingestd.organization_id=globex"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", headers.as_str()),
+    ];
     let out = export_py(&server, &acme, &env, &["--exports", "2"]).await;
     assert_eq!(out["results"], json!(["SUCCESS", "SUCCESS"]), "the exporter's own verdict");
     let mut c = server.client().await;
@@ -284,6 +289,9 @@ async fn the_rust_exporter_with_json_encoding_is_stored(kind: Kind) {
         assert_eq!(row[field], value, "{field}");
     }
     assert_eq!(row["metadata"], json!({ "otel": { "trace_id": trace_id, "span_id": span_id } }));
+    // An OpenTelemetry provider name finds its price through the alias table.
+    assert_eq!(row["pricing"], "priced", "mistral_ai → the catalog's mistral");
+    assert!(row["cost_nano_usd"].as_i64().unwrap() > 0);
     let expected_id = model::ids::derived_ordered(0, &[b"otlp", &bytes(&trace_id), &bytes(&span_id)]);
     assert_eq!(row["request_id"].as_str().unwrap()[14..], expected_id.to_string()[14..], "derived from the span's ids");
     server.stop().await;
@@ -409,6 +417,19 @@ async fn rejected_usage_spans_are_counted_in_partial_success(kind: Kind) {
         answer.error_message
     );
     assert_eq!(server.store.count_records(None).await.unwrap(), 1);
+
+    // An admin key acts as a service key: the header names the organization.
+    let hooli = traces_body(json!([]), vec![json_span("bbbbbbbbbbbbbbbb", end, attrs(&usage(3, 4)))]);
+    let reply = post_traces(
+        &mut c,
+        &admin,
+        "application/json",
+        &[("x-organization-id", "hooli")],
+        serde_json::to_vec(&hooli).unwrap(),
+    )
+    .await;
+    assert_eq!((reply.status.as_u16(), reply.json()), (200, json!({})));
+    assert_eq!(rows(&mut c, &admin, "hooli").await.len(), 1);
     server.stop().await;
 }
 
@@ -418,7 +439,7 @@ async fn bad_requests_are_refused_like_on_the_other_endpoints() {
         with_keys(c);
         c.server.max_body_bytes = 64 * 1024;
         c.rate_limit.default =
-            PolicyConfig { max_requests: Some(6), window_secs: Some(3600), ..PolicyConfig::default() };
+            PolicyConfig { max_requests: Some(7), window_secs: Some(3600), ..PolicyConfig::default() };
     })
     .await;
     let acme = key(&server, auth::Scope::Org, Some("acme"), auth::Permissions::WRITE).await;
@@ -459,12 +480,26 @@ async fn bad_requests_are_refused_like_on_the_other_endpoints() {
     assert!(bomb.len() < 64 * 1024);
     let reply = post_traces(&mut c, &acme, "application/x-protobuf", &[("content-encoding", "gzip")], bomb).await;
     assert_eq!((reply.status.as_u16(), reply.json()["code"].as_str()), (413, Some("body_too_large")));
+    // More spans than one request may carry (empty ones, 2 bytes each).
+    let many = ExportTraceServiceRequest {
+        resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+            scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans {
+                spans: vec![Default::default(); 10_001],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let reply = post_traces(&mut c, &acme, "application/x-protobuf", &[], many.encode_to_vec()).await;
+    assert_eq!((reply.status.as_u16(), reply.json()["code"].as_str()), (413, Some("otlp_too_large")));
+    assert!(reply.json()["error"].as_str().unwrap().contains("more than 10000 spans"));
     // A key without `write`.
     let reply = post_traces(&mut c, &reader, "application/json", &[], one(2)).await;
     assert_eq!((reply.status.as_u16(), reply.json()["code"].as_str()), (403, Some("permission_denied")));
     assert_eq!(server.count("acme").await, 0, "nothing stored by refused requests");
 
-    // The rate limit: 6 per hour for acme, 5 spent above (415, 400, 400, 413, 413).
+    // The rate limit: 7 per hour for acme, 6 spent above (415, 400, 400,
+    // 413, 413, 413; the 403 is answered before the limiter).
     let reply = post_traces(&mut c, &acme, "application/json", &[], one(3)).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let reply = post_traces(&mut c, &acme, "application/json", &[], one(4)).await;

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// `POST /v1/traces`: the body is not an OTLP export request.
     #[error("{0}")]
     MalformedOtlp(String),
+    /// `POST /v1/traces`: more spans or attributes than one request may carry.
+    #[error("{0}")]
+    OtlpTooLarge(String),
     #[error("could not read the request body")]
     BodyRead,
     #[error("no route for {path}")]
@@ -93,7 +96,7 @@ impl ApiError {
             AdminScopeRequired | PermissionDenied { .. } | OrganizationForbidden { .. } => StatusCode::FORBIDDEN,
             InvalidPolicy { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ResourceNotFound { .. } => StatusCode::NOT_FOUND,
-            BodyTooLarge { .. } | BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTooLarge { .. } | BatchTooLarge { .. } | OtlpTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType { .. } | UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotFound { .. } => StatusCode::NOT_FOUND,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,6 +120,7 @@ impl ApiError {
             UnsupportedEncoding { .. } => "unsupported_encoding",
             BadEncoding { .. } => "bad_encoding",
             MalformedOtlp(_) => "malformed_otlp",
+            OtlpTooLarge(_) => "otlp_too_large",
             BodyRead => "body_read_failed",
             NotFound { .. } => "not_found",
             MethodNotAllowed { .. } => "method_not_allowed",

@@ -45,7 +45,10 @@ pub(crate) async fn traces<S: RecordSink>(
     if let Some(secret) = principal.as_ref().and_then(|p| p.signing_secret.as_ref()) {
         crate::routes::verify_signature(secret, &parts.headers, &bytes)?;
     }
-    let request = otlp::decode(&bytes, encoding).map_err(|e| ApiError::MalformedOtlp(e.to_string()))?;
+    let request = otlp::decode(&bytes, encoding).map_err(|e| match e {
+        otlp::DecodeError::TooMany { .. } => ApiError::OtlpTooLarge(e.to_string()),
+        otlp::DecodeError::Malformed { .. } => ApiError::MalformedOtlp(e.to_string()),
+    })?;
     drop(bytes);
 
     // SPEC §11: an organization key's own organization, whatever the spans

@@ -19,17 +19,16 @@
 
 use std::fmt;
 
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+mod wire;
+
+pub use wire::{ExportRequest, MAX_ATTRIBUTES, MAX_SPANS};
+use wire::{KeyValue, Span, Value as Any};
 
 /// The body's encoding, from its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,30 +70,42 @@ impl Encoding {
     }
 }
 
-/// A body that is not an `ExportTraceServiceRequest` in its encoding.
+/// A body that is not an `ExportTraceServiceRequest` in its encoding, or
+/// one over [`MAX_SPANS`] or [`MAX_ATTRIBUTES`].
 #[derive(Debug)]
-pub struct DecodeError {
-    pub encoding: Encoding,
-    pub message: String,
+pub enum DecodeError {
+    Malformed { encoding: Encoding, message: String },
+    TooMany { what: &'static str, max: usize },
 }
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "not an OTLP ExportTraceServiceRequest in {}: {}", self.encoding.name(), self.message)
+        match self {
+            DecodeError::Malformed { encoding, message } => {
+                write!(f, "not an OTLP ExportTraceServiceRequest in {}: {message}", encoding.name())
+            }
+            DecodeError::TooMany { what, max } => {
+                write!(f, "the request has more than {max} {what}; the maximum is {max}")
+            }
+        }
     }
 }
 
 impl std::error::Error for DecodeError {}
 
-/// Decodes a whole (already decompressed) request body. Nesting is bounded
-/// by both decoders (prost: 100 levels, serde_json: 128), so a deep
-/// `arrayValue` is an error, not a stack overflow.
-pub fn decode(body: &[u8], encoding: Encoding) -> Result<ExportTraceServiceRequest, DecodeError> {
+/// Decodes a whole (already decompressed) request body: only what ingestd
+/// reads is built (`wire`), after the spans and attributes are counted.
+/// Nested values are skipped, never built; serde_json's nesting limit (128)
+/// stops a deep JSON document with an error, not a stack overflow.
+pub fn decode(body: &[u8], encoding: Encoding) -> Result<ExportRequest, DecodeError> {
     let result = match encoding {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string()),
-        Encoding::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        Encoding::Protobuf => wire::decode_protobuf(body),
+        Encoding::Json => wire::decode_json(body),
     };
-    result.map_err(|message| DecodeError { encoding, message })
+    result.map_err(|refusal| match refusal {
+        wire::Refusal::Malformed(message) => DecodeError::Malformed { encoding, message },
+        wire::Refusal::TooMany { what, max } => DecodeError::TooMany { what, max },
+    })
 }
 
 /// The `ExportTraceServiceResponse` body in `encoding`: `partial_success` is
@@ -102,8 +113,8 @@ pub fn decode(body: &[u8], encoding: Encoding) -> Result<ExportTraceServiceReque
 /// accepted" anyway, and some clients log any that is present).
 pub fn response(encoding: Encoding, rejected: u64, message: &str) -> Vec<u8> {
     match encoding {
-        Encoding::Protobuf => ExportTraceServiceResponse {
-            partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+        Encoding::Protobuf => wire::ExportResponse {
+            partial_success: (rejected > 0).then(|| wire::PartialSuccess {
                 rejected_spans: i64::try_from(rejected).unwrap_or(i64::MAX),
                 error_message: message.to_owned(),
             }),
@@ -203,14 +214,16 @@ pub const ORGANIZATION_ID: &str = "ingestd.organization_id";
 #[derive(Default)]
 struct Found<'a> {
     /// `slots[field][rank]`: the value of the field's `rank`-th attribute.
-    slots: [[Option<&'a AnyValue>; 3]; FIELDS],
+    slots: [[Option<&'a Any>; 3]; FIELDS],
 }
 
 impl<'a> Found<'a> {
     fn of(attributes: &'a [KeyValue]) -> Found<'a> {
         let mut found = Found::default();
         for kv in attributes {
-            let Some(value) = kv.value.as_ref() else { continue };
+            // An empty value (or one of a type not read) is no value: the
+            // next spelling, or absence.
+            let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else { continue };
             if let Some((field, rank)) = slot(&kv.key) {
                 // The first occurrence of a repeated key wins, as the first
                 // spelling does.
@@ -220,7 +233,7 @@ impl<'a> Found<'a> {
         found
     }
 
-    fn get(&self, field: Field) -> Option<&'a AnyValue> {
+    fn get(&self, field: Field) -> Option<&'a Any> {
         self.slots[field as usize].iter().flatten().next().copied()
     }
 }
@@ -237,7 +250,7 @@ fn slot(key: &str) -> Option<(usize, usize)> {
 /// Maps every span of `request` (SPEC §11). `organization`: the one every
 /// record gets (an organization key's own, or a service key's
 /// `X-Organization-Id`); `None`: each resource's `ingestd.organization_id`.
-pub fn usage_spans(request: &ExportTraceServiceRequest, organization: Option<&str>) -> Spans {
+pub fn usage_spans(request: &ExportRequest, organization: Option<&str>) -> Spans {
     let mut spans = Spans::default();
     for resource_spans in &request.resource_spans {
         let resource: &[KeyValue] = resource_spans.resource.as_ref().map_or(&[], |r| &r.attributes);
@@ -255,14 +268,16 @@ pub fn usage_spans(request: &ExportTraceServiceRequest, organization: Option<&st
 }
 
 struct Resource<'a> {
-    service_name: Option<&'a AnyValue>,
-    user_id: Option<&'a AnyValue>,
-    organization: Option<&'a AnyValue>,
+    service_name: Option<&'a Any>,
+    user_id: Option<&'a Any>,
+    organization: Option<&'a Any>,
 }
 
 impl<'a> Resource<'a> {
     fn of(attributes: &'a [KeyValue]) -> Resource<'a> {
-        let get = |key: &str| attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref());
+        let get = |key: &str| {
+            attributes.iter().filter(|kv| kv.key == key).find_map(|kv| kv.value.as_ref().and_then(|v| v.value.as_ref()))
+        };
         Resource { service_name: get(SERVICE_NAME), user_id: get(USER_ID), organization: get(ORGANIZATION_ID) }
     }
 }
@@ -274,8 +289,8 @@ fn usage_span(span: &Span, resource: &Resource<'_>, organization: Option<&str>) 
     if prompt.is_none() && completion.is_none() {
         return None;
     }
-    let trace_id = hex(&span.trace_id);
-    let span_id = hex(&span.span_id);
+    let trace_id = hex_short(&span.trace_id);
+    let span_id = hex_short(&span.span_id);
     let valid_ids = span.trace_id.len() == 16
         && span.span_id.len() == 8
         && span.trace_id.iter().any(|b| *b != 0)
@@ -336,8 +351,8 @@ fn usage_span(span: &Span, resource: &Resource<'_>, organization: Option<&str>) 
 /// the instrumentation reported them separately and both are added to it.
 /// A count that is not a whole non-negative number is passed on as sent,
 /// for the record decoder to reject with its coded error.
-fn usage(found: &Found<'_>, prompt: Option<&AnyValue>, completion: Option<&AnyValue>) -> Value {
-    let count = |v: Option<&AnyValue>| v.map_or(Some(0), whole);
+fn usage(found: &Found<'_>, prompt: Option<&Any>, completion: Option<&Any>) -> Value {
+    let count = |v: Option<&Any>| v.map_or(Some(0), whole);
     let (cached, cache_write) = (found.get(Field::CachedTokens), found.get(Field::CacheWriteTokens));
     let mut prompt_tokens = prompt.map_or(json!(0), value);
     let mut total = None;
@@ -374,10 +389,10 @@ fn usage(found: &Found<'_>, prompt: Option<&AnyValue>, completion: Option<&AnyVa
 
 /// A token count: a non-negative `intValue`, or a `doubleValue` that is a
 /// whole non-negative number below 2^64.
-fn whole(v: &AnyValue) -> Option<u64> {
-    match v.value.as_ref()? {
-        Any::IntValue(i) => u64::try_from(*i).ok(),
-        Any::DoubleValue(d) if d.is_finite() && *d >= 0.0 && d.fract() == 0.0 && *d < 18_446_744_073_709_551_616.0 => {
+fn whole(v: &Any) -> Option<u64> {
+    match v {
+        Any::Int(i) => u64::try_from(*i).ok(),
+        Any::Double(d) if d.is_finite() && *d >= 0.0 && d.fract() == 0.0 && *d < 18_446_744_073_709_551_616.0 => {
             // Exact: a whole double below 2^64 converts without rounding.
             Some(*d as u64)
         }
@@ -387,21 +402,25 @@ fn whole(v: &AnyValue) -> Option<u64> {
 
 /// An attribute value as JSON, for the record decoder to take or refuse
 /// with its own error (a provider sent as a number is `invalid_type`).
-fn value(v: &AnyValue) -> Value {
-    match v.value.as_ref() {
-        None => Value::Null,
-        Some(Any::StringValue(s)) => Value::String(s.clone()),
-        Some(Any::BoolValue(b)) => Value::Bool(*b),
-        Some(Any::IntValue(i)) => json!(i),
-        Some(Any::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number),
-        Some(Any::ArrayValue(a)) => Value::Array(a.values.iter().map(value).collect()),
-        Some(Any::KvlistValue(kv)) => Value::Object(
-            kv.values.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Value::Null, value))).collect(),
-        ),
-        Some(Any::BytesValue(b)) => Value::Array(b.iter().map(|b| json!(b)).collect()),
-        // Meant for profiles only; OTLP says to treat it as absent elsewhere.
-        Some(Any::StringValueStrindex(_)) => Value::Null,
+fn value(v: &Any) -> Value {
+    match v {
+        Any::String(s) => Value::String(s.clone()),
+        Any::Bool(b) => Value::Bool(*b),
+        Any::Int(i) => json!(i),
+        // NaN and the infinities are no JSON number: `null`, which the
+        // decoder refuses as missing.
+        Any::Double(d) => serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number),
     }
+}
+
+/// An id for messages and logs: hex, cut after 16 bytes (an invalid id may
+/// be of any length).
+fn hex_short(bytes: &[u8]) -> String {
+    let mut s = hex(&bytes[..bytes.len().min(16)]);
+    if bytes.len() > 16 {
+        s.push('…');
+    }
+    s
 }
 
 fn hex(bytes: &[u8]) -> String {

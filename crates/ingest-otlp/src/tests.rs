@@ -1,3 +1,4 @@
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value as Any};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -42,7 +43,16 @@ fn request(resource: Vec<KeyValue>, spans: Vec<Span>) -> ExportTraceServiceReque
     }
 }
 
+/// The official types' request, encoded, read back by ours (`wire.rs`).
+fn ours(request: &ExportTraceServiceRequest) -> ExportRequest {
+    decode(&request.encode_to_vec(), Encoding::Protobuf).unwrap()
+}
+
 fn records(request: &ExportTraceServiceRequest, org: Option<&str>) -> (Vec<Value>, u64) {
+    mapped(&ours(request), org)
+}
+
+fn mapped(request: &ExportRequest, org: Option<&str>) -> (Vec<Value>, u64) {
     let spans = usage_spans(request, org);
     let records = spans.usage.iter().map(|s| serde_json::from_str(s.record.as_ref().unwrap().get()).unwrap()).collect();
     (records, spans.without_usage)
@@ -228,7 +238,7 @@ fn usage_spans_without_valid_ids_are_problems() {
         let mut s = span(1, vec![int("gen_ai.usage.input_tokens", 1)]);
         s.trace_id = trace;
         s.span_id = span_id;
-        let spans = usage_spans(&request(vec![], vec![s]), Some("o"));
+        let spans = usage_spans(&ours(&request(vec![], vec![s])), Some("o"));
         assert_eq!(spans.usage[0].record.as_ref().unwrap_err(), &SpanProblem::InvalidSpanId);
     }
 }
@@ -248,7 +258,7 @@ fn ids_are_stable_and_differ_by_span() {
 #[test]
 fn json_encoding_follows_otlp_json() {
     // Hex ids (any case), an integer enum, int64 as a decimal string or a
-    // number, unknown fields anywhere.
+    // number, unknown members anywhere.
     let body = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"svc"}}]},
       "futureField":1,
       "scopeSpans":[{"scope":{"name":"x"},"spans":[{"traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"eee19b7ec3c1b174",
@@ -259,27 +269,121 @@ fn json_encoding_follows_otlp_json() {
     let req = decode(body, Encoding::Json).unwrap();
     let s = &req.resource_spans[0].scope_spans[0].spans[0];
     assert_eq!(hex(&s.trace_id), "5b8efff798038103d269b633813fc60c");
-    assert_eq!(s.kind, 3);
-    let (records, _) = records(&req, Some("o"));
+    let (records, _) = mapped(&req, Some("o"));
     assert_eq!(records[0]["usage"], json!({ "prompt_tokens": 42, "completion_tokens": 8, "total_tokens": 50 }));
     assert_eq!(records[0]["performance"]["latency_ms"], json!(500.0));
     assert_eq!(records[0]["project_id"], "svc");
-    // The same request in protobuf maps to the same records.
-    let again = decode(&req.encode_to_vec(), Encoding::Protobuf).unwrap();
-    assert_eq!(self::records(&again, Some("o")).0, records);
+    assert_eq!(records[0]["provider"], "openai");
+    // The same request through the official types' JSON reading and
+    // protobuf encoding comes back to the same records.
+    let official: ExportTraceServiceRequest = serde_json::from_slice(body).unwrap();
+    assert_eq!(self::records(&official, Some("o")).0, records);
+}
+
+#[test]
+fn valid_otlp_json_that_the_official_serde_refuses_is_read() {
+    // Empty lists as the Collector writes them, non-finite doubles as
+    // strings, `null` members, a key-value without key, a value that is not
+    // an object, bytes: all valid OTLP/JSON, none of it fatal.
+    let body = br#"{"resourceSpans":[{"resource":null,"scopeSpans":[{"spans":[
+      {"traceId":"07070707070707070707070707070707","spanId":"0101010101010101","name":null,"startTimeUnixNano":null,
+       "endTimeUnixNano":"1764000000500000000","attributes":[
+         {"key":"a","value":{"arrayValue":{}}},{"key":"b","value":{"kvlistValue":{}}},{"key":"c","value":{"doubleValue":"NaN"}},
+         {"value":{"stringValue":"keyless"}},{"key":"d","value":null},{"key":"e","value":5},{"key":"f","value":{"bytesValue":"AAE="}},
+         {"key":"gen_ai.usage.input_tokens","value":{"doubleValue":"Infinity"}},
+         {"key":"gen_ai.usage.prompt_tokens","value":{}},
+         {"key":"llm.usage.prompt_tokens","value":{"intValue":"12"}},
+         {"key":"gen_ai.usage.output_tokens","value":{"intValue":3}}]},
+      {"traceId":null,"spanId":"zz","attributes":null,"events":[{"name":"e"}]}]}]}]}"#;
+    let req = decode(body, Encoding::Json).unwrap();
+    let spans = usage_spans(&req, Some("o"));
+    assert_eq!((spans.usage.len(), spans.without_usage), (1, 1));
+    let record: Value = serde_json::from_str(spans.usage[0].record.as_ref().unwrap().get()).unwrap();
+    // Infinity is a double that is no count: passed on as null for the
+    // decoder to refuse; an empty value is no value at all.
+    assert_eq!(record["usage"]["prompt_tokens"], Value::Null);
+    assert!(record.get("performance").is_none(), "no start time, no latency");
+    // An id that is not hex is an invalid id, for that span alone.
+    let bad_id = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"0101010101010101",
+      "attributes":[{"key":"gen_ai.usage.input_tokens","value":{"intValue":"1"}}]}]}]}]}"#;
+    let spans = usage_spans(&decode(bad_id, Encoding::Json).unwrap(), Some("o"));
+    assert_eq!(spans.usage[0].record.as_ref().unwrap_err(), &SpanProblem::InvalidSpanId);
+}
+
+#[test]
+fn empty_values_are_no_values() {
+    let req = request(
+        vec![],
+        vec![span(
+            1,
+            vec![
+                KeyValue {
+                    key: "gen_ai.usage.input_tokens".into(),
+                    value: Some(AnyValue { value: None }),
+                    ..KeyValue::default()
+                },
+                int("gen_ai.usage.prompt_tokens", 5),
+                KeyValue { key: "gen_ai.provider.name".into(), value: None, ..KeyValue::default() },
+                text("gen_ai.system", "openai"),
+            ],
+        )],
+    );
+    let (stored, _) = records(&req, Some("o"));
+    assert_eq!(stored[0]["usage"]["prompt_tokens"], 5);
+    assert_eq!(stored[0]["provider"], "openai");
+    let only_empty =
+        request(vec![], vec![span(1, vec![kv("gen_ai.usage.input_tokens", Any::ArrayValue(Default::default()))])]);
+    assert_eq!(records(&only_empty, Some("o")).1, 1, "a span whose only count is an array has no usage");
+}
+
+#[test]
+fn spans_and_attributes_are_bounded_before_anything_is_built() {
+    fn too_many(what: &'static str) -> impl Fn(DecodeError) -> bool {
+        move |e| matches!(e, DecodeError::TooMany { what: w, .. } if w == what)
+    }
+    // Protobuf: empty spans (2 bytes each), then empty attributes.
+    let spans = vec![Span::default(); MAX_SPANS + 1];
+    let body = request(vec![], spans).encode_to_vec();
+    assert!(decode(&body, Encoding::Protobuf).is_err_and(too_many("spans")));
+    let at_limit = request(vec![], vec![Span::default(); MAX_SPANS]).encode_to_vec();
+    assert_eq!(decode(&at_limit, Encoding::Protobuf).unwrap().resource_spans[0].scope_spans[0].spans.len(), MAX_SPANS);
+    let attributes = vec![KeyValue::default(); MAX_ATTRIBUTES + 1];
+    let body = request(vec![], vec![Span { attributes, ..Span::default() }]).encode_to_vec();
+    assert!(decode(&body, Encoding::Protobuf).is_err_and(too_many("attributes")));
+    // JSON: the same, counted while read.
+    let spans = vec!["{}"; MAX_SPANS + 1].join(",");
+    let body = format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{spans}]}}]}}]}}"#);
+    assert!(decode(body.as_bytes(), Encoding::Json).is_err_and(too_many("spans")));
+    let attributes = vec!["{}"; MAX_ATTRIBUTES + 1].join(",");
+    let body = format!(r#"{{"resourceSpans":[{{"resource":{{"attributes":[{attributes}]}}}}]}}"#);
+    assert!(decode(body.as_bytes(), Encoding::Json).is_err_and(too_many("attributes")));
+    // Within the limits, the counts start afresh for each request.
+    let body = format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#, vec!["{}"; MAX_SPANS].join(","));
+    for _ in 0..2 {
+        assert!(decode(body.as_bytes(), Encoding::Json).is_ok());
+    }
 }
 
 #[test]
 fn undecodable_bodies_are_errors() {
     assert!(decode(b"{", Encoding::Json).is_err());
-    assert!(decode(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}"#, Encoding::Json).is_err());
+    assert!(decode(br#"{"resourceSpans":7}"#, Encoding::Json).is_err());
     assert!(decode(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f], Encoding::Protobuf).is_err());
-    // Nesting past the decoders' limits is an error, not a stack overflow.
+    // A nested value is read past without being built (serde_json skips
+    // it without recursing), however deep: no stack overflow, no memory.
     let deep = format!(
         r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"k","value":{}}}]}}}}]}}"#,
-        "{\"arrayValue\":{\"values\":[".repeat(200) + &"]}}".repeat(200)
+        "{\"arrayValue\":{\"values\":[".repeat(100_000) + &"]}}".repeat(100_000)
     );
-    assert!(decode(deep.as_bytes(), Encoding::Json).is_err());
+    let decoded = decode(deep.as_bytes(), Encoding::Json).unwrap();
+    assert_eq!(
+        decoded.resource_spans[0].resource.as_ref().unwrap().attributes[0].value,
+        Some(wire::AnyValue { value: None })
+    );
+    let deep = format!(r#"{{"resourceSpans":[{{"resource":{}}}]}}"#, "{\"a\":[".repeat(200) + &"]}".repeat(200));
+    assert!(decode(deep.as_bytes(), Encoding::Json).is_ok(), "unknown members are skipped the same way");
+    assert!(decode(br#"{"resourceSpans":[5]}"#, Encoding::Json).is_err());
+    // In protobuf a nested value is skipped, never built, at any depth.
     let mut nested = AnyValue { value: Some(Any::StringValue("x".into())) };
     for _ in 0..200 {
         nested = AnyValue {
@@ -287,7 +391,19 @@ fn undecodable_bodies_are_errors() {
         };
     }
     let req = request(vec![KeyValue { key: "k".into(), value: Some(nested), ..KeyValue::default() }], vec![]);
-    assert!(decode(&req.encode_to_vec(), Encoding::Protobuf).is_err());
+    let decoded = decode(&req.encode_to_vec(), Encoding::Protobuf).unwrap();
+    assert_eq!(
+        decoded.resource_spans[0].resource.as_ref().unwrap().attributes[0].value,
+        Some(wire::AnyValue { value: None })
+    );
+}
+
+#[test]
+fn invalid_ids_of_any_length_are_cut_in_messages() {
+    let mut s = span(1, vec![int("gen_ai.usage.input_tokens", 1)]);
+    s.trace_id = vec![0xab; 1 << 20];
+    let spans = usage_spans(&ours(&request(vec![], vec![s])), Some("o"));
+    assert_eq!(spans.usage[0].trace_id, format!("{}…", "ab".repeat(16)));
 }
 
 #[test]
