@@ -1,10 +1,11 @@
 //! OpenTelemetry in (SPEC §11): an OTLP/HTTP trace export request, in
 //! protobuf or JSON, read into ingestd usage records.
 //!
-//! [`decode`] turns the body into an `ExportTraceServiceRequest`
-//! (`opentelemetry-proto`'s prost messages; its serde derives carry the
-//! OTLP/JSON quirks: hex trace and span ids, integer enums, 64-bit integers
-//! as decimal strings, unknown fields ignored). [`usage_spans`] maps each
+//! [`decode`] reads the body into the part of an `ExportTraceServiceRequest`
+//! that ingestd maps (`wire.rs`: prost messages with OTLP's field numbers,
+//! and lenient serde for OTLP/JSON: hex trace and span ids, integer enums,
+//! 64-bit integers as decimal strings, unknown members ignored), after
+//! bounding its spans and attributes. [`usage_spans`] maps each
 //! span that carries token usage to a record in ingestd's own JSON (SPEC §1)
 //! and counts the others; the caller hands those records to the one decoder
 //! every source uses (`model::Ingestor::decode`), so an OTLP record obeys
@@ -94,9 +95,9 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// Decodes a whole (already decompressed) request body: only what ingestd
-/// reads is built (`wire`), after the spans and attributes are counted.
-/// Nested values are skipped, never built; serde_json's nesting limit (128)
-/// stops a deep JSON document with an error, not a stack overflow.
+/// reads is built (`wire`), after the spans, attributes and span lists are
+/// counted. Nested values are skipped without being built or recursed into
+/// (prost skips a field by its length, serde_json skips in a loop).
 pub fn decode(body: &[u8], encoding: Encoding) -> Result<ExportRequest, DecodeError> {
     let result = match encoding {
         Encoding::Protobuf => wire::decode_protobuf(body),
@@ -267,23 +268,34 @@ pub fn usage_spans(request: &ExportRequest, organization: Option<&str>) -> Spans
     spans
 }
 
-struct Resource<'a> {
-    service_name: Option<&'a Any>,
-    user_id: Option<&'a Any>,
-    organization: Option<&'a Any>,
+/// The resource attributes every span of a resource shares. They are
+/// copied into each span's record, so a string is cut once here to one
+/// character more than any identifier may have (SPEC §1: 256): the record
+/// decoder still refuses it as `too_long`, and a long value sent once cannot
+/// be multiplied by the number of spans.
+struct Resource {
+    service_name: Option<Any>,
+    user_id: Option<Any>,
+    organization: Option<Any>,
 }
 
-impl<'a> Resource<'a> {
-    fn of(attributes: &'a [KeyValue]) -> Resource<'a> {
+const LONGEST_IDENTIFIER: usize = 256;
+
+impl Resource {
+    fn of(attributes: &[KeyValue]) -> Resource {
         let get = |key: &str| {
-            attributes.iter().filter(|kv| kv.key == key).find_map(|kv| kv.value.as_ref().and_then(|v| v.value.as_ref()))
+            let value = attributes.iter().filter(|kv| kv.key == key).find_map(|kv| kv.value.as_ref()?.value.as_ref());
+            value.map(|v| match v {
+                Any::String(s) => Any::String(s.chars().take(LONGEST_IDENTIFIER + 1).collect()),
+                other => other.clone(),
+            })
         };
         Resource { service_name: get(SERVICE_NAME), user_id: get(USER_ID), organization: get(ORGANIZATION_ID) }
     }
 }
 
 /// One span's record, or `None` when it carries no token usage.
-fn usage_span(span: &Span, resource: &Resource<'_>, organization: Option<&str>) -> Option<UsageSpan> {
+fn usage_span(span: &Span, resource: &Resource, organization: Option<&str>) -> Option<UsageSpan> {
     let found = Found::of(&span.attributes);
     let (prompt, completion) = (found.get(Field::PromptTokens), found.get(Field::CompletionTokens));
     if prompt.is_none() && completion.is_none() {
@@ -322,15 +334,15 @@ fn usage_span(span: &Span, resource: &Resource<'_>, organization: Option<&str>) 
             record.insert("organization_id".into(), Value::String(org.to_owned()));
         }
         None => {
-            if let Some(v) = resource.organization {
+            if let Some(v) = &resource.organization {
                 record.insert("organization_id".into(), value(v));
             }
         }
     }
-    if let Some(v) = resource.service_name {
+    if let Some(v) = &resource.service_name {
         record.insert("project_id".into(), value(v));
     }
-    if let Some(v) = found.get(Field::UserId).or(resource.user_id) {
+    if let Some(v) = found.get(Field::UserId).or(resource.user_id.as_ref()) {
         record.insert("user_id".into(), value(v));
     }
     record.insert("usage".into(), usage(&found, prompt, completion));

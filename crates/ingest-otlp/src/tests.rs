@@ -293,6 +293,7 @@ fn valid_otlp_json_that_the_official_serde_refuses_is_read() {
          {"key":"gen_ai.usage.input_tokens","value":{"doubleValue":"Infinity"}},
          {"key":"gen_ai.usage.prompt_tokens","value":{}},
          {"key":"llm.usage.prompt_tokens","value":{"intValue":"12"}},
+         {"key":"gen_ai.usage.cache_read.input_tokens","value":{"intValue":1e1}},
          {"key":"gen_ai.usage.output_tokens","value":{"intValue":3}}]},
       {"traceId":null,"spanId":"zz","attributes":null,"events":[{"name":"e"}]}]}]}]}"#;
     let req = decode(body, Encoding::Json).unwrap();
@@ -302,6 +303,7 @@ fn valid_otlp_json_that_the_official_serde_refuses_is_read() {
     // Infinity is a double that is no count: passed on as null for the
     // decoder to refuse; an empty value is no value at all.
     assert_eq!(record["usage"]["prompt_tokens"], Value::Null);
+    assert_eq!(record["usage"]["cached_tokens"], 10, "1e1 is the integer 10 in ProtoJSON");
     assert!(record.get("performance").is_none(), "no start time, no latency");
     // An id that is not hex is an invalid id, for that span alone.
     let bad_id = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz","spanId":"0101010101010101",
@@ -357,6 +359,12 @@ fn spans_and_attributes_are_bounded_before_anything_is_built() {
     let attributes = vec!["{}"; MAX_ATTRIBUTES + 1].join(",");
     let body = format!(r#"{{"resourceSpans":[{{"resource":{{"attributes":[{attributes}]}}}}]}}"#);
     assert!(decode(body.as_bytes(), Encoding::Json).is_err_and(too_many("attributes")));
+    // Span lists (empty ones, 2 bytes each in protobuf) count too.
+    let lists = ExportTraceServiceRequest { resource_spans: vec![ResourceSpans::default(); MAX_SPANS + 1] };
+    assert!(decode(&lists.encode_to_vec(), Encoding::Protobuf).is_err_and(too_many("resource and scope span lists")));
+    let lists = vec!["{}"; MAX_SPANS + 1].join(",");
+    let body = format!(r#"{{"resourceSpans":[{lists}]}}"#);
+    assert!(decode(body.as_bytes(), Encoding::Json).is_err_and(too_many("resource and scope span lists")));
     // Within the limits, the counts start afresh for each request.
     let body = format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#, vec!["{}"; MAX_SPANS].join(","));
     for _ in 0..2 {
@@ -396,6 +404,25 @@ fn undecodable_bodies_are_errors() {
         decoded.resource_spans[0].resource.as_ref().unwrap().attributes[0].value,
         Some(wire::AnyValue { value: None })
     );
+}
+
+#[test]
+fn a_long_resource_value_is_cut_once_not_copied_into_every_record() {
+    let long = "s".repeat(1 << 20);
+    let spans = (1..=50).map(|i| span(i, vec![int("gen_ai.usage.input_tokens", 1)])).collect();
+    let (stored, _) =
+        records(&request(vec![text("service.name", &long), text("ingestd.organization_id", &long)], spans), None);
+    for r in &stored {
+        // One more character than an identifier may have: still refused as too long.
+        assert_eq!(r["project_id"].as_str().unwrap().len(), 257);
+        assert_eq!(r["organization_id"].as_str().unwrap().len(), 257);
+    }
+    let exact = "é".repeat(256);
+    let (stored, _) = records(
+        &request(vec![text("service.name", &exact)], vec![span(1, vec![int("gen_ai.usage.input_tokens", 1)])]),
+        None,
+    );
+    assert_eq!(stored[0]["project_id"], exact.as_str(), "a valid value is untouched (cut by characters)");
 }
 
 #[test]

@@ -19,8 +19,9 @@
 //! `"doubleValue":"NaN"`, `null` members). Measured in docs/benchmarks.md.
 //!
 //! Amplification is bounded before anything is built: at most [`MAX_SPANS`]
-//! spans and [`MAX_ATTRIBUTES`] attributes per request (a protobuf body is
-//! counted by a pass over its wire format, a JSON body while it is read).
+//! spans, [`MAX_SPANS`] resource and scope span lists together, and
+//! [`MAX_ATTRIBUTES`] attributes per request (a protobuf body is counted by
+//! a pass over its wire format, a JSON body while it is read).
 
 use std::cell::Cell;
 use std::fmt;
@@ -164,9 +165,9 @@ pub fn decode_protobuf(body: &[u8]) -> Result<ExportRequest, Refusal> {
 }
 
 pub fn decode_json(body: &[u8]) -> Result<ExportRequest, Refusal> {
-    BUDGET.set(Counts::default());
+    BUDGET.set(Some(Counts::default()));
     let result = serde_json::from_slice::<ExportRequest>(body);
-    let counts = BUDGET.take();
+    let counts = BUDGET.take().unwrap_or_default();
     counts.check()?;
     result.map_err(|e| Refusal::Malformed(e.to_string()))
 }
@@ -175,12 +176,17 @@ pub fn decode_json(body: &[u8]) -> Result<ExportRequest, Refusal> {
 struct Counts {
     spans: usize,
     attributes: usize,
+    /// `ResourceSpans` and `ScopeSpans`.
+    lists: usize,
 }
 
 impl Counts {
     fn check(self) -> Result<(), Refusal> {
         if self.spans > MAX_SPANS {
             return Err(Refusal::TooMany { what: "spans", max: MAX_SPANS });
+        }
+        if self.lists > MAX_SPANS {
+            return Err(Refusal::TooMany { what: "resource and scope span lists", max: MAX_SPANS });
         }
         if self.attributes > MAX_ATTRIBUTES {
             return Err(Refusal::TooMany { what: "attributes", max: MAX_ATTRIBUTES });
@@ -189,7 +195,7 @@ impl Counts {
     }
 
     fn over(self) -> bool {
-        self.spans > MAX_SPANS || self.attributes > MAX_ATTRIBUTES
+        self.spans > MAX_SPANS || self.lists > MAX_SPANS || self.attributes > MAX_ATTRIBUTES
     }
 }
 
@@ -237,6 +243,7 @@ fn count_request(body: &[u8], counts: &mut Counts) -> Result<(), String> {
         if tag != 1 {
             return Ok(());
         }
+        counts.lists += 1;
         fields(resource_spans, |tag, field| match tag {
             // Resource: its attributes (field 1).
             1 => fields(field, |tag, _| {
@@ -244,19 +251,22 @@ fn count_request(body: &[u8], counts: &mut Counts) -> Result<(), String> {
                 Ok(())
             }),
             // ScopeSpans: its spans (field 2), each with attributes (field 9).
-            2 => fields(field, |tag, span| {
-                if tag != 2 {
-                    return Ok(());
-                }
-                counts.spans += 1;
-                if counts.over() {
-                    return Err("too many".into());
-                }
-                fields(span, |tag, _| {
-                    counts.attributes += usize::from(tag == 9);
-                    Ok(())
+            2 => {
+                counts.lists += 1;
+                fields(field, |tag, span| {
+                    if tag != 2 {
+                        return Ok(());
+                    }
+                    counts.spans += 1;
+                    if counts.over() {
+                        return Err("too many".into());
+                    }
+                    fields(span, |tag, _| {
+                        counts.attributes += usize::from(tag == 9);
+                        Ok(())
+                    })
                 })
-            }),
+            }
             _ => Ok(()),
         })
     })
@@ -267,27 +277,39 @@ fn count_request(body: &[u8], counts: &mut Counts) -> Result<(), String> {
 // ---- JSON: lenient members, counted lists ----
 
 thread_local! {
-    /// What the JSON being read on this thread has used of its limits.
-    static BUDGET: Cell<Counts> = const { Cell::new(Counts { spans: 0, attributes: 0 }) };
+    /// What the JSON being read on this thread by [`decode_json`] has used
+    /// of its limits; `None` outside it (nothing is counted).
+    static BUDGET: Cell<Option<Counts>> = const { Cell::new(None) };
 }
 
-fn spend(spans: usize, attributes: usize) -> bool {
+/// Spends one item of a kind; false once over a limit.
+fn spend(item: Item) -> bool {
     BUDGET.with(|b| {
-        let mut c = b.get();
-        c.spans += spans;
-        c.attributes += attributes;
-        b.set(c);
+        let Some(mut c) = b.get() else { return true };
+        match item {
+            Item::List => c.lists += 1,
+            Item::Span => c.spans += 1,
+            Item::Attribute => c.attributes += 1,
+        }
+        b.set(Some(c));
         !c.over()
     })
 }
 
-/// A list whose elements spend `per_item` of the budget (`null`: empty).
-fn counted<'de, D, T>(d: D, per_item: (usize, usize)) -> Result<Vec<T>, D::Error>
+#[derive(Clone, Copy)]
+enum Item {
+    List,
+    Span,
+    Attribute,
+}
+
+/// A list whose elements each spend one `item` of the budget (`null`: empty).
+fn counted<'de, D, T>(d: D, item: Item) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    struct List<T>((usize, usize), std::marker::PhantomData<T>);
+    struct List<T>(Item, std::marker::PhantomData<T>);
     impl<'de, T: Deserialize<'de>> Visitor<'de> for List<T> {
         type Value = Vec<T>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -299,7 +321,7 @@ where
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
             let mut items = Vec::new();
             while let Some(item) = seq.next_element()? {
-                if !spend(self.0.0, self.0.1) {
+                if !spend(self.0) {
                     return Err(de::Error::custom("over the limit"));
                 }
                 items.push(item);
@@ -307,19 +329,19 @@ where
             Ok(items)
         }
     }
-    d.deserialize_any(List(per_item, std::marker::PhantomData))
+    d.deserialize_any(List(item, std::marker::PhantomData))
 }
 
 fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-    counted(d, (0, 0))
+    counted(d, Item::List)
 }
 
 fn spans<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Span>, D::Error> {
-    counted(d, (1, 0))
+    counted(d, Item::Span)
 }
 
 fn attributes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KeyValue>, D::Error> {
-    counted(d, (0, 1))
+    counted(d, Item::Attribute)
 }
 
 /// Any JSON value, kept only when it is a scalar; arrays and objects are
@@ -400,8 +422,15 @@ fn unix_nanos<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Scalar::Str(s) => s.parse().unwrap_or(0),
         Scalar::UInt(n) => n,
         Scalar::Int(n) => u64::try_from(n).unwrap_or(0),
+        Scalar::Float(f) => whole_i64(f).and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
         _ => 0,
     })
+}
+
+/// A float that is a whole number within `i64` (`1e3`, `12.0`).
+fn whole_i64(f: f64) -> Option<i64> {
+    // Exact: a whole float in (-2^63, 2^63) converts without rounding.
+    (f.fract() == 0.0 && f > -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0).then_some(f as i64)
 }
 
 impl<'de> Deserialize<'de> for AnyValue {
@@ -451,6 +480,8 @@ impl<'de> Deserialize<'de> for AnyValue {
                             Scalar::Int(i) => Some(Value::Int(i)),
                             Scalar::UInt(u) => i64::try_from(u).ok().map(Value::Int),
                             Scalar::Str(s) => s.parse().ok().map(Value::Int),
+                            // ProtoJSON allows `1e3` and `12.0` for integers.
+                            Scalar::Float(f) => whole_i64(f).map(Value::Int),
                             _ => None,
                         },
                         "doubleValue" => match map.next_value::<Scalar>()? {
