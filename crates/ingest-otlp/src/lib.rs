@@ -21,8 +21,9 @@
 use std::fmt;
 
 use prost::Message as _;
+use serde::Serialize;
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -311,51 +312,125 @@ fn usage_span(span: &Span, resource: &Resource, organization: Option<&str>) -> O
         return Some(UsageSpan { trace_id, span_id, record: Err(SpanProblem::InvalidSpanId) });
     }
 
-    let mut record = Map::new();
     let end = span.end_time_unix_nano;
     // SPEC §11: a UUID v8 from the trace and span ids, ordered by the end
     // time, so a retried or repeated export is a duplicate.
     let request_id = model::ids::derived_ordered(end / 1_000_000, &[b"otlp", &span.trace_id, &span.span_id]);
-    record.insert("request_id".into(), json!(request_id));
-    if end > 0
-        && let Ok(at) = OffsetDateTime::from_unix_timestamp_nanos(i128::from(end))
-        && let Ok(text) = at.format(&Rfc3339)
-    {
-        record.insert("timestamp".into(), Value::String(text));
-    }
-    if let Some(v) = found.get(Field::Provider) {
-        record.insert("provider".into(), value(v));
-    }
-    if let Some(v) = found.get(Field::Model) {
-        record.insert("model".into(), json!({ "name": value(v) }));
-    }
-    match organization {
-        Some(org) => {
-            record.insert("organization_id".into(), Value::String(org.to_owned()));
-        }
-        None => {
-            if let Some(v) = &resource.organization {
-                record.insert("organization_id".into(), value(v));
-            }
-        }
-    }
-    if let Some(v) = &resource.service_name {
-        record.insert("project_id".into(), value(v));
-    }
-    if let Some(v) = found.get(Field::UserId).or(resource.user_id.as_ref()) {
-        record.insert("user_id".into(), value(v));
-    }
-    record.insert("usage".into(), usage(&found, prompt, completion));
+    let timestamp = (end > 0)
+        .then(|| OffsetDateTime::from_unix_timestamp_nanos(i128::from(end)).ok()?.format(&Rfc3339).ok())
+        .flatten();
     let start = span.start_time_unix_nano;
-    if start > 0 && end >= start {
+    let record = Record {
+        request_id,
+        timestamp,
+        provider: found.get(Field::Provider).map(Attr),
+        model: found.get(Field::Model).map(|name| Model { name: Attr(name) }),
+        organization_id: match organization {
+            Some(org) => Some(Text::Given(org)),
+            None => resource.organization.as_ref().map(|v| Text::Sent(Attr(v))),
+        },
+        project_id: resource.service_name.as_ref().map(Attr),
+        user_id: found.get(Field::UserId).or(resource.user_id.as_ref()).map(Attr),
+        usage: usage(&found, prompt, completion),
         // Not money: a duration, kept as the float the record holds.
-        record.insert("performance".into(), json!({ "latency_ms": (end - start) as f64 / 1e6 }));
-    }
-    record.insert("metadata".into(), json!({ "otel": { "trace_id": trace_id, "span_id": span_id } }));
-    // Serializing a map of JSON values cannot fail; were it to, the
-    // decoder refuses the `null` as an invalid record.
+        performance: (start > 0 && end >= start).then(|| Performance { latency_ms: (end - start) as f64 / 1e6 }),
+        metadata: Metadata { otel: Otel { trace_id: &trace_id, span_id: &span_id } },
+    };
+    // Serializing these types cannot fail; were it to, the decoder refuses
+    // the `null` as an invalid record.
     let record = serde_json::value::to_raw_value(&record).unwrap_or_else(|_| RawValue::NULL.to_owned());
     Some(UsageSpan { trace_id, span_id, record: Ok(record) })
+}
+
+/// A record in ingestd's JSON (SPEC §1), written straight from the span:
+/// no intermediate `serde_json::Value`.
+#[derive(Serialize)]
+struct Record<'a> {
+    request_id: uuid::Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<Attr<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<Model<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    organization_id: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project_id: Option<Attr<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<Attr<'a>>,
+    usage: Usage<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    performance: Option<Performance>,
+    metadata: Metadata<'a>,
+}
+
+#[derive(Serialize)]
+struct Model<'a> {
+    name: Attr<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Text<'a> {
+    Given(&'a str),
+    Sent(Attr<'a>),
+}
+
+#[derive(Serialize)]
+struct Usage<'a> {
+    prompt_tokens: Count<'a>,
+    completion_tokens: Count<'a>,
+    total_tokens: Count<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cached_tokens: Option<Attr<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_write_tokens: Option<Attr<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_tokens: Option<Attr<'a>>,
+}
+
+/// A token count: computed here, or an attribute passed on as sent.
+#[derive(Clone, Copy, Serialize)]
+#[serde(untagged)]
+enum Count<'a> {
+    Computed(u64),
+    Sent(Attr<'a>),
+}
+
+#[derive(Serialize)]
+struct Performance {
+    latency_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    otel: Otel<'a>,
+}
+
+#[derive(Serialize)]
+struct Otel<'a> {
+    trace_id: &'a str,
+    span_id: &'a str,
+}
+
+/// An attribute value as JSON, for the record decoder to take or refuse
+/// with its own error (a provider sent as a number is `invalid_type`).
+/// NaN and the infinities are no JSON number: `null`, which the decoder
+/// refuses as missing.
+#[derive(Clone, Copy)]
+struct Attr<'a>(&'a Any);
+
+impl Serialize for Attr<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Any::String(v) => s.serialize_str(v),
+            Any::Bool(v) => s.serialize_bool(*v),
+            Any::Int(v) => s.serialize_i64(*v),
+            Any::Double(v) if v.is_finite() => s.serialize_f64(*v),
+            Any::Double(_) => s.serialize_unit(),
+        }
+    }
 }
 
 /// The `usage` object. Input tokens include cache tokens, as the GenAI
@@ -363,40 +438,38 @@ fn usage_span(span: &Span, resource: &Resource, organization: Option<&str>) -> O
 /// the instrumentation reported them separately and both are added to it.
 /// A count that is not a whole non-negative number is passed on as sent,
 /// for the record decoder to reject with its coded error.
-fn usage(found: &Found<'_>, prompt: Option<&Any>, completion: Option<&Any>) -> Value {
+fn usage<'a>(found: &Found<'a>, prompt: Option<&'a Any>, completion: Option<&'a Any>) -> Usage<'a> {
     let count = |v: Option<&Any>| v.map_or(Some(0), whole);
     let (cached, cache_write) = (found.get(Field::CachedTokens), found.get(Field::CacheWriteTokens));
-    let mut prompt_tokens = prompt.map_or(json!(0), value);
-    let mut total = None;
-    if let (Some(input), Some(output)) = (count(prompt), count(completion)) {
-        let mut input = input;
-        if let (Some(c), Some(w)) = (count(cached), count(cache_write))
-            && c.saturating_add(w) > input
-        {
-            input = input.saturating_add(c).saturating_add(w);
-            prompt_tokens = json!(input);
-        }
-        total = Some(json!(input.saturating_add(output)));
-    }
-    let completion_tokens = completion.map_or(json!(0), value);
-    let mut usage = Map::new();
+    let sent = |v: Option<&'a Any>| {
+        v.map_or(Count::Computed(0), |v| count(Some(v)).map_or(Count::Sent(Attr(v)), Count::Computed))
+    };
+    let mut prompt_tokens = sent(prompt);
+    let completion_tokens = sent(completion);
     // A count the decoder will refuse stands in for the total too, so the
     // one problem is reported, not a second "missing total".
-    let total = total
-        .unwrap_or_else(|| if count(prompt).is_none() { prompt_tokens.clone() } else { completion_tokens.clone() });
-    usage.insert("prompt_tokens".into(), prompt_tokens);
-    usage.insert("completion_tokens".into(), completion_tokens);
-    usage.insert("total_tokens".into(), total);
-    for (field, key) in [
-        (Field::CachedTokens, "cached_tokens"),
-        (Field::CacheWriteTokens, "cache_write_tokens"),
-        (Field::ReasoningTokens, "reasoning_tokens"),
-    ] {
-        if let Some(v) = found.get(field) {
-            usage.insert(key.into(), value(v));
+    let total_tokens = match (count(prompt), count(completion)) {
+        (Some(input), Some(output)) => {
+            let mut input = input;
+            if let (Some(c), Some(w)) = (count(cached), count(cache_write))
+                && c.saturating_add(w) > input
+            {
+                input = input.saturating_add(c).saturating_add(w);
+                prompt_tokens = Count::Computed(input);
+            }
+            Count::Computed(input.saturating_add(output))
         }
+        (None, _) => prompt_tokens,
+        (Some(_), None) => completion_tokens,
+    };
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens,
+        cached_tokens: cached.map(Attr),
+        cache_write_tokens: cache_write.map(Attr),
+        reasoning_tokens: found.get(Field::ReasoningTokens).map(Attr),
     }
-    Value::Object(usage)
 }
 
 /// A token count: a non-negative `intValue`, or a `doubleValue` that is a
@@ -409,19 +482,6 @@ fn whole(v: &Any) -> Option<u64> {
             Some(*d as u64)
         }
         _ => None,
-    }
-}
-
-/// An attribute value as JSON, for the record decoder to take or refuse
-/// with its own error (a provider sent as a number is `invalid_type`).
-fn value(v: &Any) -> Value {
-    match v {
-        Any::String(s) => Value::String(s.clone()),
-        Any::Bool(b) => Value::Bool(*b),
-        Any::Int(i) => json!(i),
-        // NaN and the infinities are no JSON number: `null`, which the
-        // decoder refuses as missing.
-        Any::Double(d) => serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number),
     }
 }
 
