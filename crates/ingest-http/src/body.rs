@@ -1,4 +1,5 @@
-//! Reading request bodies: media type, size limit, decompression.
+//! Reading request bodies: media type, size limit, decompression (gzip,
+//! brotli, zstd).
 
 use std::io::Read;
 
@@ -23,6 +24,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 enum Encoding {
     Identity,
     Gzip,
+    Brotli,
     Zstd,
 }
 
@@ -63,6 +65,7 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     match value.to_ascii_lowercase().as_str() {
         "" | "identity" => Ok(Encoding::Identity),
         "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        "br" => Ok(Encoding::Brotli),
         "zstd" => Ok(Encoding::Zstd),
         _ => Err(ApiError::UnsupportedEncoding { found: value.to_owned() }),
     }
@@ -82,6 +85,7 @@ pub(crate) async fn read(headers: &HeaderMap, body: Incoming, limit: usize) -> R
     match encoding {
         Encoding::Identity => Ok(raw),
         Encoding::Gzip => inflate(flate2::read::MultiGzDecoder::new(&raw[..]), limit, "gzip"),
+        Encoding::Brotli => inflate(brotli::Decompressor::new(&raw[..], 4096), limit, "brotli"),
         Encoding::Zstd => {
             let decoder =
                 zstd::stream::read::Decoder::new(&raw[..]).map_err(|_| ApiError::BadEncoding { encoding: "zstd" })?;

@@ -18,7 +18,7 @@ pub enum ApiError {
     EmptyBatch { max: usize },
     #[error("content-type must be {expected}, found {found}")]
     UnsupportedMediaType { found: String, expected: &'static str },
-    #[error("content-encoding {found} is not supported; use gzip, zstd or identity")]
+    #[error("content-encoding {found} is not supported; use gzip, br, zstd or identity")]
     UnsupportedEncoding { found: String },
     #[error("request body is not valid {encoding} data")]
     BadEncoding { encoding: &'static str },

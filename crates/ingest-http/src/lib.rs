@@ -11,7 +11,7 @@
 //! rate limit per organization ([`limit_layer`], before the body is read) → load
 //! shedding over a concurrency limit → the router, where each handler runs
 //! under the request timeout. Bodies are read with a byte limit and
-//! decompressed (gzip, zstd) with the same limit on the *decompressed* size,
+//! decompressed (gzip, brotli, zstd) with the same limit on the *decompressed* size,
 //! so neither a large body nor a compression bomb can make memory follow it.
 //!
 //! Every failure a client can cause maps to a 4xx with a specific message in

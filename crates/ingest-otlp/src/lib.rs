@@ -122,8 +122,7 @@ pub fn response(encoding: Encoding, rejected: u64, message: &str) -> Vec<u8> {
             }),
         }
         .encode_to_vec(),
-        // Written here, not by the crate's serde derive: OTLP/JSON encodes
-        // int64 as a decimal string, the derive as a number.
+        // OTLP/JSON encodes int64 as a decimal string.
         Encoding::Json if rejected == 0 => b"{}".to_vec(),
         Encoding::Json => serde_json::to_vec(&json!({
             "partialSuccess": { "rejectedSpans": rejected.to_string(), "errorMessage": message }
