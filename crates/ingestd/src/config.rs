@@ -82,7 +82,11 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Environment names of the original design, and where they land.
+/// The environment variable naming the configuration file (as `-c` does).
+pub const CONFIG_ENV: &str = "INGESTD_CONFIG";
+
+/// Environment names of the original design, and where they land; the
+/// `INGESTD_…` name of the same setting wins over them.
 const LEGACY_ENV: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
     ("BIND_ADDR", "server.bind"),
@@ -106,22 +110,24 @@ impl Config {
         }
         // Environment pairs are passed in (tests pass their own); each is
         // merged at its key, remembering the variable for error messages.
+        // The original design's names first, then `INGESTD_…`, so that a
+        // prefixed name wins over its legacy one whatever the order of the
+        // process environment.
         let mut origins: Vec<(String, String)> = Vec::new();
-        for (name, value) in env {
-            let key = match LEGACY_ENV.iter().find(|(legacy, _)| legacy == name) {
-                Some((_, key)) => key.to_string(),
-                // `INGESTD_TEST_*` belongs to the test suite (service URLs).
-                None if name.starts_with("INGESTD_TEST_") => continue,
-                None => match name.strip_prefix("INGESTD_") {
-                    Some(rest) => rest.to_ascii_lowercase().replace("__", "."),
-                    None => continue,
-                },
-            };
-            let parsed: figment::value::Value = if LEGACY_ENV.iter().any(|(legacy, _)| legacy == name) {
-                value.clone().into()
-            } else {
-                parse_env_value(value)
-            };
+        let legacy = env.iter().filter_map(|(name, value)| {
+            let (_, key) = LEGACY_ENV.iter().find(|(legacy, _)| legacy == name)?;
+            Some((name, (*key).to_owned(), figment::value::Value::from(value.clone())))
+        });
+        let prefixed = env.iter().filter_map(|(name, value)| {
+            // `INGESTD_TEST_*` belongs to the test suite (service URLs),
+            // `INGESTD_CONFIG` names the file (`-c`): neither is a setting.
+            if name.starts_with("INGESTD_TEST_") || name == CONFIG_ENV {
+                return None;
+            }
+            let rest = name.strip_prefix("INGESTD_")?;
+            Some((name, rest.to_ascii_lowercase().replace("__", "."), parse_env_value(value)))
+        });
+        for (name, key, parsed) in legacy.chain(prefixed) {
             figment = figment.merge(Serialized::global(&key, parsed));
             origins.push((key, name.clone()));
         }
@@ -362,6 +368,21 @@ mod tests {
         assert_eq!(Config::load(None, &env).map_err(|e| e.0), Ok(Config::default()));
         let typo = [("INGESTD_SERVER__BND".to_owned(), "x".to_owned())];
         assert!(Config::load(None, &typo).is_err(), "other unknown INGESTD_ names are still refused");
+    }
+
+    #[test]
+    fn prefixed_names_win_over_legacy_ones_in_either_order() {
+        let legacy = ("DATABASE_URL", "postgres://legacy/x");
+        let prefixed = ("INGESTD_DATABASE__URL", "postgres://prefixed/x");
+        for env in [[legacy, prefixed], [prefixed, legacy]] {
+            assert_eq!(load(&env).unwrap().database.url, "postgres://prefixed/x", "{env:?}");
+        }
+        let c = load(&[("BIND_ADDR", "127.0.0.1:1"), ("INGESTD_SERVER__BIND", "127.0.0.1:2")]).unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:2");
+        let c = load(&[("INGESTD_SERVER__BIND", "127.0.0.1:2"), ("BIND_ADDR", "127.0.0.1:1")]).unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:2");
+        // The variable naming the file is not a setting.
+        assert!(load(&[("INGESTD_CONFIG", "/etc/ingestd.toml")]).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ingestd::{App, Config};
     about = "Ingests LLM usage records over HTTP and stores them durably")]
 struct Cli {
     /// Configuration file (default: ./ingestd.toml when present).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(short = 'c', long, global = true, value_name = "FILE", env = ingestd::config::CONFIG_ENV)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,

@@ -67,6 +67,32 @@ fn config_check_prints_the_effective_configuration_with_secrets_masked() {
 }
 
 #[test]
+fn the_config_file_is_named_by_dash_c_or_ingestd_config_and_prefixed_variables_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("elsewhere.toml");
+    std::fs::write(&file, "[server]\nmax_batch_size = 77\n").unwrap();
+    let check = |cmd: &mut Command| {
+        let out = cmd.args(["config", "check"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(check(ingestd(dir.path()).arg("-c").arg(&file)).contains("max_batch_size = 77"));
+    assert!(check(ingestd(dir.path()).env("INGESTD_CONFIG", &file)).contains("max_batch_size = 77"));
+    // The environment over the file; the prefixed name over the legacy one.
+    let out = check(
+        ingestd(dir.path())
+            .env("INGESTD_CONFIG", &file)
+            .env("INGESTD_SERVER__MAX_BATCH_SIZE", "78")
+            .env("INGESTD_DATABASE__URL", "postgres://prefixed/x")
+            .env("DATABASE_URL", "postgres://legacy/x"),
+    );
+    assert!(out.contains("max_batch_size = 78") && out.contains("postgres://prefixed/x"), "{out}");
+    // A file that does not exist: bad configuration, exit 64.
+    let out = ingestd(dir.path()).args(["-c", "nope.toml", "config", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
 fn migrate_creates_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("m.db");
