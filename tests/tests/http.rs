@@ -254,15 +254,32 @@ async fn media_type_and_encoding_are_checked() {
     for headers in [
         vec![],
         vec![("content-type", "text/plain")],
-        vec![("content-type", "application/json"), ("content-encoding", "br")],
+        vec![("content-type", "application/json"), ("content-encoding", "deflate")],
+        vec![("content-type", "application/json"), ("content-encoding", "compress")],
     ] {
         let reply = c.send("POST", "/v1/usage", &headers, body.clone()).await.unwrap();
         assert_eq!(reply.status, 415, "{headers:?}");
     }
+    // A 415 for the encoding names the ones taken.
+    let reply = c
+        .send(
+            "POST",
+            "/v1/usage",
+            &[("content-type", "application/json"), ("content-encoding", "deflate")],
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.json()["error"], "content-encoding deflate is not supported; use gzip, br, zstd or identity");
     let ok = c.send("POST", "/v1/usage", &[("content-type", "application/json; charset=utf-8")], body).await.unwrap();
     assert_eq!(ok.status, 200);
     let garbage = c
         .send("POST", "/v1/usage", &[("content-type", "application/json"), ("content-encoding", "gzip")], "not gzip")
+        .await
+        .unwrap();
+    assert_eq!((garbage.status.as_u16(), garbage.json()["code"].as_str()), (400, Some("bad_encoding")));
+    let garbage = c
+        .send("POST", "/v1/usage", &[("content-type", "application/json"), ("content-encoding", "br")], "not brotli")
         .await
         .unwrap();
     assert_eq!((garbage.status.as_u16(), garbage.json()["code"].as_str()), (400, Some("bad_encoding")));
@@ -275,8 +292,16 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+fn brotli(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut e = brotli::CompressorWriter::new(&mut out, 4096, 9, 22);
+    e.write_all(data).unwrap();
+    drop(e);
+    out
+}
+
 #[tokio::test]
-async fn gzip_and_zstd_bodies_are_accepted() {
+async fn gzip_brotli_and_zstd_bodies_are_accepted() {
     let server = sqlite(|_| {}).await;
     let mut c = server.client().await;
     let batch = serde_json::to_vec(&json!({ "records": (0..50).map(|i| record_json("org-z", i)).collect::<Vec<_>>() }))
@@ -300,7 +325,20 @@ async fn gzip_and_zstd_bodies_are_accepted() {
         .await
         .unwrap();
     assert_eq!((z.status.as_u16(), z.json()["accepted"].as_u64()), (200, Some(50)));
-    assert_eq!(server.count("org-z").await, 100);
+    let batch =
+        serde_json::to_vec(&json!({ "records": (100..150).map(|i| record_json("org-z", i)).collect::<Vec<_>>() }))
+            .unwrap();
+    let br = c
+        .send(
+            "POST",
+            "/v1/usage/batch",
+            &[("content-type", "application/json"), ("content-encoding", "br")],
+            brotli(&batch),
+        )
+        .await
+        .unwrap();
+    assert_eq!((br.status.as_u16(), br.json()["accepted"].as_u64()), (200, Some(50)));
+    assert_eq!(server.count("org-z").await, 150);
     server.stop().await;
 }
 
@@ -340,6 +378,21 @@ async fn size_limits_are_413_and_store_nothing() {
     assert!(bomb.len() < 64 * 1024, "bomb is {} bytes", bomb.len());
     let reply = c
         .send("POST", "/v1/usage", &[("content-type", "application/json"), ("content-encoding", "gzip")], bomb)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 413);
+    assert!(reply.json()["error"].as_str().unwrap().contains("after decompression"));
+    // A brotli bomb: 1 GiB of zeros in a few hundred bytes; stopped the same way.
+    let mut bomb = Vec::new();
+    {
+        let mut e = brotli::CompressorWriter::new(&mut bomb, 1 << 16, 11, 24);
+        for _ in 0..1024 {
+            e.write_all(&zeros).unwrap();
+        }
+    }
+    assert!(bomb.len() < 64 * 1024, "bomb is {} bytes", bomb.len());
+    let reply = c
+        .send("POST", "/v1/usage", &[("content-type", "application/json"), ("content-encoding", "br")], bomb)
         .await
         .unwrap();
     assert_eq!(reply.status, 413);
@@ -677,5 +730,26 @@ async fn a_503_timeout_means_nothing_was_committed(kind: Kind) {
     assert_eq!(c.post_json("/v1/usage", &no_id).await.status, 200, "the client's retry");
     assert_eq!(server.count("org-queued").await, 1);
     assert_eq!(server.count("org-taken").await, 1);
+    server.stop().await;
+}
+
+/// SPEC §8: every metric `/metrics` shows has `# HELP` text.
+#[tokio::test]
+async fn every_metric_has_help_text() {
+    let server = sqlite(|_| {}).await;
+    let mut c = server.client().await;
+    assert_eq!(c.post_json("/v1/usage", &record_json("org-h", 0)).await.status, 200);
+    let mut bad = record_json("org-h", 1);
+    bad["usage"]["total_tokens"] = json!(1);
+    assert_eq!(c.post_json("/v1/usage", &bad).await.status, 422);
+    let text = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+    let typed: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    assert!(typed.len() >= 5, "{text}");
+    let build = text.lines().find(|l| l.starts_with("ingestd_build_info{")).expect("ingestd_build_info");
+    assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))) && build.ends_with(" 1"), "{build}");
+    for name in typed {
+        assert!(text.lines().any(|l| l.starts_with(&format!("# HELP {name} "))), "no # HELP for {name}:\n{text}");
+    }
     server.stop().await;
 }
