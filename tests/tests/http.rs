@@ -751,5 +751,23 @@ async fn every_metric_has_help_text() {
     for name in typed {
         assert!(text.lines().any(|l| l.starts_with(&format!("# HELP {name} "))), "no # HELP for {name}:\n{text}");
     }
+    // Each ingestd_ series has the type and the label names of its entry in
+    // telemetry::METRICS (the list docs/operations.md is held to).
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ingestd_")) {
+        let mut words = line.split(' ').skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        let listed = ingestd::telemetry::METRICS.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(format!("{:?}", listed.kind).to_lowercase(), kind, "{name}");
+    }
+    for line in text.lines().filter(|l| l.starts_with("ingestd_")) {
+        let (series, _) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+        let name = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        let listed = ingestd::telemetry::METRICS.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{line}"));
+        for label in labels.trim_end_matches('}').split(',').filter(|l| !l.is_empty()) {
+            let key = label.split('=').next().unwrap();
+            assert!(key == "le" || listed.labels.contains(&key), "{line}: label {key} is not listed for {name}");
+        }
+    }
     server.stop().await;
 }

@@ -54,11 +54,17 @@ pub async fn serve<S: RecordSink>(
             async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
         })
     };
+    let continue_trace = state.continue_trace;
     let service = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<Incoming>| {
+        .layer(TraceLayer::new_for_http().make_span_with(move |req: &Request<Incoming>| {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            let span =
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+            if let Some(continue_trace) = continue_trace {
+                continue_trace(req.headers(), &span);
+            }
+            span
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .option_layer(cors)

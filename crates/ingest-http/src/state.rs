@@ -31,4 +31,9 @@ pub struct AppState<S> {
     /// Serves the read endpoints (`/v1/usage/records|summary|export`);
     /// `None`: they answer 404.
     pub reader: Option<Arc<dyn model::UsageReader>>,
+    /// Called with each request's headers and its `request` span, before
+    /// anything runs in it: the service sets the span's parent from a W3C
+    /// `traceparent` there, so a caller's trace continues through ingestd
+    /// (this crate knows no tracing backend).
+    pub continue_trace: Option<fn(&http::HeaderMap, &tracing::Span)>,
 }

@@ -243,7 +243,8 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
             }
         }
         if redelivered > 0 {
-            metrics::counter!("ingestd_nats_redeliveries_total").increment(redelivered);
+            metrics::counter!("ingestd_redeliveries_total", "source" => "nats", "kind" => "pending")
+                .increment(redelivered);
         }
         if !batch.is_empty() {
             let held = self.quarantine.hold(batch.iter().map(|(_, key)| key.clone()), false);

@@ -341,7 +341,8 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
             return Ok(true);
         }
         tracing::info!(consumer = %self.name, entries = batch.len(), "re-reading this consumer's pending entries");
-        metrics::counter!("ingestd_redis_redelivered_total").increment(batch.len() as u64);
+        metrics::counter!("ingestd_redeliveries_total", "source" => "redis", "kind" => "pending")
+            .increment(batch.len() as u64);
         match self.handle(clients, batch, true, shutdown, backoff).await? {
             Handled::Done => Ok(false),
             // Leave them pending; the loop ends.
@@ -377,7 +378,8 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
             }
             if !claimed.entries.is_empty() {
                 add(&self.stats.reclaimed, claimed.entries.len());
-                metrics::counter!("ingestd_redis_reclaimed_total").increment(claimed.entries.len() as u64);
+                metrics::counter!("ingestd_redeliveries_total", "source" => "redis", "kind" => "claimed")
+                    .increment(claimed.entries.len() as u64);
                 tracing::info!(consumer = %self.name, entries = claimed.entries.len(), "reclaimed idle entries");
                 if let Handled::Stopped = self.handle(clients, claimed.entries, true, shutdown, backoff).await? {
                     return Ok(());

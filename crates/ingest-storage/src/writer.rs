@@ -447,7 +447,7 @@ impl Worker {
         let started = Instant::now();
         let result = self.store.insert_new(&unique, OffsetDateTime::now_utc()).await;
         let elapsed = started.elapsed();
-        metrics::histogram!("ingestd_writer_commit_seconds").record(elapsed.as_secs_f64());
+        metrics::histogram!("ingestd_writer_commit_duration_seconds").record(elapsed.as_secs_f64());
         metrics::histogram!("ingestd_writer_batch_rows").record(total as f64);
 
         let e = match result {
@@ -580,6 +580,8 @@ impl model::Component for WriterHandle {
 
     fn record_gauges(&self, _name: &'static str) {
         metrics::gauge!("ingestd_writer_queue_depth").set(self.queue_depth() as f64);
+        metrics::gauge!("ingestd_writer_queue_capacity").set(self.capacity as f64);
         metrics::gauge!("ingestd_writer_transaction_rows").set(self.rows_in_transaction() as f64);
+        metrics::gauge!("ingestd_storage_down").set(if self.storage_down() { 1.0 } else { 0.0 });
     }
 }

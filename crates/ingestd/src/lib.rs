@@ -15,7 +15,7 @@ mod redis;
 pub mod retention;
 pub mod rollups;
 mod supervise;
-mod telemetry;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -148,11 +148,12 @@ impl App {
             components.push((*name, Arc::new(health.clone())));
         }
         let metrics = telemetry::metrics_handle();
+        telemetry::register_event_counters(&sources.iter().map(|(name, _, _)| *name).collect::<Vec<_>>());
         let state = Arc::new(AppState {
             ingestor: Ingestor::new(writer.handle(), config.validation.clone()),
             config: config.server.clone(),
             components,
-            metrics: Arc::new(move || metrics.render()),
+            metrics: Arc::new(move || telemetry::render(&metrics)),
             version: VERSION,
             limiter,
             keys: keys.as_ref().map(|k| k.ring().clone()),
@@ -162,6 +163,7 @@ impl App {
                 Arc::new(keys::AdminApi { keys, limits, store: store.clone() }) as Arc<dyn ingest_http::Admin>
             }),
             reader: Some(Arc::new(store.clone()) as Arc<dyn model::UsageReader>),
+            continue_trace: Some(telemetry::continue_trace),
         });
         tracing::info!(addr = %listener.local_addr()?, version = VERSION, "ingestd listening");
         // On shutdown the sources stop fetching at once and finish their batch

@@ -63,6 +63,10 @@ fn otlp_provider() -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::Expo
     // OTEL_* variables. Without a protocol set, protobuf, the OTLP default:
     // the crate's own default follows its cargo features, and becomes JSON
     // in any build where another crate enables `http-json` (the tests do).
+    // `https://` endpoints: reqwest's rustls takes the process's default
+    // provider (ring, as the database and broker clients use); roots are the
+    // system's, and SSL_CERT_FILE / SSL_CERT_DIR name others.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
     let protocol_set = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
         .iter()
@@ -72,8 +76,88 @@ fn otlp_provider() -> Result<Option<SdkTracerProvider>, opentelemetry_otlp::Expo
         builder = builder.with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
     }
     let exporter = builder.build()?;
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name("ingestd").build();
+    // `Resource::builder` reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES;
+    // "ingestd" only where neither names the service.
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !service_named_by_environment() {
+        resource = resource.with_service_name("ingestd");
+    }
+    let resource = resource.build();
     Ok(Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build()))
+}
+
+fn service_named_by_environment() -> bool {
+    std::env::var("OTEL_SERVICE_NAME").is_ok_and(|s| !s.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|s| s.split(',').any(|kv| kv.split('=').next().is_some_and(|k| k.trim() == "service.name")))
+}
+
+/// Reads a W3C `traceparent` (and `tracestate`) from a request's headers
+/// and makes the caller's span the parent of the request span, so the
+/// caller's trace continues through ingestd. Without the header, or with a
+/// malformed one, the request span starts a trace of its own.
+pub fn continue_trace(headers: &http::HeaderMap, span: &tracing::Span) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(http::HeaderName::as_str).collect()
+        }
+    }
+
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(headers));
+    if parent.span().span_context().is_valid() {
+        // Fails only when no OpenTelemetry layer is installed: nothing to continue.
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// Renders `/metrics`: the process metrics are read first (RSS, CPU, open
+/// file descriptors, from `/proc` on Linux).
+pub fn render(handle: &PrometheusHandle) -> String {
+    process_collector().collect();
+    handle.render()
+}
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Registers, at 0, the counters of rare events of the parts that run (the
+/// HTTP server and writer always; the named stream sources), so that their
+/// series exist before the first event: an alert on `increase()` then sees
+/// the first panic or dead letter, and a dashboard shows 0, not "no data".
+/// Gauges are left alone: a 0 there would mean something.
+pub fn register_event_counters(sources: &[&'static str]) {
+    metrics::counter!("ingestd_http_shed_total").increment(0);
+    metrics::counter!("ingestd_writer_refused_records_total").increment(0);
+    metrics::counter!("ingestd_panics_total", "where" => "http").increment(0);
+    for &source in sources {
+        metrics::counter!("ingestd_panics_total", "where" => source).increment(0);
+        metrics::counter!("ingestd_dead_letters_total", "source" => source).increment(0);
+        metrics::counter!("ingestd_source_restarts_total", "source" => source).increment(0);
+        metrics::counter!("ingestd_redeliveries_total", "source" => source, "kind" => "pending").increment(0);
+        match source {
+            "nats" => metrics::counter!("ingestd_nats_ack_errors_total").increment(0),
+            "redis" => {
+                metrics::counter!("ingestd_redeliveries_total", "source" => "redis", "kind" => "claimed").increment(0);
+                metrics::counter!("ingestd_redis_trimmed_total").increment(0);
+                metrics::counter!("ingestd_redis_storage_failures_total").increment(0);
+                metrics::counter!("ingestd_redis_errors_total").increment(0);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -115,75 +199,152 @@ const COUNT_BUCKETS: &[(&str, &[f64])] = &[
     ("ingestd_nats_fetch_batch_size", &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
 ];
 
-/// Every metric ingestd emits, with its `# HELP` text. A test holds this
-/// list to the metric names in the code and to the docs' metric tables.
-pub const METRICS: &[(&str, MetricKind, &str)] = {
+/// One metric ingestd emits: its name, type, label names and `# HELP` text.
+#[derive(Clone, Copy, Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+/// Every metric ingestd emits. Tests hold this list to the metric names in
+/// the code, to the table in docs/operations.md (type and labels), and to
+/// what `/metrics` shows.
+pub const METRICS: &[Metric] = {
     use MetricKind::{Counter as C, Gauge as G, Histogram as H};
+    const fn m(name: &'static str, kind: MetricKind, labels: &'static [&'static str], help: &'static str) -> Metric {
+        Metric { name, kind, labels, help }
+    }
     &[
-        ("ingestd_build_info", G, "Always 1; the labels name the running build (version, commit)."),
-        ("ingestd_http_requests_total", C, "HTTP requests answered, by route and status code."),
-        (
+        m(
+            "ingestd_build_info",
+            G,
+            &["version", "commit"],
+            "Always 1; the labels name the running build (version, commit).",
+        ),
+        m("ingestd_http_requests_total", C, &["route", "status"], "HTTP requests answered, by route and status code."),
+        m(
             "ingestd_http_request_duration_seconds",
             H,
+            &["route"],
             "Time from a request's arrival to its answer, in seconds, by route.",
         ),
-        ("ingestd_http_shed_total", C, "Requests refused with 503 because the concurrency limit was reached."),
-        ("ingestd_auth_failures_total", C, "Requests refused for their API key or signature, by error code."),
-        ("ingestd_records_total", C, "Records by source and outcome (accepted, duplicate, rejected)."),
-        (
+        m("ingestd_http_shed_total", C, &[], "Requests refused with 503 because the concurrency limit was reached."),
+        m(
+            "ingestd_auth_failures_total",
+            C,
+            &["code"],
+            "Requests refused for their API key or signature, by error code.",
+        ),
+        m(
+            "ingestd_records_total",
+            C,
+            &["source", "outcome"],
+            "Records by source and outcome (accepted, duplicate, rejected, dead_lettered).",
+        ),
+        m(
             "ingestd_otlp_spans_total",
             C,
+            &["outcome"],
             "Spans of POST /v1/traces by outcome (accepted, duplicate, rejected, without_usage).",
         ),
-        ("ingestd_writer_queue_depth", G, "Records queued for the writer, not yet in a transaction."),
-        ("ingestd_writer_transaction_rows", G, "Records in the transaction under way (0 when idle)."),
-        ("ingestd_storage_down", G, "1 while the writer refuses writes because the database does not answer."),
-        ("ingestd_writer_batch_rows", H, "Records per group commit."),
-        ("ingestd_writer_commit_seconds", H, "Time to commit one group of records, in seconds."),
-        ("ingestd_writer_commits_total", C, "Group commits by result (ok, error, isolated)."),
-        ("ingestd_writer_refused_records_total", C, "Records the database refused although they passed validation."),
-        ("ingestd_cost_nano_usd_total", C, "Cost of the records stored, in nano-USD, by catalog provider."),
-        ("ingestd_records_unpriced_total", C, "Records stored without a price, by catalog provider."),
-        ("ingestd_panics_total", C, "Defects of ingestd caught and answered, by where they happened."),
-        ("ingestd_source_restarts_total", C, "Stream source tasks that stopped and were started again."),
-        ("ingestd_source_connected", G, "1 while the stream source is connected, by source."),
-        ("ingestd_dead_letters_total", C, "Messages or records stored in the dead-letter table, by source."),
-        (
+        m("ingestd_writer_queue_depth", G, &[], "Records queued for the writer, not yet in a transaction."),
+        m("ingestd_writer_queue_capacity", G, &[], "The writer queue's capacity (writer.queue_capacity)."),
+        m("ingestd_writer_transaction_rows", G, &[], "Records in the transaction under way (0 when idle)."),
+        m("ingestd_storage_down", G, &[], "1 while the writer refuses writes because the database does not answer."),
+        m("ingestd_writer_batch_rows", H, &[], "Records per group commit."),
+        m("ingestd_writer_commit_duration_seconds", H, &[], "Time to commit one group of records, in seconds."),
+        m("ingestd_writer_commits_total", C, &["result"], "Group commits by result (ok, error, isolated)."),
+        m(
+            "ingestd_writer_refused_records_total",
+            C,
+            &[],
+            "Records the database refused although they passed validation.",
+        ),
+        m(
+            "ingestd_cost_nano_usd_total",
+            C,
+            &["provider"],
+            "Cost of the records stored, in nano-USD, by catalog provider.",
+        ),
+        m("ingestd_records_unpriced_total", C, &["provider"], "Records stored without a price, by catalog provider."),
+        m("ingestd_panics_total", C, &["where"], "Defects of ingestd caught and answered, by where they happened."),
+        m("ingestd_source_restarts_total", C, &["source"], "Stream source tasks that stopped and were started again."),
+        m("ingestd_source_connected", G, &["source"], "1 while the stream source is connected, by source."),
+        m(
+            "ingestd_redeliveries_total",
+            C,
+            &["source", "kind"],
+            "Messages delivered again, by source and kind (pending: redelivered to the same consumer; claimed: taken over from another).",
+        ),
+        m(
+            "ingestd_dead_letters_total",
+            C,
+            &["source"],
+            "Messages or records stored in the dead-letter table, by source.",
+        ),
+        m(
             "ingestd_rate_limit_decisions_total",
             C,
+            &["result", "backend"],
             "Rate-limit decisions by result (allowed, limited, error) and backend.",
         ),
-        ("ingestd_rate_limit_fallback_active", G, "1 while the Redis limiter is unhealthy and fail_mode answers."),
-        ("ingestd_rate_limit_fallbacks_total", C, "Rate-limit checks answered by fail_mode instead of Redis."),
-        ("ingestd_rate_limit_memory_keys", G, "Organizations tracked by the in-memory limiter."),
-        ("ingestd_nats_messages_total", C, "JetStream messages by outcome (stored, dead_lettered, nak)."),
-        ("ingestd_nats_redeliveries_total", C, "JetStream messages fetched with a delivery count above 1."),
-        ("ingestd_nats_fetch_batch_size", H, "JetStream messages per fetch."),
-        ("ingestd_nats_consumer_pending", G, "JetStream messages not yet delivered to the consumer (lag)."),
-        (
+        m(
+            "ingestd_rate_limit_fallback_active",
+            G,
+            &["backend"],
+            "1 while the Redis limiter is unhealthy and fail_mode answers.",
+        ),
+        m(
+            "ingestd_rate_limit_fallbacks_total",
+            C,
+            &["backend"],
+            "Rate-limit checks answered by fail_mode instead of Redis.",
+        ),
+        m("ingestd_rate_limit_memory_keys", G, &[], "Organizations tracked by the in-memory limiter."),
+        m(
+            "ingestd_nats_messages_total",
+            C,
+            &["outcome"],
+            "JetStream messages by outcome (stored, dead_lettered, nak).",
+        ),
+        m("ingestd_nats_fetch_batch_size", H, &[], "JetStream messages per fetch."),
+        m("ingestd_nats_consumer_pending", G, &[], "JetStream messages not yet delivered to the consumer (lag)."),
+        m(
             "ingestd_nats_ack_errors_total",
             C,
+            &[],
             "JetStream acks that could not be sent (the messages will be redelivered).",
         ),
-        ("ingestd_redis_entries_total", C, "Redis stream entries by outcome (stored, dead_lettered, trimmed)."),
-        ("ingestd_redis_reclaimed_total", C, "Redis stream entries taken over from other consumers with XAUTOCLAIM."),
-        ("ingestd_redis_redelivered_total", C, "Redis stream entries re-read from the consumer's own pending list."),
-        ("ingestd_redis_trimmed_total", C, "Redis stream entries trimmed or deleted while pending."),
-        ("ingestd_redis_storage_failures_total", C, "Commits of Redis stream entries that failed (each retried)."),
-        ("ingestd_redis_errors_total", C, "Redis commands of the stream source that failed."),
-        ("ingestd_redis_pending", G, "Entries pending in the Redis consumer group."),
-        ("ingestd_redis_group_lag", G, "Redis stream entries not yet delivered to the group."),
+        m(
+            "ingestd_redis_entries_total",
+            C,
+            &["outcome"],
+            "Redis stream entries by outcome (stored, dead_lettered, trimmed).",
+        ),
+        m("ingestd_redis_trimmed_total", C, &[], "Redis stream entries trimmed or deleted while pending."),
+        m(
+            "ingestd_redis_storage_failures_total",
+            C,
+            &[],
+            "Commits of Redis stream entries that failed (each retried).",
+        ),
+        m("ingestd_redis_errors_total", C, &[], "Redis commands of the stream source that failed."),
+        m("ingestd_redis_pending", G, &[], "Entries pending in the Redis consumer group."),
+        m("ingestd_redis_group_lag", G, &[], "Redis stream entries not yet delivered to the group."),
     ]
 };
 
 /// Gives every metric its `# HELP` text (SPEC §8), and sets
 /// `ingestd_build_info`.
 fn describe() {
-    for (name, kind, help) in METRICS {
+    process_collector().describe();
+    for &Metric { name, kind, help, .. } in METRICS {
         match kind {
-            MetricKind::Counter => metrics::describe_counter!(*name, *help),
-            MetricKind::Gauge => metrics::describe_gauge!(*name, *help),
-            MetricKind::Histogram => metrics::describe_histogram!(*name, *help),
+            MetricKind::Counter => metrics::describe_counter!(name, help),
+            MetricKind::Gauge => metrics::describe_gauge!(name, help),
+            MetricKind::Histogram => metrics::describe_histogram!(name, help),
         }
     }
     metrics::gauge!(
@@ -196,15 +357,34 @@ fn describe() {
 
 #[cfg(test)]
 mod metric_list_tests {
-    use super::METRICS;
+    use std::collections::{BTreeMap, BTreeSet};
 
-    /// Every `ingestd_…` name in a `counter!`, `gauge!` or `histogram!` of
-    /// the workspace's crates is in [`METRICS`], and every name there is used
-    /// and listed in the docs' metric tables.
-    #[test]
-    fn the_metric_list_matches_the_code_and_the_docs() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let mut used = std::collections::BTreeSet::new();
+    use super::{METRICS, MetricKind};
+
+    /// The arguments of a macro call starting at `text[0]` (just past its
+    /// opening parenthesis), up to the matching closing one.
+    fn call_arguments(text: &str) -> &str {
+        let mut depth = 0usize;
+        for (i, c) in text.char_indices() {
+            match c {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' if depth == 0 => return &text[..i],
+                ')' | ']' | '}' => depth -= 1,
+                _ => {}
+            }
+        }
+        text
+    }
+
+    /// The literal label keys of a call: every `"key" =>`.
+    fn label_keys(arguments: &str) -> impl Iterator<Item = &str> {
+        arguments.match_indices("\" =>").filter_map(|(at, _)| arguments[..at].rsplit('"').next())
+    }
+
+    /// Every `ingestd_…` metric in a `counter!`, `gauge!` or `histogram!` of
+    /// the workspace's crates, with the label keys its calls use.
+    fn metrics_in_the_code(root: &std::path::Path) -> BTreeMap<String, BTreeSet<String>> {
+        let mut used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut stack = vec![root.join("crates")];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
@@ -215,35 +395,63 @@ mod metric_list_tests {
                     let text = std::fs::read_to_string(&path).unwrap();
                     for macro_name in ["counter!(", "gauge!(", "histogram!("] {
                         for (at, _) in text.match_indices(macro_name) {
-                            let rest = text[at + macro_name.len()..].trim_start();
+                            let arguments = call_arguments(&text[at + macro_name.len()..]);
+                            let rest = arguments.trim_start();
                             if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next())
                                 && name.starts_with("ingestd_")
                             {
-                                used.insert(name.to_owned());
+                                let keys = used.entry(name.to_owned()).or_default();
+                                keys.extend(label_keys(arguments).map(str::to_owned));
                             }
                         }
                     }
                 }
             }
         }
-        let listed: std::collections::BTreeSet<String> = METRICS.iter().map(|(n, _, _)| (*n).to_owned()).collect();
-        // Histograms, not summaries: each has buckets.
-        for (name, kind, _) in METRICS {
-            if *kind == super::MetricKind::Histogram {
+        used
+    }
+
+    /// [`METRICS`] names every metric the code emits, with the label keys
+    /// the code uses; docs/operations.md lists each with the same type and
+    /// labels; every histogram has buckets.
+    #[test]
+    fn the_metric_list_matches_the_code_and_the_docs() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let used = metrics_in_the_code(&root);
+        assert!(used.len() > 30, "found only {used:?}");
+        let listed: BTreeMap<String, BTreeSet<String>> =
+            METRICS.iter().map(|m| (m.name.to_owned(), m.labels.iter().map(|l| (*l).to_owned()).collect())).collect();
+        assert_eq!(used, listed, "metrics and their labels in the code vs telemetry::METRICS");
+        for m in METRICS {
+            if m.kind == MetricKind::Histogram {
                 assert!(
-                    name.ends_with("_seconds") || super::COUNT_BUCKETS.iter().any(|(n, _)| n == name),
-                    "{name} has no buckets: it would be rendered as a summary"
+                    m.name.ends_with("_seconds") || super::COUNT_BUCKETS.iter().any(|(n, _)| *n == m.name),
+                    "{} has no buckets: it would be rendered as a summary",
+                    m.name
                 );
             }
         }
-        assert!(used.len() > 30, "found only {used:?}");
-        assert_eq!(used, listed, "metrics in the code vs telemetry::METRICS");
-        let docs: String = ["docs/api.md", "docs/nats.md", "docs/redis.md"]
-            .iter()
-            .map(|p| std::fs::read_to_string(root.join(p)).unwrap())
-            .collect();
-        for name in &listed {
-            assert!(docs.contains(&format!("`{name}")), "{name} is not in the docs' metric tables");
+        // The table of docs/operations.md: | `name` | type | `label`, … | meaning |
+        let docs = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+        let mut documented = BTreeMap::new();
+        for line in docs.lines().filter(|l| l.starts_with("| `ingestd_")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`').to_owned();
+            let labels: Vec<&str> =
+                cells[3].split(',').map(|l| l.trim().trim_matches('`')).filter(|l| *l != "—").collect();
+            documented.insert(name, (cells[2].to_owned(), labels));
         }
+        let expected: BTreeMap<String, (String, Vec<&str>)> = METRICS
+            .iter()
+            .map(|m| {
+                let kind = match m.kind {
+                    MetricKind::Counter => "counter",
+                    MetricKind::Gauge => "gauge",
+                    MetricKind::Histogram => "histogram",
+                };
+                (m.name.to_owned(), (kind.to_owned(), m.labels.to_vec()))
+            })
+            .collect();
+        assert_eq!(documented, expected, "docs/operations.md's metric table vs telemetry::METRICS");
     }
 }

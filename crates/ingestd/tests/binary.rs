@@ -280,11 +280,25 @@ async fn request_spans_are_exported_over_otlp() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
     let endpoint = format!("http://{collector}");
-    let running = start_with(dir.path(), &url, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let running = start_with(
+        dir.path(),
+        &url,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "ingestd-eu"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test,service.namespace=billing"),
+        ],
+    );
     let mut client = Client::connect(running.addr).await.unwrap();
     for i in 0..3 {
         assert_eq!(client.post_json("/v1/usage", &record_json("org-otel", i)).await.status, 200);
     }
+    // A caller's W3C trace context: its trace continues through ingestd.
+    let (caller_trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let traceparent = format!("00-{caller_trace}-{caller_span}-01");
+    let body = serde_json::to_vec(&record_json("org-otel", 3)).unwrap();
+    let headers = [("content-type", "application/json"), ("traceparent", traceparent.as_str())];
+    assert_eq!(client.send("POST", "/v1/usage", &headers, body).await.unwrap().status, 200);
     let (code, stderr) = tokio::task::spawn_blocking(move || terminate(running)).await.unwrap();
     assert_eq!(code, Some(0), "{stderr}");
     let received = received.lock().unwrap();
@@ -295,10 +309,43 @@ async fn request_spans_are_exported_over_otlp() {
         received.iter().map(|r| &r.0).collect::<Vec<_>>()
     );
     assert_eq!(traces[0].1, "application/x-protobuf");
-    let all: Vec<u8> = traces.iter().flat_map(|(_, _, body)| body.to_vec()).collect();
-    let contains = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
-    assert!(contains(b"ingestd"), "service name missing from the exported spans");
-    assert!(contains(b"/v1/usage"), "request span attributes missing from the exported spans");
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message as _;
+    let exports: Vec<ExportTraceServiceRequest> =
+        traces.iter().map(|(_, _, body)| ExportTraceServiceRequest::decode(body.as_ref()).unwrap()).collect();
+    let resources: Vec<_> = exports.iter().flat_map(|e| &e.resource_spans).collect();
+    let attribute = |key: &str| {
+        let resource = resources[0].resource.as_ref().unwrap();
+        match resource.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()?.value.clone()) {
+            Some(Value::StringValue(s)) => s,
+            other => panic!("resource attribute {key}: {other:?}"),
+        }
+    };
+    // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, not the built-in "ingestd".
+    assert_eq!(attribute("service.name"), "ingestd-eu");
+    assert_eq!(attribute("deployment.environment.name"), "test");
+    assert_eq!(attribute("service.namespace"), "billing");
+    let spans: Vec<_> = resources.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
+    let requests: Vec<_> = spans
+        .iter()
+        .filter(|s| {
+            s.name == "request"
+                && s.attributes.iter().any(|kv| {
+                    kv.key == "path"
+                        && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(p)) if p == "/v1/usage")
+                })
+        })
+        .collect();
+    assert_eq!(requests.len(), 4, "request spans: {}", requests.len());
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let continued: Vec<_> = requests.iter().filter(|s| hex(&s.trace_id) == caller_trace).collect();
+    assert_eq!(continued.len(), 1, "one request span continues the caller's trace");
+    assert_eq!(hex(&continued[0].parent_span_id), caller_span, "its parent is the caller's span");
+    assert!(
+        requests.iter().filter(|s| hex(&s.trace_id) != caller_trace).all(|s| s.parent_span_id.is_empty()),
+        "requests without traceparent start their own traces"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,3 +128,20 @@ fn systemd_verifies_the_unit_and_rates_its_exposure_low() {
     assert!(out.status.success(), "exposure above 2.0: {level}\n{said}");
     assert!(level.contains(" OK"), "{level}");
 }
+
+/// Prometheus's own checks of deploy/prometheus: the rules parse
+/// (`promtool check rules`), and the alerts fire when, and only when, the
+/// cases of ingestd-rules.test.yml say (`promtool test rules`).
+#[test]
+fn promtool_checks_the_rules_and_their_tests_pass() {
+    let dir = repo_root().join("deploy/prometheus");
+    for args in [["check", "rules", "ingestd-rules.yml"], ["test", "rules", "ingestd-rules.test.yml"]] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool is needed for this check (Debian/Ubuntu: apt-get install prometheus)");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && said.contains("SUCCESS"), "promtool {}:\n{said}", args.join(" "));
+    }
+}

@@ -76,7 +76,7 @@ pub async fn nats_faults(args: &Args, dir: &Path) -> Result<Row> {
     // unacknowledged has come again. The server's outage comes after, so
     // what it redelivers is not credited to the kills.
     let counters = async |addr| {
-        let redelivered = metric_sum(addr, "ingestd_nats_redeliveries_total", &[]).await;
+        let redelivered = metric_sum(addr, "ingestd_redeliveries_total", &["source=\"nats\""]).await;
         (redelivered, metric_sum(addr, "ingestd_records_total", &["source=\"nats\"", "duplicate"]).await)
     };
     // Each kill waits for the fault it is for: ingestd is frozen (SIGSTOP)
@@ -232,7 +232,8 @@ pub async fn redis_faults(args: &Args, dir: &Path) -> Result<Row> {
         a.resume()?;
         tokio::time::sleep(jitter(5, 40)).await;
     }
-    let claimed_before = metric_sum(b.addr, "ingestd_redis_reclaimed_total", &[]).await;
+    let claimed_before =
+        metric_sum(b.addr, "ingestd_redeliveries_total", &["source=\"redis\"", "kind=\"claimed\""]).await;
     a.kill()?;
     let held_by_a = held(&client).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -248,7 +249,8 @@ pub async fn redis_faults(args: &Args, dir: &Path) -> Result<Row> {
     // acknowledged are stored again by `b` only when it claims them, and a
     // duplicate would show only then.
     let verdict = ledger.verify(&pg.url()).await?;
-    let reclaimed = metric_sum(b.addr, "ingestd_redis_reclaimed_total", &[]).await - claimed_before;
+    let reclaimed = metric_sum(b.addr, "ingestd_redeliveries_total", &["source=\"redis\"", "kind=\"claimed\""]).await
+        - claimed_before;
     drop(b);
     let mut failures = Vec::new();
     if verdict.acknowledged == 0 {
