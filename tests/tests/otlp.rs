@@ -241,6 +241,10 @@ async fn the_rust_exporter_with_json_encoding_is_stored(kind: Kind) {
     let endpoint = format!("http://{}/v1/traces", server.addr);
     // The exporter's client is blocking: it runs on a thread of its own.
     let (trace_id, span_id) = tokio::task::spawn_blocking(move || {
+        // reqwest's rustls in this build takes the process's provider (ingestd
+        // installs ring when it exports traces of its own): as an application
+        // sharing the build would, install one first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpJson)

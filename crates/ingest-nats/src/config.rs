@@ -34,6 +34,24 @@ pub struct NatsConfig {
     pub backoff_secs: Vec<u64>,
     /// How long one fetch waits for messages when the stream is empty.
     pub idle_wait_ms: u64,
+    /// Token authentication (also `nats://TOKEN@host`).
+    pub token: Option<String>,
+    /// User and password authentication (also `nats://user:password@host`).
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// A `.creds` file (a user JWT and its NKey seed), as `nsc` writes them:
+    /// decentralized authentication, how most production NATS is secured.
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// An NKey user seed (`SU…`): NKey authentication without a JWT.
+    pub nkey_seed: Option<String>,
+    /// PEM file of the certificate authorities to trust for TLS (beside the
+    /// system's roots); `tls://` URLs, or a server that requires TLS.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for servers that verify clients (mTLS).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Insist on TLS even where the URL is `nats://`.
+    pub tls_required: bool,
 }
 
 impl Default for NatsConfig {
@@ -50,6 +68,15 @@ impl Default for NatsConfig {
             max_deliveries: 5,
             backoff_secs: Vec::new(),
             idle_wait_ms: 1000,
+            token: None,
+            user: None,
+            password: None,
+            credentials_file: None,
+            nkey_seed: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
         }
     }
 }
@@ -57,6 +84,44 @@ impl Default for NatsConfig {
 impl NatsConfig {
     pub fn enabled(&self) -> bool {
         !self.url.is_empty()
+    }
+
+    /// The connection options these settings ask for: authentication and
+    /// TLS (async-nats reads the `.creds` file here).
+    pub async fn connect_options(&self) -> std::io::Result<async_nats::ConnectOptions> {
+        let mut options = match (&self.credentials_file, &self.nkey_seed) {
+            (Some(path), _) => async_nats::ConnectOptions::with_credentials_file(path).await?,
+            (None, Some(seed)) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+            (None, None) => async_nats::ConnectOptions::new(),
+        };
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        // async-nats ignores a URL's user info; other NATS clients take
+        // `nats://user:password@host` and `nats://token@host`, so do we,
+        // unless a setting above names the credentials.
+        let explicit =
+            [self.token.is_some(), self.user.is_some(), self.credentials_file.is_some(), self.nkey_seed.is_some()];
+        if !explicit.contains(&true)
+            && let Ok(addr) = self.url.parse::<async_nats::ServerAddr>()
+            && let Some(user) = addr.username()
+        {
+            let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+            options = match addr.password() {
+                Some(password) => options.user_and_password(decode(user), decode(password)),
+                None => options.token(decode(user)),
+            };
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        Ok(options.require_tls(self.tls_required))
     }
 
     /// Checks the values; the error names the key.
@@ -94,6 +159,35 @@ impl NatsConfig {
         }
         if !(10..=600_000).contains(&self.idle_wait_ms) {
             return err("idle_wait_ms", "must be between 10 and 600000");
+        }
+        let ways =
+            [self.token.is_some(), self.user.is_some(), self.credentials_file.is_some(), self.nkey_seed.is_some()];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return err("token", "set one of token, user/password, credentials_file or nkey_seed");
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return err("password", "user and password go together");
+        }
+        if let Some(seed) = &self.nkey_seed
+            && !seed.starts_with("SU")
+        {
+            return err("nkey_seed", "must be an NKey user seed (it starts with SU)");
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return err("tls_key_file", "tls_cert_file and tls_key_file go together");
+        }
+        let files = [
+            ("credentials_file", &self.credentials_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(format!("nats.{key}: {} is not a readable file", path.display()));
+            }
         }
         Ok(())
     }
@@ -153,6 +247,18 @@ mod tests {
                 "nats.backoff_secs",
             ),
             (|c| c.idle_wait_ms = 1, "nats.idle_wait_ms"),
+            (
+                |c| {
+                    c.token = Some("t".into());
+                    c.nkey_seed = Some("SUAB".into());
+                },
+                "nats.token",
+            ),
+            (|c| c.user = Some("u".into()), "nats.password"),
+            (|c| c.nkey_seed = Some("UAB".into()), "nats.nkey_seed"),
+            (|c| c.tls_cert_file = Some("/etc/hostname".into()), "nats.tls_key_file"),
+            (|c| c.tls_ca_file = Some("/no/such/ca.pem".into()), "nats.tls_ca_file"),
+            (|c| c.credentials_file = Some("/no/such/user.creds".into()), "nats.credentials_file"),
         ];
         for (edit, key) in cases {
             let mut c = NatsConfig::default();

@@ -144,7 +144,19 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
             let health = self.health.clone();
             let url = model::mask_url(&self.config.url);
             let delays = Backoff::new(self.retry.clone());
-            let options = async_nats::ConnectOptions::new()
+            let options = match self.config.connect_options().await {
+                Ok(options) => options,
+                Err(e) => {
+                    let why = format!("nats: cannot read nats.credentials_file: {e}");
+                    tracing::error!("{why}; retrying");
+                    self.health.set_disconnected(why);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            };
+            let options = options
                 .name(format!("ingestd {}", self.config.consumer))
                 .max_reconnects(None)
                 .reconnect_delay_callback(move |attempts| match attempts {

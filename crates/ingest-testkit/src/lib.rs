@@ -12,6 +12,7 @@ pub mod nats;
 pub mod python;
 pub mod redis;
 mod throwaway;
+pub mod tls;
 
 use model::{ModelInfo, Performance, TokenUsage, UsageRecord};
 use sea_orm::{ConnectionTrait, Database};

@@ -53,6 +53,14 @@ impl ThrowawayNats {
         ThrowawayNats { port: server.port, server }
     }
 
+    /// A server started with further arguments: authentication
+    /// (`--auth`, `--user`/`--pass`), TLS (`--tls`, `--tlscert`, …) or `-c FILE`.
+    pub fn start_with(args: &[&std::ffi::OsStr]) -> Self {
+        let args = args.iter().map(|a| a.to_os_string()).collect();
+        let server = crate::throwaway::started(ingest_throwaway::nats_with(args));
+        ThrowawayNats { port: server.port, server }
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

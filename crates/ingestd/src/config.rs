@@ -228,11 +228,17 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as TOML, with passwords in URLs masked.
+    /// The effective configuration as TOML, with passwords in URLs and the
+    /// NATS token, password and NKey seed masked.
     pub fn to_masked_toml(&self) -> String {
         let mut masked = self.clone();
         masked.database.url = mask_url(&masked.database.url);
         masked.nats.url = mask_url(&masked.nats.url);
+        for secret in [&mut masked.nats.token, &mut masked.nats.password, &mut masked.nats.nkey_seed] {
+            if secret.is_some() {
+                *secret = Some("***".to_owned());
+            }
+        }
         masked.redis.url = mask_url(&masked.redis.url);
         if masked.rate_limit.default.is_empty() {
             masked.rate_limit.default.per_minute = Some(ratelimit::DEFAULT_PER_MINUTE);

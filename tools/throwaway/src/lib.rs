@@ -234,6 +234,16 @@ pub fn nats() -> io::Result<Server> {
     })
 }
 
+/// `nats-server -js` with further arguments (authentication, TLS, `-c FILE`).
+pub fn nats_with(args: Vec<std::ffi::OsString>) -> io::Result<Server> {
+    let bin = which("nats-server").ok_or_else(|| missing("nats-server", "nats-server"))?;
+    Server::start("nats-server", move |port, dir| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir).args(&args);
+        cmd
+    })
+}
+
 /// `redis-server` without persistence: a restart after [`Server::kill`]
 /// starts empty (a rate limiter's Redis, the test services).
 pub fn redis() -> io::Result<Server> {
