@@ -49,7 +49,7 @@ async fn a_record_is_stored(nats: NatsConfig, publisher: async_nats::ConnectOpti
     let (status, body) = readiness(&server, |s, _| s == 200).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["components"]["nats"]["status"], "up");
-    let client = publisher.connect(nats.url.as_str()).await.expect("the publisher connects");
+    let client = publisher.connect(nats.servers().unwrap()).await.expect("the publisher connects");
     let js = async_nats::jetstream::new(client);
     let org = unique("org");
     js.publish(nats.subject.clone(), record_json(&org, 0).to_string().into()).await.unwrap().await.unwrap();
@@ -96,6 +96,10 @@ async fn user_and_password_authentication() {
     a_record_is_stored(in_url, publisher).await;
     refused(NatsConfig { password: Some("nope".into()), ..good }, "authorization violation").await;
     refused(settings(format!("nats://ingest:nope@127.0.0.1:{}", nats.port)), "authorization violation").await;
+    // A list of servers: the credentials of the URL that has them.
+    let list = settings(format!("nats://127.0.0.1:{0},nats://ingest:pa55word@127.0.0.1:{0}", nats.port));
+    let publisher = async_nats::ConnectOptions::new().user_and_password("ingest".into(), "pa55word".into());
+    a_record_is_stored(list, publisher).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,12 +132,50 @@ async fn tls_with_a_private_certificate_authority() {
     let good = NatsConfig { tls_ca_file: Some(ca.ca_file.clone()), ..settings(url) };
     let publisher = async_nats::ConnectOptions::new().add_root_certificates(ca.ca_file.clone());
     a_record_is_stored(good.clone(), publisher).await;
-    // `nats://` with tls_required: still TLS, still verified.
-    let required = NatsConfig { tls_required: true, ..settings(nats.url()) };
-    let publisher = async_nats::ConnectOptions::new().add_root_certificates(ca.ca_file.clone());
-    a_record_is_stored(NatsConfig { tls_ca_file: Some(ca.ca_file.clone()), ..required.clone() }, publisher).await;
     // Without the authority, the server's certificate is not trusted.
     refused(NatsConfig { tls_ca_file: None, ..good }, "certificate").await;
+    // tls_required against a server without TLS: refused, never plain.
+    let plain = ThrowawayNats::start();
+    let required = NatsConfig { tls_required: true, tls_ca_file: Some(ca.ca_file.clone()), ..settings(plain.url()) };
+    // (rustls, reading the plain server's INFO line as a TLS record.)
+    refused(required, "corrupt message").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = testkit::tls::Authority::new(dir.path());
+    let server_cert = ca.issue(dir.path(), "nats", &["127.0.0.1", "localhost"]);
+    let client = ca.issue(dir.path(), "ingestd", &["ingestd"]);
+    // --tlsverify: the server asks every client for a certificate of the CA.
+    let args = [
+        OsStr::new("--tlsverify"),
+        OsStr::new("--tlscert"),
+        server_cert.cert_file.as_os_str(),
+        OsStr::new("--tlskey"),
+        server_cert.key_file.as_os_str(),
+        OsStr::new("--tlscacert"),
+        ca.ca_file.as_os_str(),
+    ];
+    let nats = ThrowawayNats::start_with(&args);
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let good = NatsConfig {
+        tls_ca_file: Some(ca.ca_file.clone()),
+        tls_cert_file: Some(client.cert_file.clone()),
+        tls_key_file: Some(client.key_file.clone()),
+        ..settings(url)
+    };
+    let publisher = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.ca_file.clone())
+        .add_client_certificate(client.cert_file.clone(), client.key_file.clone());
+    a_record_is_stored(good.clone(), publisher).await;
+    // Without a client certificate the server ends the handshake.
+    let text = |b: &Value| b["components"]["nats"]["status"] == "down";
+    let server =
+        Server::start(Kind::Sqlite, |c| c.nats = NatsConfig { tls_cert_file: None, tls_key_file: None, ..good }).await;
+    let (status, body) = readiness(&server, |s, b| s == 503 && text(b)).await;
+    assert_eq!(status, 503, "{body}");
+    server.stop().await;
 }
 
 /// A `.creds` file that is not one stops nothing else: the source reports

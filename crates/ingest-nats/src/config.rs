@@ -44,8 +44,8 @@ pub struct NatsConfig {
     pub credentials_file: Option<std::path::PathBuf>,
     /// An NKey user seed (`SU…`): NKey authentication without a JWT.
     pub nkey_seed: Option<String>,
-    /// PEM file of the certificate authorities to trust for TLS (beside the
-    /// system's roots); `tls://` URLs, or a server that requires TLS.
+    /// PEM file of the certificate authorities to trust for TLS (instead of
+    /// the system's roots); `tls://` URLs, or a server that requires TLS.
     pub tls_ca_file: Option<std::path::PathBuf>,
     /// PEM client certificate and key, for servers that verify clients (mTLS).
     pub tls_cert_file: Option<std::path::PathBuf>,
@@ -86,6 +86,21 @@ impl NatsConfig {
         !self.url.is_empty()
     }
 
+    /// The servers of `url` (a comma-separated list), without their user
+    /// info: [`connect_options`](Self::connect_options) took the credentials
+    /// out, and async-nats would only log them.
+    pub fn servers(&self) -> std::io::Result<Vec<async_nats::ServerAddr>> {
+        self.url
+            .split(',')
+            .map(|u| {
+                let mut url = u.trim().parse::<async_nats::ServerAddr>()?.into_inner();
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                async_nats::ServerAddr::from_url(url)
+            })
+            .collect()
+    }
+
     /// The connection options these settings ask for: authentication and
     /// TLS (async-nats reads the `.creds` file here).
     pub async fn connect_options(&self) -> std::io::Result<async_nats::ConnectOptions> {
@@ -101,12 +116,18 @@ impl NatsConfig {
             options = options.user_and_password(user.clone(), password.clone());
         }
         // async-nats ignores a URL's user info; other NATS clients take
-        // `nats://user:password@host` and `nats://token@host`, so do we,
-        // unless a setting above names the credentials.
+        // `nats://user:password@host` and `nats://token@host`, so do we
+        // (the first URL of the list that has some), unless a setting above
+        // names the credentials.
         let explicit =
             [self.token.is_some(), self.user.is_some(), self.credentials_file.is_some(), self.nkey_seed.is_some()];
+        let with_user = self
+            .url
+            .split(',')
+            .filter_map(|u| u.trim().parse::<async_nats::ServerAddr>().ok())
+            .find(|a| a.username().is_some());
         if !explicit.contains(&true)
-            && let Ok(addr) = self.url.parse::<async_nats::ServerAddr>()
+            && let Some(addr) = with_user
             && let Some(user) = addr.username()
         {
             let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
@@ -169,9 +190,12 @@ impl NatsConfig {
             return err("password", "user and password go together");
         }
         if let Some(seed) = &self.nkey_seed
-            && !seed.starts_with("SU")
+            && (!seed.starts_with("SU") || nkeys::KeyPair::from_seed(seed).is_err())
         {
-            return err("nkey_seed", "must be an NKey user seed (it starts with SU)");
+            return err("nkey_seed", "must be an NKey user seed (SU…, as `nk -gen user` prints)");
+        }
+        if self.enabled() && self.servers().is_err() {
+            return err("url", "must be a NATS URL (nats://host:4222, tls://…), or several separated by commas");
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return err("tls_key_file", "tls_cert_file and tls_key_file go together");
@@ -256,6 +280,8 @@ mod tests {
             ),
             (|c| c.user = Some("u".into()), "nats.password"),
             (|c| c.nkey_seed = Some("UAB".into()), "nats.nkey_seed"),
+            (|c| c.nkey_seed = Some("SUnotaseed".into()), "nats.nkey_seed"),
+            (|c| c.url = "http://127.0.0.1:4222".into(), "nats.url"),
             (|c| c.tls_cert_file = Some("/etc/hostname".into()), "nats.tls_key_file"),
             (|c| c.tls_ca_file = Some("/no/such/ca.pem".into()), "nats.tls_ca_file"),
             (|c| c.credentials_file = Some("/no/such/user.creds".into()), "nats.credentials_file"),
@@ -266,6 +292,14 @@ mod tests {
             let e = c.validate().unwrap_err();
             assert!(e.starts_with(key), "{e}");
         }
+    }
+
+    #[test]
+    fn servers_lose_their_user_info() {
+        let c = NatsConfig { url: "nats://u:p%40ss@a:4222, tls://b:4223".into(), ..NatsConfig::default() };
+        let servers: Vec<String> = c.servers().unwrap().into_iter().map(|s| s.into_inner().to_string()).collect();
+        assert_eq!(servers, ["nats://a:4222", "tls://b:4223"]);
+        assert!(c.validate().is_ok());
     }
 
     #[test]

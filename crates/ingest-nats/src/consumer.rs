@@ -178,7 +178,7 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
                 });
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                result = options.connect(self.config.url.as_str()) => match result {
+                result = async { options.connect(self.config.servers()?).await.map_err(std::io::Error::other) } => match result {
                     Ok(client) => {
                         tracing::info!(url = %model::mask_url(&self.config.url), "NATS connected");
                         return Some(client);

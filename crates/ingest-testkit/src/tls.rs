@@ -46,3 +46,51 @@ impl Authority {
         Issued { cert_file, key_file }
     }
 }
+
+/// A PostgreSQL server of the test's own (`ssl = on`, a certificate of
+/// `authority` for 127.0.0.1 and localhost); stopped when dropped.
+pub struct Postgres {
+    pub port: u16,
+    _server: crate::throwaway::Throwaway,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start(authority: &Authority) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let issued = authority.issue(dir.path(), "postgres", &["127.0.0.1", "localhost"]);
+        // PostgreSQL insists on a private key only its user can read; it runs
+        // as `postgres` when the tests run as root.
+        let run = |cmd: &mut std::process::Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+        run(std::process::Command::new("chmod").arg("600").arg(&issued.key_file));
+        if std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")) {
+            run(std::process::Command::new("chown").args(["-R", "postgres"]).arg(dir.path()));
+        }
+        let cert = format!("ssl_cert_file={}", issued.cert_file.display());
+        let key = format!("ssl_key_file={}", issued.key_file.display());
+        let server = crate::throwaway::started(ingest_throwaway::postgres(&["ssl=on", &cert, &key]));
+        Postgres { port: server.port, _server: server, _dir: dir }
+    }
+}
+
+/// A `redis-server` of the test's own that speaks only TLS (a certificate
+/// of `authority` for 127.0.0.1 and localhost); killed when dropped.
+pub struct Redis {
+    pub port: u16,
+    _server: crate::throwaway::Throwaway,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start(authority: &Authority) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let issued = authority.issue(dir.path(), "redis", &["127.0.0.1", "localhost"]);
+        let server = crate::throwaway::started(ingest_throwaway::redis_tls(issued.cert_file, issued.key_file));
+        Redis { port: server.port, _server: server, _dir: dir }
+    }
+
+    /// `rediss://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+}

@@ -125,7 +125,12 @@ impl Config {
                 return None;
             }
             let rest = name.strip_prefix("INGESTD_")?;
-            Some((name, rest.to_ascii_lowercase().replace("__", "."), parse_env_value(value)))
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let value = match TEXT_SETTINGS.contains(&key.as_str()) {
+                true => figment::value::Value::from(value.clone()),
+                false => parse_env_value(value),
+            };
+            Some((name, key, value))
         });
         for (name, key, parsed) in legacy.chain(prefixed) {
             figment = figment.merge(Serialized::global(&key, parsed));
@@ -251,6 +256,13 @@ fn valid_origin(origin: &str) -> bool {
     (origin.starts_with("http://") || origin.starts_with("https://")) && origin.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Settings an environment variable gives as text whatever it looks like: a
+/// password of digits is not a number.
+const TEXT_SETTINGS: &[&str] = &["nats.token", "nats.user", "nats.password", "nats.nkey_seed"];
+
+/// Settings whose value an error message never shows.
+const SECRET_SETTINGS: &[&str] = &["nats.token", "nats.password", "nats.nkey_seed"];
+
 /// An environment value as TOML would read it (`10`, `true`, `["a"]`), else the string itself.
 fn parse_env_value(value: &str) -> figment::value::Value {
     value.parse().unwrap_or_else(|_| figment::value::Value::from(value.to_owned()))
@@ -276,6 +288,9 @@ fn describe(e: figment::Error, origins: &[(String, String)]) -> String {
     }
     match &e.kind {
         figment::error::Kind::UnknownField(field, _) => out.push_str(&format!("unknown setting `{field}`")),
+        figment::error::Kind::InvalidType(_, expected) if SECRET_SETTINGS.contains(&key.as_str()) => {
+            out.push_str(&format!("invalid type: expected {expected} (the value is a secret: not shown)"));
+        }
         kind => out.push_str(&kind.to_string()),
     }
     out
@@ -294,6 +309,19 @@ mod tests {
     fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::load(None, &env)
+    }
+
+    #[test]
+    fn nats_secrets_from_the_environment_are_text_and_never_shown() {
+        let c = load(&[("INGESTD_NATS__USER", "1234"), ("INGESTD_NATS__PASSWORD", "12345678")]).unwrap();
+        assert_eq!((c.nats.user.as_deref(), c.nats.password.as_deref()), (Some("1234"), Some("12345678")));
+        let c = load(&[("INGESTD_NATS__TOKEN", "true")]).unwrap();
+        assert_eq!(c.nats.token.as_deref(), Some("true"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ingestd.toml");
+        std::fs::write(&file, "[nats]\npassword = 987654321\n").unwrap();
+        let e = Config::load(Some(&file), &[]).unwrap_err().to_string();
+        assert!(e.contains("nats.password") && !e.contains("987654321"), "{e}");
     }
 
     #[test]

@@ -242,6 +242,11 @@ type Received = Arc<std::sync::Mutex<Vec<(String, String, bytes::Bytes)>>>;
 
 /// A stand-in OTLP/HTTP collector that records (path, content-type, body).
 async fn fake_collector() -> (SocketAddr, Received) {
+    fake_collector_over(None).await
+}
+
+/// The same collector; with `tls`, it speaks HTTPS only.
+async fn fake_collector_over(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Received) {
     use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -250,7 +255,7 @@ async fn fake_collector() -> (SocketAddr, Received) {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
-            let store = store.clone();
+            let (store, tls) = (store.clone(), tls.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let store = store.clone();
@@ -265,9 +270,16 @@ async fn fake_collector() -> (SocketAddr, Received) {
                         )))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(stream).await else { return };
+                        let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                    }
+                    None => {
+                        let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                    }
+                }
             });
         }
     });
@@ -298,6 +310,10 @@ async fn request_spans_are_exported_over_otlp() {
     let traceparent = format!("00-{caller_trace}-{caller_span}-01");
     let body = serde_json::to_vec(&record_json("org-otel", 3)).unwrap();
     let headers = [("content-type", "application/json"), ("traceparent", traceparent.as_str())];
+    assert_eq!(client.send("POST", "/v1/usage", &headers, body).await.unwrap().status, 200);
+    // A malformed one is ignored: the request starts a trace of its own.
+    let body = serde_json::to_vec(&record_json("org-otel", 4)).unwrap();
+    let headers = [("content-type", "application/json"), ("traceparent", "00-not-a-trace-01")];
     assert_eq!(client.send("POST", "/v1/usage", &headers, body).await.unwrap().status, 200);
     let (code, stderr) = tokio::task::spawn_blocking(move || terminate(running)).await.unwrap();
     assert_eq!(code, Some(0), "{stderr}");
@@ -337,7 +353,7 @@ async fn request_spans_are_exported_over_otlp() {
                 })
         })
         .collect();
-    assert_eq!(requests.len(), 4, "request spans: {}", requests.len());
+    assert_eq!(requests.len(), 5, "request spans: {}", requests.len());
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let continued: Vec<_> = requests.iter().filter(|s| hex(&s.trace_id) == caller_trace).collect();
     assert_eq!(continued.len(), 1, "one request span continues the caller's trace");
@@ -556,4 +572,115 @@ fn prices_commands_show_list_import_and_rerate() {
     assert_eq!((report["examined"].as_u64(), report["changed"].as_u64()), (Some(0), Some(0)), "{report}");
     let out = run(&["prices", "rerate", "--from", "2026-01-01", "--to", "2025-01-01"]);
     assert_eq!(out.status.code(), Some(1), "an empty range is refused");
+}
+
+/// `/health/ready` of `addr` until `done` holds (20 s at most).
+async fn readiness_until(addr: SocketAddr, done: impl Fn(u16, &serde_json::Value) -> bool) -> (u16, serde_json::Value) {
+    let mut client = Client::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = client.get("/health/ready").await;
+        let (status, body) = (reply.status.as_u16(), reply.json());
+        if done(status, &body) || Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `rediss://` to a Redis that speaks only TLS, with a certificate of a
+/// private authority named by `SSL_CERT_FILE` (the system's roots are used
+/// otherwise): the rate limiter and the Redis Streams source both connect,
+/// and an entry added with `redis-cli --tls` is stored. Without the
+/// authority, neither connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_authority_serves_the_limiter_and_the_stream_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = testkit::tls::Authority::new(dir.path());
+    let redis = testkit::tls::Redis::start(&ca);
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("tls.db").display());
+    let ca_file = ca.ca_file.to_str().unwrap();
+    let settings = |trust: &'static str| {
+        let trust = if trust == "ca" { ca_file.to_owned() } else { trust.to_owned() };
+        vec![
+            ("REDIS_URL".to_owned(), redis.url()),
+            ("REDIS_STREAM_KEY".to_owned(), "tls:usage".to_owned()),
+            ("INGESTD_REDIS__CONSUMER__BLOCK_MS".to_owned(), "100".to_owned()),
+            ("INGESTD_RATE_LIMIT__BACKEND".to_owned(), "redis".to_owned()),
+            ("SSL_CERT_FILE".to_owned(), trust),
+        ]
+    };
+    let env = settings("ca");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let running = start_with(dir.path(), &db, &env);
+    let connected = |s: u16, b: &serde_json::Value| s == 200 && b["components"]["rate_limiter"]["state"] == "redis";
+    let (status, body) = readiness_until(running.addr, connected).await;
+    assert!(connected(status, &body), "{status} {body}");
+    assert_eq!(body["components"]["redis"]["status"], "up", "{body}");
+    let added = Command::new("redis-cli")
+        .args(["--tls", "--cacert", ca_file, "-h", "127.0.0.1", "-p", &redis.port.to_string()])
+        .args(["XADD", "tls:usage", "*", "payload", &record_json("org-tls", 0).to_string()])
+        .output()
+        .expect("redis-cli (Debian/Ubuntu: apt-get install redis-tools)");
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let mut client = Client::connect(running.addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = String::from_utf8(client.get("/metrics").await.body.to_vec()).unwrap();
+        if metrics.lines().any(|l| l.starts_with("ingestd_redis_entries_total{outcome=\"stored\"} 1")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the entry was not stored:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, stderr) = tokio::task::spawn_blocking(move || terminate(running)).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // The system's roots only: the server's certificate is not trusted.
+    let env = settings("/etc/ssl/certs/ca-certificates.crt");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let running = start_with(dir.path(), &db, &env);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = readiness_until(running.addr, |s, _| s == 503).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["components"]["redis"]["status"], "down", "{body}");
+    assert_ne!(body["components"]["rate_limiter"]["state"], "redis", "{body}");
+    let _ = tokio::task::spawn_blocking(move || terminate(running)).await.unwrap();
+}
+
+/// An `https://` collector whose certificate comes from a private authority
+/// named by `SSL_CERT_FILE`: the spans arrive. With the system's roots only,
+/// none do (and requests are not slowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_to_an_https_collector() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = testkit::tls::Authority::new(dir.path());
+    let issued = ca.issue(dir.path(), "collector", &["127.0.0.1", "localhost"]);
+    let certs = CertificateDer::pem_file_iter(&issued.cert_file).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(&issued.key_file).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let (collector, received) = fake_collector_over(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+    let endpoint = format!("https://{collector}");
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+    for (trust, expected) in [(ca.ca_file.to_str().unwrap(), true), ("/etc/ssl/certs/ca-certificates.crt", false)] {
+        received.lock().unwrap().clear();
+        let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("SSL_CERT_FILE", trust)];
+        let running = start_with(dir.path(), &db, &env);
+        let mut client = Client::connect(running.addr).await.unwrap();
+        for i in 0..3 {
+            assert_eq!(client.post_json("/v1/usage", &record_json("org-https", i)).await.status, 200);
+        }
+        let (code, stderr) = tokio::task::spawn_blocking(move || terminate(running)).await.unwrap();
+        assert_eq!(code, Some(0), "{stderr}");
+        let traces = received.lock().unwrap().iter().filter(|(path, _, _)| path == "/v1/traces").count();
+        assert_eq!(traces > 0, expected, "trusting {trust}: {traces} exports arrived\n{stderr}");
+    }
 }

@@ -119,8 +119,20 @@ impl Server {
 
     fn prepared(name: &'static str, dir: TempDir, launch: Launch, stop: Option<Launch>) -> io::Result<Self> {
         let mut server = Server { port: free_port()?, name, dir, launch, stop, child: None };
-        server.launch()?;
-        Ok(server)
+        // A free port can be taken between the check and the server's bind
+        // (by another test's server, or a client's ephemeral port): try
+        // another one before giving up.
+        let mut attempts = 0;
+        loop {
+            match server.launch() {
+                Ok(()) => return Ok(server),
+                Err(e) if attempts < 3 && e.to_string().contains("exited at start") => {
+                    attempts += 1;
+                    server.port = free_port()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -251,6 +263,19 @@ pub fn redis() -> io::Result<Server> {
     Server::start("redis-server", move |port, _| {
         let mut cmd = Command::new(&bin);
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        cmd
+    })
+}
+
+/// `redis-server` without persistence that speaks only TLS on its port, with
+/// the given certificate and key; clients are not asked for certificates.
+pub fn redis_tls(cert: PathBuf, key: PathBuf) -> io::Result<Server> {
+    let bin = which("redis-server").ok_or_else(|| missing("redis-server", "redis-server"))?;
+    Server::start("redis-server", move |port, _| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        cmd.args(["--appendonly", "no", "--tls-auth-clients", "no", "--tls-cert-file"]).arg(&cert);
+        cmd.arg("--tls-key-file").arg(&key);
         cmd
     })
 }
