@@ -161,13 +161,23 @@ struct Scenario {
     /// Run ingestd with the in-memory rate limiter (a limit no run reaches,
     /// so every check is paid and none refuses).
     limiter: bool,
+    /// Open loop at this many requests/s (latency without coordinated
+    /// omission); `None`: closed loop, each connection back to back.
+    rate: Option<u32>,
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "single records, 64 connections", connections: 64, records: 1, limiter: true },
-    Scenario { name: "single records, 64 conns, no limiter", connections: 64, records: 1, limiter: false },
-    Scenario { name: "100-record batches, 16 connections", connections: 16, records: 100, limiter: true },
-    Scenario { name: "1000-record batches, 4 connections", connections: 4, records: 1000, limiter: true },
+    Scenario { name: "single records, 64 connections", connections: 64, records: 1, limiter: true, rate: None },
+    Scenario { name: "single records, 64 conns, no limiter", connections: 64, records: 1, limiter: false, rate: None },
+    Scenario { name: "100-record batches, 16 connections", connections: 16, records: 100, limiter: true, rate: None },
+    Scenario { name: "1000-record batches, 4 connections", connections: 4, records: 1000, limiter: true, rate: None },
+    Scenario {
+        name: "single records, open loop 10k/s, 64 conns",
+        connections: 64,
+        records: 1,
+        limiter: true,
+        rate: Some(10_000),
+    },
 ];
 
 struct Measured {
@@ -184,8 +194,10 @@ fn http() -> Result<()> {
     let target = crate::dist::target_dir(&crate::project_root())?;
     let bin = Path::new(&target).join("release");
     let secs: u64 = std::env::var("XTASK_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    // XTASK_BENCH_HTTP_ONLY=open runs the scenarios whose name contains "open".
+    let only = std::env::var("XTASK_BENCH_HTTP_ONLY").unwrap_or_default();
     let mut rows = Vec::new();
-    for s in SCENARIOS {
+    for s in SCENARIOS.iter().filter(|s| s.name.contains(only.as_str())) {
         let dir = std::env::temp_dir().join(format!("ingestd-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -237,8 +249,12 @@ fn measure(bin: &Path, mut server: Command, port: u16, s: &Scenario, secs: u64) 
     let mut child = server.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().context("start server")?;
     let result = (|| {
         wait_for(&mut child, port)?;
-        let out = Command::new(bin.join("loadgen"))
-            .args([format!("127.0.0.1:{port}"), s.connections.to_string(), s.records.to_string(), secs.to_string()])
+        let mut loadgen = Command::new(bin.join("loadgen"));
+        loadgen.args([format!("127.0.0.1:{port}"), s.connections.to_string(), s.records.to_string(), secs.to_string()]);
+        if let Some(rate) = s.rate {
+            loadgen.arg(rate.to_string());
+        }
+        let out = loadgen
             .output()
             .context("run loadgen")?;
         if !out.status.success() {

@@ -1,6 +1,6 @@
 //! Benchmark tools for `cargo xtask bench http` (see docs/benchmarks.md).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -29,50 +29,108 @@ pub fn payload(records: usize) -> (String, Vec<u8>) {
     }
 }
 
-/// What a load run measured.
+/// How load is offered.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Each connection sends its next request when the previous one is
+    /// answered: the server sets the pace, and a slow answer delays the
+    /// requests behind it without their wait being measured (coordinated
+    /// omission). Measures throughput.
+    Closed,
+    /// Requests fall due at a fixed rate, whatever the answers; each latency
+    /// runs from when its request was due, so time spent waiting behind a
+    /// slow answer (or for a free connection) counts. Measures latency.
+    Open { per_sec: f64 },
+}
+
+/// What a load run measured. Latencies are of successful requests,
+/// recorded in an HdrHistogram (1 µs … 60 s, 3 significant digits).
 #[derive(Debug)]
 pub struct Report {
+    pub mode: Mode,
     pub requests: u64,
     pub records: u64,
     pub errors: u64,
+    /// Open loop: requests sent more than 1 ms after they fell due (the
+    /// connections were all busy). Their wait is in the latencies.
+    pub late: u64,
     pub elapsed: Duration,
     pub p50: Duration,
+    pub p90: Duration,
     pub p99: Duration,
+    pub p999: Duration,
+    pub max: Duration,
 }
 
 impl Report {
     pub fn records_per_sec(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64()
     }
+
+    pub fn requests_per_sec(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 /// Drives `addr` with `connections` keep-alive connections for `duration`,
-/// each sending `records`-record requests back to back.
+/// sending `records`-record requests: back to back per connection
+/// ([`Mode::Closed`]) or at a fixed total rate ([`Mode::Open`]).
 pub async fn run(
     addr: std::net::SocketAddr,
     connections: usize,
     records: usize,
     duration: Duration,
+    mode: Mode,
 ) -> anyhow::Result<Report> {
     let (path, body) = payload(records);
     let body = bytes::Bytes::from(body);
-    let start = Instant::now();
+    let start = tokio::time::Instant::now();
     let deadline = start + duration;
+    let interval = match mode {
+        Mode::Closed => None,
+        Mode::Open { per_sec } => {
+            anyhow::ensure!(per_sec > 0.0 && per_sec.is_finite(), "the rate must be positive");
+            Some(Duration::from_secs_f64(1.0 / per_sec))
+        }
+    };
+    // Open loop: the next request slot to take; slot i falls due at start + i × interval.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for conn in 0..connections {
-        let (path, body) = (path.clone(), body.clone());
+        let (path, body, next) = (path.clone(), body.clone(), next.clone());
         // Each connection speaks for one of 16 organizations, as gateways would.
         let org = format!("org-{}", conn % 16);
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
+            let mut latencies = histogram();
+            let (mut errors, mut late) = (0u64, 0u64);
             let mut client = testkit::http::Client::connect(addr).await?;
-            while Instant::now() < deadline {
-                let t = Instant::now();
+            loop {
+                let due = match interval {
+                    None => tokio::time::Instant::now(),
+                    Some(interval) => {
+                        let slot = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let due = start + interval.mul_f64(slot as f64);
+                        if due >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(due).await;
+                        late += u64::from(due.elapsed() > Duration::from_millis(1));
+                        due
+                    }
+                };
+                if due >= deadline {
+                    break;
+                }
                 let headers = [("content-type", "application/json"), ("x-organization-id", org.as_str())];
                 let reply = client.send("POST", &path, &headers, body.clone()).await;
                 match reply {
-                    Ok(r) if r.status.is_success() => latencies.push(t.elapsed()),
+                    Ok(r) if r.status.is_success() => {
+                        latencies.saturating_record(due.elapsed().as_micros().try_into().unwrap_or(u64::MAX));
+                    }
                     Ok(_) => errors += 1,
                     Err(_) => {
                         errors += 1;
@@ -80,30 +138,30 @@ pub async fn run(
                     }
                 }
             }
-            anyhow::Ok((latencies, errors))
+            anyhow::Ok((latencies, errors, late))
         }));
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
+    let mut latencies = histogram();
+    let (mut errors, mut late) = (0, 0);
     for t in tasks {
-        let (l, e) = t.await??;
-        latencies.extend(l);
+        let (l, e, n) = t.await??;
+        latencies.add(&l)?;
         errors += e;
+        late += n;
     }
     let elapsed = start.elapsed();
-    latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let at = |q: f64| Duration::from_micros(latencies.value_at_quantile(q));
     Ok(Report {
-        requests: latencies.len() as u64,
-        records: (latencies.len() * records) as u64,
+        mode,
+        requests: latencies.len(),
+        records: latencies.len() * records as u64,
         errors,
+        late,
         elapsed,
-        p50: pct(0.50),
-        p99: pct(0.99),
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: Duration::from_micros(latencies.max()),
     })
 }
