@@ -254,9 +254,7 @@ fn measure(bin: &Path, mut server: Command, port: u16, s: &Scenario, secs: u64) 
         if let Some(rate) = s.rate {
             loadgen.arg(rate.to_string());
         }
-        let out = loadgen
-            .output()
-            .context("run loadgen")?;
+        let out = loadgen.output().context("run loadgen")?;
         if !out.status.success() {
             bail!("loadgen failed: {}", String::from_utf8_lossy(&out.stderr));
         }
