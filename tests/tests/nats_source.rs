@@ -128,7 +128,14 @@ async fn messages_published_to_nats_become_rows() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+    // The lag gauge is read from the server every few seconds, so the
+    // scrape is repeated until it has been.
+    let start = Instant::now();
+    let mut metrics = String::new();
+    while !metrics.contains("ingestd_nats_consumer_pending") && start.elapsed() < Duration::from_secs(15) {
+        metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for expected in [
         r#"ingestd_source_connected{source="nats"} 1"#,
         r#"ingestd_nats_messages_total{outcome="stored"}"#,

@@ -17,6 +17,8 @@ use crate::{Error, NatsConfig, messages};
 
 /// How often the consumer's pending count (lag) is read from the server.
 const PENDING_EVERY: Duration = Duration::from_secs(5);
+/// How soon a failed consumer-info request is asked again.
+const PENDING_RETRY: Duration = Duration::from_secs(1);
 
 /// The JetStream source. Build it with [`NatsSource::new`], then [`run`](Self::run) it.
 pub struct NatsSource<S, D> {
@@ -79,8 +81,13 @@ impl<S: RecordSink, D: DeadLetterSink> NatsSource<S, D> {
             loop {
                 if pending_at.elapsed() >= PENDING_EVERY {
                     pending_at = Instant::now();
-                    if let Ok(info) = consumer.info().await {
-                        metrics::gauge!("ingestd_nats_consumer_pending").set(info.num_pending as f64);
+                    match consumer.info().await {
+                        Ok(info) => metrics::gauge!("ingestd_nats_consumer_pending").set(info.num_pending as f64),
+                        // Asked again after a second, not after PENDING_EVERY.
+                        Err(why) => {
+                            tracing::debug!(error = %why, "NATS consumer info failed");
+                            pending_at -= PENDING_EVERY - PENDING_RETRY;
+                        }
                     }
                 }
                 let (messages, error) = (std::mem::take(&mut in_hand), fetch_error.take());
