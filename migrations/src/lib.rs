@@ -14,6 +14,7 @@ mod m0002_org_rate_limits;
 mod m0003_partitioned_usage_records;
 mod m0004_prices;
 mod m0005_usage_rollups;
+mod m0006_rate_limit_counts;
 
 pub use m0003_partitioned_usage_records::PARTITION_MONTHS_BACK;
 pub use m0005_usage_rollups::{fill_rollups_sql, saturating_sum};
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_partitioned_usage_records::Migration),
             Box::new(m0004_prices::Migration),
             Box::new(m0005_usage_rollups::Migration),
+            Box::new(m0006_rate_limit_counts::Migration),
         ]
     }
 }

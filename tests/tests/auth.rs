@@ -43,6 +43,7 @@ fn without_request_id(org: &str, i: u64) -> Value {
 testkit::on_every_backend!(
     org_keys_write_only_their_organization,
     a_key_revoked_on_one_process_fails_on_another_within_5_s,
+    rate_limit_decisions_of_every_process_are_counted_per_organization,
 );
 
 #[tokio::test]
@@ -522,5 +523,58 @@ async fn with_auth_off_there_is_no_admin_api() {
     assert!(server.store.list_api_keys(true).await.unwrap().is_empty());
     // Records of any organization are taken.
     assert_eq!(c.post_json("/v1/usage", &record_json("org-any", 0)).await.status, 200);
+    server.stop().await;
+}
+
+/// `GET /admin/v1/orgs/{org}/rate-limit` counts the decisions of every
+/// process on the database: the answering one's, and a peer's that stopped
+/// before its periodic flush (its shutdown stores them). The refusal metric
+/// is by kind of policy.
+async fn rate_limit_decisions_of_every_process_are_counted_per_organization(kind: Kind) {
+    let limited = |c: &mut Config| {
+        with_keys(c);
+        let per_hour = |n| PolicyConfig { max_requests: Some(n), window_secs: Some(3600), ..PolicyConfig::default() };
+        c.rate_limit.default = per_hour(3);
+        c.rate_limit.orgs.insert("org-vip".into(), per_hour(1));
+    };
+    let server = Server::start(kind, limited).await;
+    let admin_key = create_key(&server, auth::Scope::Admin, None, false).await.key;
+    let key = create_key(&server, auth::Scope::Org, Some("org-d"), false).await.key;
+    let other = create_key(&server, auth::Scope::Org, Some("org-e"), false).await.key;
+    let vip = create_key(&server, auth::Scope::Org, Some("org-vip"), false).await.key;
+    let peer = server.peer(limited).await;
+    let (mut here, mut there) = (server.client().await, peer.client().await);
+    let mut statuses = Vec::new();
+    // Each process has its own in-memory bucket of 3: 3 + 2 refused here, 3 + 1 there.
+    for i in 0..5 {
+        statuses.push(post(&mut here, "/v1/usage", &key, &[], &record_json("org-d", i)).await.status.as_u16());
+    }
+    for i in 5..9 {
+        statuses.push(post(&mut there, "/v1/usage", &key, &[], &record_json("org-d", i)).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 200, 200, 200, 429]);
+    assert_eq!(post(&mut here, "/v1/usage", &other, &[], &record_json("org-e", 0)).await.status, 200);
+    for i in 0..2 {
+        post(&mut here, "/v1/usage", &vip, &[], &record_json("org-vip", i)).await;
+    }
+    peer.stop().await;
+    let got = admin(&mut here, "GET", "/admin/v1/orgs/org-d/rate-limit", &admin_key, None).await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    let counts = json!({ "admitted": 6, "refused": 3 });
+    assert_eq!(got.json()["decisions"], json!({ "last_hour": counts, "last_day": counts }));
+    let got = admin(&mut here, "GET", "/admin/v1/orgs/org-e/rate-limit", &admin_key, None).await;
+    assert_eq!(got.json()["decisions"]["last_day"], json!({ "admitted": 1, "refused": 0 }));
+    let got = admin(&mut here, "GET", "/admin/v1/orgs/org-vip/rate-limit", &admin_key, None).await;
+    assert_eq!(got.json()["decisions"]["last_hour"], json!({ "admitted": 1, "refused": 1 }));
+    let got = admin(&mut here, "GET", "/admin/v1/orgs/org-none/rate-limit", &admin_key, None).await;
+    assert_eq!(got.json()["decisions"]["last_day"], json!({ "admitted": 0, "refused": 0 }));
+    // Both processes report to this test process's one metrics recorder.
+    let metrics = String::from_utf8(here.get("/metrics").await.body.to_vec()).unwrap();
+    for line in [
+        r#"ingestd_rate_limit_refusals_total{policy="default"} 3"#,
+        r#"ingestd_rate_limit_refusals_total{policy="organization"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line} in\n{metrics}");
+    }
     server.stop().await;
 }

@@ -10,7 +10,7 @@
 //! | `GET /admin/v1/keys` | every key, revoked ones included; never a secret |
 //! | `POST /admin/v1/keys` | `{"scope": "org"\|"service"\|"admin", "organization_id"?, "label"?, "signing_secret"?: bool}` → 201 with the key, shown once |
 //! | `DELETE /admin/v1/keys/{id}` | revoke; 204, or 404 when unknown or already revoked |
-//! | `GET /admin/v1/orgs/{org}/rate-limit` | the policy in force and where it comes from |
+//! | `GET /admin/v1/orgs/{org}/rate-limit` | the policy in force, where it comes from, and the requests it admitted and refused in the last hour and day ([`DecisionCounts`]) |
 //! | `PUT /admin/v1/orgs/{org}/rate-limit` | a [`PolicyConfig`]: `{"per_minute": n}` (or `per_hour`, `per_day`, or `max_requests` + `window_secs` [+ `burst_size`]) → [`RateLimitView`] |
 //! | `DELETE /admin/v1/orgs/{org}/rate-limit` | back to the configured policy; 204, or 404 when none was set |
 //! | `GET /admin/v1/orgs/{org}/prices` | the organization's own prices, past and future ones included |
@@ -163,6 +163,29 @@ pub struct RateLimitView {
     pub capacity: Option<u64>,
     /// False when rate limiting is disabled (policies are still kept).
     pub enforced: bool,
+    /// The organization's requests admitted and refused (429) by the
+    /// limiter, in every process sharing the database.
+    pub decisions: DecisionCounts,
+}
+
+/// Rate-limit decisions of one organization over the last hour and day.
+/// Counted per UTC minute: `last_hour` is the current minute and the 59
+/// before it, `last_day` the current minute and the 1439 before it. Each
+/// process adds its counts every 2 s (the answering one first adds its own),
+/// so another process's last 2 s may be missing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionCounts {
+    pub last_hour: Decisions,
+    pub last_day: Decisions,
+}
+
+/// Requests the limiter admitted and refused.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Decisions {
+    pub admitted: u64,
+    pub refused: u64,
 }
 
 impl RateLimitView {
@@ -177,6 +200,7 @@ impl RateLimitView {
             burst_size: policy.map(|p| p.burst_size()),
             capacity: policy.map(|p| p.capacity()),
             enforced,
+            decisions: DecisionCounts::default(),
         }
     }
 }

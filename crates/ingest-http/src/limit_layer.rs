@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use ratelimit::{Decision, Limiter, Policy, RateLimiter};
+use ratelimit::{Decision, DecisionTally, Limiter, Policy, RateLimiter};
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -52,11 +52,19 @@ pub struct Organization(pub String);
 #[derive(Clone, Debug)]
 pub struct RateLimitLayer {
     limiter: Arc<Limiter>,
+    decisions: Option<Arc<DecisionTally>>,
 }
 
 impl RateLimitLayer {
     pub fn new(limiter: Arc<Limiter>) -> Self {
-        RateLimitLayer { limiter }
+        RateLimitLayer { limiter, decisions: None }
+    }
+
+    /// Also counts every decision in `decisions` (by organization), for the
+    /// service to store (`GET /admin/v1/orgs/{org}/rate-limit` shows them).
+    pub fn counting(mut self, decisions: Option<Arc<DecisionTally>>) -> Self {
+        self.decisions = decisions;
+        self
     }
 }
 
@@ -64,7 +72,7 @@ impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimitService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService { inner, limiter: self.limiter.clone() }
+        RateLimitService { inner, limiter: self.limiter.clone(), decisions: self.decisions.clone() }
     }
 }
 
@@ -74,6 +82,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimitService<S> {
     inner: S,
     limiter: Arc<Limiter>,
+    decisions: Option<Arc<DecisionTally>>,
 }
 
 type Reply = Response<crate::body::Body>;
@@ -106,7 +115,7 @@ where
             Ok(org) => org,
             Err(e) => return Box::pin(std::future::ready(Ok(e.into_response()))),
         };
-        let limiter = self.limiter.clone();
+        let (limiter, decisions) = (self.limiter.clone(), self.decisions.clone());
         Box::pin(async move {
             let backend = limiter.backend_name();
             let decision = match limiter.check(&organization, 1).await {
@@ -122,6 +131,12 @@ where
             metrics::counter!("ingestd_rate_limit_decisions_total", "result" => result, "backend" => backend)
                 .increment(1);
             let (name, policy) = policy_of(limiter.registry(), &organization);
+            if !decision.is_allowed() {
+                metrics::counter!("ingestd_rate_limit_refusals_total", "policy" => name).increment(1);
+            }
+            if let Some(decisions) = &decisions {
+                decisions.record(&organization, decision.is_allowed());
+            }
             let mut response = match decision {
                 Decision::Allowed { .. } => inner.oneshot(req).await?,
                 Decision::Limited { .. } => too_many_requests(&organization, &decision),

@@ -71,7 +71,7 @@ pub async fn serve<S: RecordSink>(
         // API keys (SPEC §3): the caller's `Principal` and rate-limit
         // `Organization` go into the request's extensions.
         .option_layer(state.keys.clone().map(AuthLayer::new))
-        .option_layer(state.limiter.clone().map(RateLimitLayer::new))
+        .option_layer(state.limiter.clone().map(|l| RateLimitLayer::new(l).counting(state.decisions.clone())))
         .map_result(shed_to_503)
         .load_shed()
         .concurrency_limit(config.max_concurrent_requests.max(1))

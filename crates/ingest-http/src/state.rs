@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use auth::KeyRing;
 use model::{Component, Ingestor};
-use ratelimit::Limiter;
+use ratelimit::{DecisionTally, Limiter};
 
 use crate::HttpConfig;
 use crate::admin::Admin;
@@ -23,6 +23,9 @@ pub struct AppState<S> {
     /// Checks each ingestion request's organization (SPEC §4); `None`: no
     /// limiting and no rate-limit headers.
     pub limiter: Option<Arc<Limiter>>,
+    /// Counts the limiter's decisions by organization, for the service to
+    /// store; `None`: not counted.
+    pub decisions: Option<Arc<DecisionTally>>,
     /// The keys accepted (SPEC §3); `None` with `auth.mode = "none"`:
     /// nothing is checked and records of any organization are taken.
     pub keys: Option<Arc<KeyRing>>,

@@ -17,6 +17,8 @@
 //! - [`RateLimitConfig`]: the settings as serde data (backend, fail mode, default policy as
 //!   [`PolicyConfig`], per-key overrides); [`RateLimitConfig::build`] makes the [`Limiter`].
 //! - [`Clock`]: injectable time ([`SystemClock`], [`ManualClock`] for tests).
+//! - [`DecisionTally`]: admitted and refused decisions per key and minute, recorded on the hot path and drained by
+//!   the service into shared storage (bounded by [`MAX_CELLS`]).
 //!
 //! # What it deliberately does not do
 //!
@@ -48,6 +50,7 @@ mod policy;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod registry;
+mod tally;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
@@ -61,6 +64,7 @@ pub use policy::{MAX_BUCKET_MICROS, Policy, PolicyError};
 #[cfg(feature = "redis")]
 pub use redis::RedisLimiter;
 pub use registry::PolicyRegistry;
+pub use tally::{DecisionTally, Drained, MAX_CELLS, TallyRow};
 
 /// One of the backends, chosen at runtime (e.g. from configuration), usable where a single concrete
 /// [`RateLimiter`] type is needed.

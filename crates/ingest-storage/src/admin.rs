@@ -1,13 +1,14 @@
 //! API keys and runtime rate-limit policies: the small tables the admin API
-//! and `ingestd keys` manage, and every process reads every few seconds.
+//! and `ingestd keys` manage, and every process reads every few seconds; and
+//! the rate-limit decisions per organization and minute every process adds to.
 
 use sea_orm::Value;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Order, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Order, Query};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::schema::{ApiKeys, OrgRateLimits};
+use crate::schema::{ApiKeys, OrgRateLimits, RateLimitCounts};
 use crate::{Error, Store};
 
 /// An API key as stored: never the key itself, only its SHA-256 digest.
@@ -228,5 +229,62 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Adds rate-limit decisions (organization, minute, admitted, refused)
+    /// to the stored counts, in one statement, and deletes the rows of
+    /// minutes before `keep_from`.
+    pub async fn add_rate_limit_counts(&self, rows: &[(&str, i64, u64, u64)], keep_from: i64) -> Result<(), Error> {
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let tx = self.connection().begin().await?;
+        // Bounded statements: at most 4 × 1000 parameters each.
+        for chunk in rows.chunks(1000) {
+            let mut q = Query::insert();
+            q.into_table(RateLimitCounts::Table).columns([
+                RateLimitCounts::OrganizationId,
+                RateLimitCounts::Minute,
+                RateLimitCounts::Admitted,
+                RateLimitCounts::Refused,
+            ]);
+            for &(org, minute, admitted, refused) in chunk {
+                q.values_panic([org.into(), minute.into(), as_i64(admitted).into(), as_i64(refused).into()]);
+            }
+            let added = |column: RateLimitCounts| {
+                Expr::col((RateLimitCounts::Table, column)).add(Expr::col((Alias::new("excluded"), column)))
+            };
+            q.on_conflict(
+                OnConflict::columns([RateLimitCounts::OrganizationId, RateLimitCounts::Minute])
+                    .value(RateLimitCounts::Admitted, added(RateLimitCounts::Admitted))
+                    .value(RateLimitCounts::Refused, added(RateLimitCounts::Refused))
+                    .to_owned(),
+            );
+            tx.execute_raw(self.build(&q)).await?;
+        }
+        let mut prune = Query::delete();
+        prune.from_table(RateLimitCounts::Table).and_where(Expr::col(RateLimitCounts::Minute).lt(keep_from));
+        tx.execute_raw(self.build(&prune)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An organization's stored decisions from minute `from` on: (admitted, refused).
+    pub async fn rate_limit_counts(&self, organization_id: &str, from: i64) -> Result<(u64, u64), Error> {
+        let mut q = Query::select();
+        // SUM over bigint is numeric on PostgreSQL: cast back (the sums
+        // of two days of one organization's requests fit).
+        q.expr(Expr::cust("CAST(COALESCE(SUM(admitted), 0) AS BIGINT)"))
+            .expr(Expr::cust("CAST(COALESCE(SUM(refused), 0) AS BIGINT)"))
+            .from(RateLimitCounts::Table)
+            .and_where(Expr::col(RateLimitCounts::OrganizationId).eq(organization_id))
+            .and_where(Expr::col(RateLimitCounts::Minute).gte(from));
+        let row = self.connection().query_one_raw(self.build(&q)).await?;
+        let sum = |i: usize| -> Result<u64, Error> {
+            let n: i64 = match &row {
+                Some(row) => row.try_get_by_index(i)?,
+                None => 0,
+            };
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        Ok((sum(0)?, sum(1)?))
     }
 }

@@ -64,6 +64,15 @@ pub(crate) enum OrgRateLimits {
 }
 
 #[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum RateLimitCounts {
+    Table,
+    OrganizationId,
+    Minute,
+    Admitted,
+    Refused,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
 pub(crate) enum Prices {
     Table,
     Id,

@@ -25,6 +25,7 @@ testkit::on_every_backend!(
     api_keys_are_stored_listed_and_revoked,
     only_the_first_key_is_created_on_an_empty_table,
     org_rate_limits_are_upserted_and_removed,
+    rate_limit_counts_add_up_sum_by_window_and_are_pruned,
     a_refused_record_fails_alone_in_a_shared_commit,
     a_withdrawn_submission_is_never_committed,
     stream_submissions_wait_for_room_http_ones_do_not,
@@ -855,4 +856,30 @@ async fn a_schema_that_disagrees_is_retryable_not_a_refusal() {
     assert!(matches!(out, Err(SinkError::Unavailable(_))), "{out:?}");
     exec(&store, "ALTER TABLE usage_records DROP COLUMN added_by_a_newer_version").await;
     assert_eq!(sink.store(vec![record("org", 0)], Source::Http).await.unwrap(), [I]);
+}
+
+/// Rate-limit decision counts (m0006): two processes' additions to the same
+/// organization and minute add up, sums take minutes from `from` on, old
+/// minutes are pruned, and 1500 rows (two statements) land at once.
+async fn rate_limit_counts_add_up_sum_by_window_and_are_pruned(kind: Kind) {
+    let db = TestDatabase::new(kind).await;
+    let store = db.store().await;
+    let now = 29_000_000;
+    store.add_rate_limit_counts(&[("a", now, 3, 1), ("a", now - 61, 5, 2), ("b", now, 7, 0)], 0).await.unwrap();
+    store.add_rate_limit_counts(&[("a", now, 2, 4)], 0).await.unwrap();
+    assert_eq!(store.rate_limit_counts("a", now - 59).await.unwrap(), (5, 5));
+    assert_eq!(store.rate_limit_counts("a", now - 1439).await.unwrap(), (10, 7));
+    assert_eq!(store.rate_limit_counts("b", now - 59).await.unwrap(), (7, 0));
+    assert_eq!(store.rate_limit_counts("nobody", now - 59).await.unwrap(), (0, 0));
+    // Adding prunes the minutes before `keep_from`, whoever they belong to.
+    store.add_rate_limit_counts(&[("b", now, 1, 1)], now - 60).await.unwrap();
+    assert_eq!(store.rate_limit_counts("a", 0).await.unwrap(), (5, 5));
+    assert_eq!(store.rate_limit_counts("b", 0).await.unwrap(), (8, 1));
+    let orgs: Vec<String> = (0..1500).map(|i| format!("org-{i}")).collect();
+    let rows: Vec<_> = orgs.iter().map(|org| (org.as_str(), now, 1, 0)).collect();
+    store.add_rate_limit_counts(&rows, 0).await.unwrap();
+    assert_eq!(store.rate_limit_counts("org-1499", now).await.unwrap(), (1, 0));
+    // Counts past i64 are stored saturated, never refused.
+    store.add_rate_limit_counts(&[("big", now, u64::MAX, 0)], 0).await.unwrap();
+    assert_eq!(store.rate_limit_counts("big", now).await.unwrap(), (i64::MAX as u64, 0));
 }

@@ -2,7 +2,8 @@
 //! admin API do, and how every process keeps up with the database.
 //!
 //! Every [`REFRESH`] each process re-reads the active keys and the runtime
-//! policies, so a key revoked anywhere stops working everywhere within
+//! policies, and adds the rate-limit decisions it made to the stored counts
+//! (so the admin API shows every process's), so a key revoked anywhere stops working everywhere within
 //! 2 s (+ one query), inside the 5 s SPEC allows; the process that revokes
 //! or sets applies it at once. While the database cannot be read the last
 //! keys read stay in force (and ingestion, needing the database, fails anyway).
@@ -14,9 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use auth::{KeyRing, Permissions, Principal, Scope, SigningSecret};
 use ingest_http::admin::{AdminError, AdminFuture};
-use ingest_http::admin::{NewOrgPrice, OrgPriceView, PolicySource, RateLimitView};
+use ingest_http::admin::{DecisionCounts, Decisions, NewOrgPrice, OrgPriceView, PolicySource, RateLimitView};
 use ingest_http::{Admin, CreatedKey, KeyView, NewKey};
-use ratelimit::{Policy, PolicyRegistry};
+use ratelimit::{DecisionTally, Policy, PolicyRegistry};
 use storage::{ApiKeyRow, OrgRateLimit, Store};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -195,11 +196,17 @@ pub struct RateLimits {
     /// policies are still stored, for when it is enabled).
     registry: Option<Arc<PolicyRegistry>>,
     configured: BTreeMap<String, Policy>,
+    /// This process's decisions not yet added to the stored counts.
+    decisions: Arc<DecisionTally>,
 }
+
+/// How long the stored decision counts are kept, in minutes: the day the
+/// admin API shows and a day more.
+const KEEP_DECISIONS_MINUTES: i64 = 2 * 24 * 60;
 
 impl RateLimits {
     pub fn new(store: Store, registry: Option<Arc<PolicyRegistry>>, configured: BTreeMap<String, Policy>) -> Self {
-        RateLimits { lock: Arc::default(), store, registry, configured }
+        RateLimits { lock: Arc::default(), store, registry, configured, decisions: Arc::default() }
     }
 
     /// Re-reads the runtime policies and applies them (a runtime policy wins
@@ -263,7 +270,47 @@ impl RateLimits {
         Ok(removed)
     }
 
-    /// The policy in force for `org` and where it comes from.
+    /// Where the limiter counts its decisions, for [`flush`](Self::flush).
+    pub fn decisions(&self) -> Arc<DecisionTally> {
+        self.decisions.clone()
+    }
+
+    /// Adds this process's decisions since the last flush to the stored
+    /// counts (and deletes counts older than two days). On failure the
+    /// counts stay here for the next flush.
+    pub async fn flush(&self) -> Result<()> {
+        let drained = self.decisions.drain();
+        if drained.overflowed > 0 {
+            tracing::warn!(
+                decisions = drained.overflowed,
+                cells = ratelimit::MAX_CELLS,
+                "rate-limit decisions not counted: too many organizations between two flushes"
+            );
+        }
+        if drained.rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = drained.rows.iter().map(|r| (r.key.as_str(), r.minute, r.admitted, r.refused)).collect();
+        let keep_from = unix_minute() - KEEP_DECISIONS_MINUTES;
+        if let Err(e) = self.store.add_rate_limit_counts(&rows, keep_from).await {
+            self.decisions.restore(drained.rows);
+            return Err(e).context("storing rate-limit decision counts");
+        }
+        Ok(())
+    }
+
+    /// `org`'s decisions over the last hour and day, this process's unstored ones included.
+    async fn decision_counts(&self, org: &str) -> Result<DecisionCounts> {
+        self.flush().await?;
+        let now = unix_minute();
+        let counts = |(admitted, refused)| Decisions { admitted, refused };
+        Ok(DecisionCounts {
+            last_hour: counts(self.store.rate_limit_counts(org, now - 59).await?),
+            last_day: counts(self.store.rate_limit_counts(org, now - (24 * 60 - 1)).await?),
+        })
+    }
+
+    /// The policy in force for `org`, where it comes from, and its recent decisions.
     pub async fn view(&self, org: &str) -> Result<RateLimitView> {
         let runtime = self.store.list_org_rate_limits().await?.into_iter().find(|r| r.organization_id == org);
         let default = self.registry.as_ref().map(|r| r.default_policy());
@@ -272,8 +319,15 @@ impl RateLimits {
             (None, Some(p)) => (PolicySource::Config, Some(*p)),
             (None, None) => (PolicySource::Default, default),
         };
-        Ok(RateLimitView::new(org.to_owned(), source, policy, self.registry.is_some()))
+        let mut view = RateLimitView::new(org.to_owned(), source, policy, self.registry.is_some());
+        view.decisions = self.decision_counts(org).await?;
+        Ok(view)
     }
+}
+
+/// Minutes since the Unix epoch, as the tally counts them.
+fn unix_minute() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp().div_euclid(60)
 }
 
 fn policy_of(row: &OrgRateLimit) -> Result<Policy> {
@@ -302,6 +356,12 @@ pub fn spawn_refresh(keys: Option<Keys>, limits: RateLimits, store: Store) -> to
             }
             if let Err(e) = store.refresh_prices().await {
                 tracing::warn!(error = %e, "could not re-read prices; the last ones read stay in force");
+            }
+            if let Err(e) = limits.flush().await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not store rate-limit decision counts; kept for the next try"
+                );
             }
         }
     })

@@ -156,11 +156,13 @@ impl App {
             metrics: Arc::new(move || telemetry::render(&metrics)),
             version: VERSION,
             limiter,
+            decisions: Some(limits.decisions()),
             keys: keys.as_ref().map(|k| k.ring().clone()),
             // Without keys there is no admin: an open admin API would let
             // anyone mint keys that outlive `auth.mode = "none"`.
             admin: keys.clone().map(|keys| {
-                Arc::new(keys::AdminApi { keys, limits, store: store.clone() }) as Arc<dyn ingest_http::Admin>
+                Arc::new(keys::AdminApi { keys, limits: limits.clone(), store: store.clone() })
+                    as Arc<dyn ingest_http::Admin>
             }),
             reader: Some(Arc::new(store.clone()) as Arc<dyn model::UsageReader>),
             continue_trace: Some(telemetry::continue_trace),
@@ -188,6 +190,14 @@ impl App {
         refresh.abort();
         stop_sources.cancel();
         let deadline = *signalled.get_or_init(tokio::time::Instant::now) + grace;
+        // The decisions of the last requests, counted after the last refresh.
+        match tokio::time::timeout_at(deadline, limits.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = format!("{e:#}"), "could not store the last rate-limit decision counts")
+            }
+            Err(_) => tracing::warn!("the last rate-limit decision counts were not stored within the grace period"),
+        }
         for (name, task, _) in sources {
             match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(Ok(()))) => {}

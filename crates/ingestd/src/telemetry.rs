@@ -134,7 +134,7 @@ fn process_collector() -> &'static metrics_process::Collector {
 }
 
 /// Registers, at 0, the counters of rare events of the parts that run (the
-/// HTTP server and writer always; the named stream sources), so that their
+/// HTTP server, rate limiter and writer always; the named stream sources), so that their
 /// series exist before the first event: an alert on `increase()` then sees
 /// the first panic or dead letter, and a dashboard shows 0, not "no data".
 /// Gauges are left alone: a 0 there would mean something.
@@ -142,6 +142,9 @@ pub fn register_event_counters(sources: &[&'static str]) {
     metrics::counter!("ingestd_http_shed_total").increment(0);
     metrics::counter!("ingestd_writer_refused_records_total").increment(0);
     metrics::counter!("ingestd_panics_total", "where" => "http").increment(0);
+    for policy in ["default", "organization"] {
+        metrics::counter!("ingestd_rate_limit_refusals_total", "policy" => policy).increment(0);
+    }
     for &source in sources {
         metrics::counter!("ingestd_panics_total", "where" => source).increment(0);
         metrics::counter!("ingestd_dead_letters_total", "source" => source).increment(0);
@@ -289,6 +292,12 @@ pub const METRICS: &[Metric] = {
             C,
             &["result", "backend"],
             "Rate-limit decisions by result (allowed, limited, error) and backend.",
+        ),
+        m(
+            "ingestd_rate_limit_refusals_total",
+            C,
+            &["policy"],
+            "Requests refused (429) by the rate limiter, by the kind of policy that refused them (default, organization).",
         ),
         m(
             "ingestd_rate_limit_fallback_active",
