@@ -544,6 +544,7 @@ async fn rate_limit_decisions_of_every_process_are_counted_per_organization(kind
     let vip = create_key(&server, auth::Scope::Org, Some("org-vip"), false).await.key;
     let peer = server.peer(limited).await;
     let (mut here, mut there) = (server.client().await, peer.client().await);
+    let before = refusals(&mut here).await;
     let mut statuses = Vec::new();
     // Each process has its own in-memory bucket of 3: 3 + 2 refused here, 3 + 1 there.
     for i in 0..5 {
@@ -568,13 +569,19 @@ async fn rate_limit_decisions_of_every_process_are_counted_per_organization(kind
     assert_eq!(got.json()["decisions"]["last_hour"], json!({ "admitted": 1, "refused": 1 }));
     let got = admin(&mut here, "GET", "/admin/v1/orgs/org-none/rate-limit", &admin_key, None).await;
     assert_eq!(got.json()["decisions"]["last_day"], json!({ "admitted": 0, "refused": 0 }));
-    // Both processes report to this test process's one metrics recorder.
-    let metrics = String::from_utf8(here.get("/metrics").await.body.to_vec()).unwrap();
-    for line in [
-        r#"ingestd_rate_limit_refusals_total{policy="default"} 3"#,
-        r#"ingestd_rate_limit_refusals_total{policy="organization"} 1"#,
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "no {line} in\n{metrics}");
-    }
+    // Both processes report to this test process's one metrics recorder
+    // (which other tests may share: the growth is compared).
+    let after = refusals(&mut here).await;
+    assert_eq!([after[0] - before[0], after[1] - before[1]], [3, 1], "default, organization");
     server.stop().await;
+}
+
+/// `ingestd_rate_limit_refusals_total` for the policies `default` and `organization`.
+async fn refusals(c: &mut Client) -> [u64; 2] {
+    let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+    ["default", "organization"].map(|policy| {
+        let series = format!("ingestd_rate_limit_refusals_total{{policy=\"{policy}\"}} ");
+        let line = metrics.lines().find_map(|l| l.strip_prefix(series.as_str()));
+        line.unwrap_or_else(|| panic!("no {series} in\n{metrics}")).parse().unwrap()
+    })
 }

@@ -172,7 +172,7 @@ pub struct RateLimitView {
 /// Counted per UTC minute: `last_hour` is the current minute and the 59
 /// before it, `last_day` the current minute and the 1439 before it. Each
 /// process adds its counts every 2 s (the answering one first adds its own),
-/// so another process's last 2 s may be missing.
+/// so another process's last seconds may be missing.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionCounts {

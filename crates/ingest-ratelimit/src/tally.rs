@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::{Clock, SystemClock};
+use crate::Clock;
 
 /// How many (key, minute) cells a tally holds before it counts new ones
 /// only as [`Drained::overflowed`]: a bound on memory when callers pick
@@ -56,9 +57,11 @@ impl Default for DecisionTally {
 }
 
 impl DecisionTally {
-    /// A tally on the system clock.
+    /// A tally on the wall clock: its minutes are the ones the counts are
+    /// read back by, even after the clock was set (unlike the limiter's
+    /// monotonic [`SystemClock`](crate::SystemClock)).
     pub fn new() -> Self {
-        Self::with_clock(Arc::new(SystemClock::new()))
+        Self::with_clock(Arc::new(WallClock))
     }
 
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
@@ -83,7 +86,7 @@ impl DecisionTally {
         let counts = match keys.get_mut(key) {
             Some(counts) => counts,
             None if *len >= MAX_CELLS => {
-                *overflowed += admitted + refused;
+                *overflowed = overflowed.saturating_add(admitted).saturating_add(refused);
                 return;
             }
             None => {
@@ -114,6 +117,17 @@ impl DecisionTally {
         for row in rows {
             self.add(&row.key, row.minute, row.admitted, row.refused);
         }
+    }
+}
+
+/// `SystemTime::now()`, read at every call.
+#[derive(Debug)]
+struct WallClock;
+
+impl Clock for WallClock {
+    fn now(&self) -> u64 {
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
     }
 }
 

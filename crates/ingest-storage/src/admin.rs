@@ -3,7 +3,7 @@
 //! the rate-limit decisions per organization and minute every process adds to.
 
 use sea_orm::Value;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Order, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Order, Query};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -236,6 +236,10 @@ impl Store {
     /// minutes before `keep_from`.
     pub async fn add_rate_limit_counts(&self, rows: &[(&str, i64, u64, u64)], keep_from: i64) -> Result<(), Error> {
         let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        // In key order, whoever calls: processes adding to the same rows
+        // lock them in the same order, so PostgreSQL sees no deadlock.
+        let mut rows = rows.to_vec();
+        rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let tx = self.connection().begin().await?;
         // Bounded statements: at most 4 × 1000 parameters each.
         for chunk in rows.chunks(1000) {
@@ -249,13 +253,17 @@ impl Store {
             for &(org, minute, admitted, refused) in chunk {
                 q.values_panic([org.into(), minute.into(), as_i64(admitted).into(), as_i64(refused).into()]);
             }
-            let added = |column: RateLimitCounts| {
-                Expr::col((RateLimitCounts::Table, column)).add(Expr::col((Alias::new("excluded"), column)))
+            // Saturating, as the rollups' upsert: a count never makes the flush fail.
+            let added = |column: &str| {
+                Expr::cust(format!(
+                    "CASE WHEN rate_limit_counts.{column} > 9223372036854775807 - excluded.{column} \
+                     THEN 9223372036854775807 ELSE rate_limit_counts.{column} + excluded.{column} END"
+                ))
             };
             q.on_conflict(
                 OnConflict::columns([RateLimitCounts::OrganizationId, RateLimitCounts::Minute])
-                    .value(RateLimitCounts::Admitted, added(RateLimitCounts::Admitted))
-                    .value(RateLimitCounts::Refused, added(RateLimitCounts::Refused))
+                    .value(RateLimitCounts::Admitted, added("admitted"))
+                    .value(RateLimitCounts::Refused, added("refused"))
                     .to_owned(),
             );
             tx.execute_raw(self.build(&q)).await?;
@@ -270,10 +278,9 @@ impl Store {
     /// An organization's stored decisions from minute `from` on: (admitted, refused).
     pub async fn rate_limit_counts(&self, organization_id: &str, from: i64) -> Result<(u64, u64), Error> {
         let mut q = Query::select();
-        // SUM over bigint is numeric on PostgreSQL: cast back (the sums
-        // of two days of one organization's requests fit).
-        q.expr(Expr::cust("CAST(COALESCE(SUM(admitted), 0) AS BIGINT)"))
-            .expr(Expr::cust("CAST(COALESCE(SUM(refused), 0) AS BIGINT)"))
+        let sum = |column: &str| Expr::cust(migration::saturating_sum(self.db_backend(), column));
+        q.expr(sum("admitted"))
+            .expr(sum("refused"))
             .from(RateLimitCounts::Table)
             .and_where(Expr::col(RateLimitCounts::OrganizationId).eq(organization_id))
             .and_where(Expr::col(RateLimitCounts::Minute).gte(from));

@@ -216,8 +216,9 @@ async fn postgres_migration_partitions_a_table_that_has_rows() {
     assert_eq!(scalar(&store, "SELECT count(*) FROM usage_record_keys").await, 13);
     writer.shutdown().await;
 
-    // And back down (m0005, m0004, then m0003): one table, the same rows.
-    Migrator::down(store.connection(), Some(3)).await.unwrap();
+    // And back down (every migration from the last to m0003): one table, the same rows.
+    let after_m0002 = u32::try_from(Migrator::migrations().len() - 2).unwrap();
+    Migrator::down(store.connection(), Some(after_m0002)).await.unwrap();
     assert!(partitions(&store).await.is_empty());
     assert_eq!(scalar(&store, "SELECT count(*) FROM usage_records").await, 13);
 }

@@ -879,7 +879,11 @@ async fn rate_limit_counts_add_up_sum_by_window_and_are_pruned(kind: Kind) {
     let rows: Vec<_> = orgs.iter().map(|org| (org.as_str(), now, 1, 0)).collect();
     store.add_rate_limit_counts(&rows, 0).await.unwrap();
     assert_eq!(store.rate_limit_counts("org-1499", now).await.unwrap(), (1, 0));
-    // Counts past i64 are stored saturated, never refused.
-    store.add_rate_limit_counts(&[("big", now, u64::MAX, 0)], 0).await.unwrap();
-    assert_eq!(store.rate_limit_counts("big", now).await.unwrap(), (i64::MAX as u64, 0));
+    // Counts past i64 saturate, in a row and in a sum, never failing a flush.
+    store.add_rate_limit_counts(&[("big", now, u64::MAX, 1), ("big", now + 1, 1 << 62, 0)], 0).await.unwrap();
+    store.add_rate_limit_counts(&[("big", now, 5, 1), ("big", now + 1, 1 << 62, 0)], 0).await.unwrap();
+    // 2^62 + 2^62 is past i64: the upsert saturates.
+    assert_eq!(store.rate_limit_counts("big", now + 1).await.unwrap(), (i64::MAX as u64, 0));
+    // Two rows of i64::MAX: the sum saturates.
+    assert_eq!(store.rate_limit_counts("big", now).await.unwrap(), (i64::MAX as u64, 2));
 }

@@ -198,6 +198,9 @@ pub struct RateLimits {
     configured: BTreeMap<String, Policy>,
     /// This process's decisions not yet added to the stored counts.
     decisions: Arc<DecisionTally>,
+    /// Held from draining `decisions` until their commit, so that a flush
+    /// finds the counts of one under way stored, not missing.
+    flushing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long the stored decision counts are kept, in minutes: the day the
@@ -206,7 +209,14 @@ const KEEP_DECISIONS_MINUTES: i64 = 2 * 24 * 60;
 
 impl RateLimits {
     pub fn new(store: Store, registry: Option<Arc<PolicyRegistry>>, configured: BTreeMap<String, Policy>) -> Self {
-        RateLimits { lock: Arc::default(), store, registry, configured, decisions: Arc::default() }
+        RateLimits {
+            lock: Arc::default(),
+            store,
+            registry,
+            configured,
+            decisions: Arc::default(),
+            flushing: Arc::default(),
+        }
     }
 
     /// Re-reads the runtime policies and applies them (a runtime policy wins
@@ -276,9 +286,11 @@ impl RateLimits {
     }
 
     /// Adds this process's decisions since the last flush to the stored
-    /// counts (and deletes counts older than two days). On failure the
-    /// counts stay here for the next flush.
+    /// counts (and deletes counts older than two days). On failure, or when
+    /// the flush is dropped before its commit, the counts stay here for the
+    /// next flush.
     pub async fn flush(&self) -> Result<()> {
+        let _flushing = self.flushing.lock().await;
         let drained = self.decisions.drain();
         if drained.overflowed > 0 {
             tracing::warn!(
@@ -290,18 +302,21 @@ impl RateLimits {
         if drained.rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<_> = drained.rows.iter().map(|r| (r.key.as_str(), r.minute, r.admitted, r.refused)).collect();
+        let taken = Taken { tally: &self.decisions, rows: Some(drained.rows) };
+        let rows = taken.rows.as_deref().unwrap_or_default();
+        let rows: Vec<_> = rows.iter().map(|r| (r.key.as_str(), r.minute, r.admitted, r.refused)).collect();
         let keep_from = unix_minute() - KEEP_DECISIONS_MINUTES;
-        if let Err(e) = self.store.add_rate_limit_counts(&rows, keep_from).await {
-            self.decisions.restore(drained.rows);
-            return Err(e).context("storing rate-limit decision counts");
-        }
+        self.store.add_rate_limit_counts(&rows, keep_from).await.context("storing rate-limit decision counts")?;
+        taken.stored();
         Ok(())
     }
 
-    /// `org`'s decisions over the last hour and day, this process's unstored ones included.
+    /// `org`'s decisions over the last hour and day, this process's
+    /// unstored ones included when they can be stored.
     async fn decision_counts(&self, org: &str) -> Result<DecisionCounts> {
-        self.flush().await?;
+        if let Err(e) = self.flush().await {
+            tracing::warn!(error = format!("{e:#}"), "answering with the stored rate-limit counts only");
+        }
         let now = unix_minute();
         let counts = |(admitted, refused)| Decisions { admitted, refused };
         Ok(DecisionCounts {
@@ -322,6 +337,27 @@ impl RateLimits {
         let mut view = RateLimitView::new(org.to_owned(), source, policy, self.registry.is_some());
         view.decisions = self.decision_counts(org).await?;
         Ok(view)
+    }
+}
+
+/// Rows drained from a [`DecisionTally`]: given back when dropped before
+/// [`stored`](Self::stored) (a failed store, or a flush cancelled midway).
+struct Taken<'a> {
+    tally: &'a DecisionTally,
+    rows: Option<Vec<ratelimit::TallyRow>>,
+}
+
+impl Taken<'_> {
+    fn stored(mut self) {
+        self.rows = None;
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(rows) = self.rows.take() {
+            self.tally.restore(rows);
+        }
     }
 }
 
@@ -515,5 +551,24 @@ impl Admin for AdminApi {
             }
             Ok(ended)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drained_counts_come_back_unless_stored() {
+        let tally = DecisionTally::new();
+        tally.record("a", true);
+        // Dropped midway (a failed store, a cancelled flush): given back.
+        drop(Taken { tally: &tally, rows: Some(tally.drain().rows) });
+        let rows = tally.drain().rows;
+        assert_eq!(rows.iter().map(|r| (r.key.as_str(), r.admitted)).collect::<Vec<_>>(), [("a", 1)]);
+        // Stored: gone.
+        tally.restore(rows);
+        Taken { tally: &tally, rows: Some(tally.drain().rows) }.stored();
+        assert!(tally.drain().rows.is_empty());
     }
 }

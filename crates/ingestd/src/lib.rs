@@ -156,7 +156,8 @@ impl App {
             metrics: Arc::new(move || telemetry::render(&metrics)),
             version: VERSION,
             limiter,
-            decisions: Some(limits.decisions()),
+            // Counted for the admin API, so only where there is one.
+            decisions: keys.as_ref().map(|_| limits.decisions()),
             keys: keys.as_ref().map(|k| k.ring().clone()),
             // Without keys there is no admin: an open admin API would let
             // anyone mint keys that outlive `auth.mode = "none"`.
@@ -190,14 +191,6 @@ impl App {
         refresh.abort();
         stop_sources.cancel();
         let deadline = *signalled.get_or_init(tokio::time::Instant::now) + grace;
-        // The decisions of the last requests, counted after the last refresh.
-        match tokio::time::timeout_at(deadline, limits.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = format!("{e:#}"), "could not store the last rate-limit decision counts")
-            }
-            Err(_) => tracing::warn!("the last rate-limit decision counts were not stored within the grace period"),
-        }
         for (name, task, _) in sources {
             match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(Ok(()))) => {}
@@ -207,6 +200,15 @@ impl App {
             }
         }
         writer.shutdown_by(deadline).await;
+        // The decisions of the last requests, counted after the last
+        // refresh: after the records, in what is left of the grace period.
+        match tokio::time::timeout_at(deadline, limits.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = format!("{e:#}"), "could not store the last rate-limit decision counts")
+            }
+            Err(_) => tracing::warn!("the last rate-limit decision counts were not stored within the grace period"),
+        }
         served?;
         tracing::info!("ingestd stopped");
         Ok(())
