@@ -10,6 +10,10 @@ pub struct NatsConfig {
     /// and the consumer's filter.
     pub subject: String,
     pub stream: String,
+    /// Replicas of the stream when ingestd creates it (1–5; 3 on a
+    /// three-node JetStream cluster survives the loss of one node). An
+    /// existing stream is used as it is, with a warning when it differs.
+    pub stream_replicas: usize,
     /// The durable pull consumer; processes naming the same one share the work.
     pub consumer: String,
     /// Messages fetched (and committed together) at a time.
@@ -60,6 +64,7 @@ impl Default for NatsConfig {
             url: String::new(),
             subject: "llm.usage".into(),
             stream: "LLM_USAGE".into(),
+            stream_replicas: 1,
             consumer: "ingestd".into(),
             fetch_batch: 1000,
             fetchers: 4,
@@ -153,6 +158,9 @@ impl NatsConfig {
         }
         if !valid_name(&self.stream) {
             return err("stream", "must be a non-empty name without spaces, '.', '*', '>', '/' or '\\'");
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return err("stream_replicas", "must be between 1 and 5 (JetStream's limit)");
         }
         if !valid_name(&self.consumer) {
             return err("consumer", "must be a non-empty name without spaces, '.', '*', '>', '/' or '\\'");
@@ -257,6 +265,8 @@ mod tests {
             (|c| c.stream = "LLM.USAGE".into(), "nats.stream"),
             (|c| c.consumer = String::new(), "nats.consumer"),
             (|c| c.fetch_batch = 0, "nats.fetch_batch"),
+            (|c| c.stream_replicas = 0, "nats.stream_replicas"),
+            (|c| c.stream_replicas = 6, "nats.stream_replicas"),
             (|c| c.fetchers = 0, "nats.fetchers"),
             (|c| c.fetchers = 65, "nats.fetchers"),
             (|c| c.ack_wait_secs = 0, "nats.ack_wait_secs"),

@@ -36,22 +36,34 @@ impl SetupError {
 pub(crate) async fn setup(cfg: &NatsConfig, js: &jetstream::Context) -> Result<(PullConsumer, Duration), SetupError> {
     let stream = match js.get_stream(&cfg.stream).await {
         Ok(stream) => {
-            let subjects = &stream.cached_info().config.subjects;
+            let config = &stream.cached_info().config;
+            let subjects = &config.subjects;
             if !subjects.iter().any(|p| crate::config::subject_matches(p, &cfg.subject)) {
                 return Err(SetupError::Mismatch(format!(
                     "stream {} exists with subjects {subjects:?}, which do not include nats.subject {:?}",
                     cfg.stream, cfg.subject
                 )));
             }
+            if config.num_replicas.max(1) != cfg.stream_replicas {
+                tracing::warn!(
+                    stream = %cfg.stream, replicas = config.num_replicas.max(1), wanted = cfg.stream_replicas,
+                    "the existing NATS stream has another number of replicas than nats.stream_replicas; \
+                     using it as it is (change it with `nats stream edit --replicas`)"
+                );
+            }
             stream
         }
         Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.code() == 404) => {
-            tracing::info!(stream = %cfg.stream, subject = %cfg.subject, "creating the NATS stream");
+            tracing::info!(
+                stream = %cfg.stream, subject = %cfg.subject, replicas = cfg.stream_replicas,
+                "creating the NATS stream"
+            );
             match js
                 .create_stream(stream::Config {
                     name: cfg.stream.clone(),
                     subjects: vec![cfg.subject.clone()],
                     storage: stream::StorageType::File,
+                    num_replicas: cfg.stream_replicas,
                     ..Default::default()
                 })
                 .await

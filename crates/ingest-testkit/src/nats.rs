@@ -76,3 +76,40 @@ impl ThrowawayNats {
         self.server.restart().unwrap_or_else(|e| panic!("cannot restart the throwaway server: {e}"));
     }
 }
+
+/// Three (or `nodes`) `nats-server -js` routed into one JetStream cluster, of
+/// the test's own; killed when dropped.
+pub struct NatsCluster {
+    nodes: Vec<Throwaway>,
+}
+
+impl NatsCluster {
+    /// Starts the nodes; each accepts connections on return. JetStream
+    /// elects its meta leader a few seconds later: until then creating a
+    /// stream fails (ingestd's setup retries until it succeeds).
+    pub fn start(nodes: usize) -> Self {
+        let nodes = ingest_throwaway::nats_cluster(nodes)
+            .unwrap_or_else(|e| panic!("cannot start a throwaway NATS cluster: {e}"));
+        NatsCluster { nodes }
+    }
+
+    /// Each node's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// Every node's URL, comma-separated, as `nats.url` takes them.
+    pub fn url(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again with its store: it rejoins the cluster.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart().unwrap_or_else(|e| panic!("cannot restart NATS node {i}: {e}"));
+    }
+}

@@ -93,6 +93,11 @@ impl Ledger {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).acked.extend(markers);
     }
 
+    /// Records acknowledged so far.
+    pub fn acknowledged(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).acked.len()
+    }
+
     /// Compares the ledger with the rows of `usage_records` in `database_url`.
     pub async fn verify(&self, database_url: &str) -> Result<Verdict> {
         let config = storage::DatabaseConfig { url: database_url.to_owned(), ..Default::default() };

@@ -110,7 +110,7 @@ fn run() -> Result<bool> {
         &'a Args,
         &'a std::path::Path,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Row>> + 'a>>;
-    let scenarios: [(u32, Scenario); 11] = [
+    let scenarios: [(u32, Scenario); 12] = [
         (1, |a, d| Box::pin(sigkill_cycles(a, d))),
         (2, |a, d| Box::pin(sigterm_under_load(a, d))),
         (3, |a, d| Box::pin(storage_outage(a, d))),
@@ -122,6 +122,7 @@ fn run() -> Result<bool> {
         (9, |a, d| Box::pin(stream_scenarios::scale_out(a, d))),
         (10, |a, d| Box::pin(isolation_scenarios::poison_trickle(a, d))),
         (11, |a, d| Box::pin(isolation_scenarios::large_stream_batch(a, d))),
+        (12, |a, d| Box::pin(stream_scenarios::nats_cluster_node_killed(a, d))),
     ];
     for (n, scenario) in scenarios {
         if !wanted(n) {

@@ -34,13 +34,18 @@ pub struct Producers {
 }
 
 impl Producers {
-    /// `workers` JetStream publishers on `subject`, one record per message.
+    /// `workers` JetStream publishers on `subject`, one record per message;
+    /// `url` may name several servers of a cluster, comma-separated.
     pub fn nats(url: &str, subject: &str, org: &str, workers: usize, ledger: Arc<Ledger>, pause: Duration) -> Self {
         Self::spawn(workers, |w, stop| {
             let (url, subject, org, ledger) = (url.to_owned(), subject.to_owned(), org.to_owned(), ledger.clone());
             async move {
                 let client = loop {
-                    match async_nats::ConnectOptions::new().retry_on_initial_connect().connect(url.as_str()).await {
+                    match async_nats::ConnectOptions::new()
+                        .retry_on_initial_connect()
+                        .connect(url.split(',').collect::<Vec<_>>())
+                        .await
+                    {
                         Ok(c) => break c,
                         Err(_) if !stop.load(Ordering::Relaxed) => tokio::time::sleep(Duration::from_millis(100)).await,
                         Err(_) => return ProduceReport::default(),

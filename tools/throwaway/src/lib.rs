@@ -256,6 +256,30 @@ pub fn nats_with(args: Vec<std::ffi::OsString>) -> io::Result<Server> {
     })
 }
 
+/// `nodes` `nats-server -js` processes routed into one JetStream cluster
+/// (cluster ports chosen up front, so a node restarted with
+/// [`Server::restart`] rejoins). JetStream elects its meta leader a few
+/// seconds after the nodes start: wait for the cluster to create streams.
+pub fn nats_cluster(nodes: usize) -> io::Result<Vec<Server>> {
+    let bin = which("nats-server").ok_or_else(|| missing("nats-server", "nats-server"))?;
+    let routes: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<io::Result<_>>()?;
+    let route_urls = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let cluster = format!("ingestd-test-{}", routes[0]);
+    (0..nodes)
+        .map(|i| {
+            let (bin, route_urls, cluster, route) = (bin.clone(), route_urls.clone(), cluster.clone(), routes[i]);
+            Server::start("nats-server", move |port, dir| {
+                let mut cmd = Command::new(&bin);
+                cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                    .arg(dir)
+                    .args(["--server_name", &format!("{cluster}-n{i}"), "--cluster_name", &cluster])
+                    .args(["--cluster", &format!("nats://127.0.0.1:{route}"), "--routes", &route_urls]);
+                cmd
+            })
+        })
+        .collect()
+}
+
 /// `redis-server` without persistence: a restart after [`Server::kill`]
 /// starts empty (a rate limiter's Redis, the test services).
 pub fn redis() -> io::Result<Server> {
