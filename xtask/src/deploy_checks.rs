@@ -529,6 +529,397 @@ fn compose_test_file_publishes_the_ports_xtask_test_compose_uses() {
     assert!(nats_cmd.iter().any(|a| a == "--jetstream"));
 }
 
+/// A compose `command` as its words: a list as it is, a string split on whitespace.
+fn command_of(service: &Yaml) -> Vec<String> {
+    match &service["command"] {
+        Yaml::Array(a) => a.iter().map(str_of).collect(),
+        Yaml::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+        Yaml::BadValue => Vec::new(),
+        other => panic!("command: {other:?}"),
+    }
+}
+
+/// The word after `flag` in `args`.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+/// `depends_on` as (service, condition); the list form means `service_started`.
+fn depends_on(service: &Yaml) -> Vec<(String, String)> {
+    match &service["depends_on"] {
+        Yaml::Hash(h) => h
+            .iter()
+            .map(|(k, v)| (str_of(k), v["condition"].as_str().unwrap_or("service_started").to_owned()))
+            .collect(),
+        Yaml::Array(a) => a.iter().map(|s| (str_of(s), "service_started".to_owned())).collect(),
+        Yaml::BadValue => Vec::new(),
+        other => panic!("depends_on: {other:?}"),
+    }
+}
+
+fn condition<'a>(deps: &'a [(String, String)], target: &str) -> Option<&'a str> {
+    deps.iter().find(|(t, _)| t == target).map(|(_, c)| c.as_str())
+}
+
+/// A service's `volumes` as (source, target), short or long syntax.
+fn volumes_of(service: &Yaml) -> Vec<(String, String)> {
+    let Some(volumes) = service["volumes"].as_vec() else { return Vec::new() };
+    volumes
+        .iter()
+        .map(|v| match v {
+            Yaml::Hash(_) => (str_of(&v["source"]), str_of(&v["target"])),
+            short => {
+                let short = str_of(short);
+                let mut parts = short.split(':');
+                let source = parts.next().unwrap().to_owned();
+                let target = parts.next().unwrap_or_else(|| panic!("volume {short:?} has no target")).to_owned();
+                (source, target)
+            }
+        })
+        .collect()
+}
+
+/// The named volume (not a bind mount) mounted at `target` in `name`.
+fn named_volume_at(compose: &Yaml, name: &str, target: &str) -> String {
+    let (source, _) = volumes_of(&compose["services"][name])
+        .into_iter()
+        .find(|(_, t)| t == target)
+        .unwrap_or_else(|| panic!("{name}: no volume at {target}"));
+    assert!(!source.starts_with('.') && !source.starts_with('/'), "{name}: {source} at {target} is a bind mount");
+    source
+}
+
+fn env_var(env: &[(String, String)], key: &str) -> String {
+    env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("{key} unset"))
+}
+
+/// nginx directives as (enclosing blocks, words), comments dropped.
+fn nginx_directives(text: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut blocks: Vec<String> = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let uncommented: Vec<&str> = text.lines().map(|l| l.split('#').next().unwrap()).collect();
+    for c in uncommented.join("\n").chars() {
+        if c.is_whitespace() || matches!(c, ';' | '{' | '}') {
+            if !word.is_empty() {
+                words.push(std::mem::take(&mut word));
+            }
+        } else {
+            word.push(c);
+        }
+        match c {
+            ';' => out.push((blocks.clone(), std::mem::take(&mut words))),
+            '{' => blocks.push(std::mem::take(&mut words).join(" ")),
+            '}' => {
+                assert!(words.is_empty(), "nginx.conf: a directive without `;` before a closing brace: {words:?}");
+                blocks.pop().expect("nginx.conf: a closing brace too many");
+            }
+            _ => {}
+        }
+    }
+    assert!(blocks.is_empty() && words.is_empty() && word.is_empty(), "nginx.conf: unterminated {blocks:?} {words:?}");
+    out
+}
+
+/// Every string scalar of a YAML tree, keys included.
+fn yaml_strings(y: &Yaml, out: &mut Vec<String>) {
+    match y {
+        Yaml::String(s) => out.push(s.clone()),
+        Yaml::Array(a) => a.iter().for_each(|v| yaml_strings(v, out)),
+        Yaml::Hash(h) => {
+            for (k, v) in h.iter() {
+                yaml_strings(k, out);
+                yaml_strings(v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An nginx size ("16m", "512k", "1048576") in bytes.
+fn nginx_bytes(s: &str) -> usize {
+    let lower = s.to_ascii_lowercase();
+    let (digits, unit) = [('k', 1usize << 10), ('m', 1 << 20), ('g', 1 << 30)]
+        .iter()
+        .find_map(|(suffix, unit)| lower.strip_suffix(*suffix).map(|d| (d, *unit)))
+        .unwrap_or((lower.as_str(), 1));
+    digits.parse::<usize>().unwrap_or_else(|_| panic!("nginx size {s:?}")) * unit
+}
+
+#[test]
+fn compose_cluster_runs_three_ingestd_behind_a_proxy_on_clustered_brokers() {
+    let path = "deploy/compose.cluster.yml";
+    let compose = one_yaml(path);
+    // Compose interpolates `$NAME` and `${NAME}` in every value: a shell's own `$` must be written `$$`.
+    let mut strings = Vec::new();
+    yaml_strings(&compose, &mut strings);
+    for s in &strings {
+        let bytes = s.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'$' {
+                assert!(matches!(bytes.get(i + 1), Some(b'$' | b'{')), "{path}: a lone `$` in {s:?}");
+                i += 1;
+            }
+            i += 1;
+        }
+    }
+    let base = one_yaml("deploy/compose.yml");
+    let base_ingestd = &base["services"]["ingestd"];
+    assert!(compose["name"].as_str().is_some(), "a project name of its own");
+    assert_ne!(compose["name"], base["name"], "the same project name as compose.yml would share its volumes");
+    let svc = &compose["services"];
+    let names: Vec<String> = svc.as_hash().expect("services").keys().map(str_of).collect();
+    let with_image = |prefix: &str| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| svc[n.as_str()]["image"].as_str().is_some_and(|i| i.starts_with(prefix)))
+            .cloned()
+            .collect()
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+
+    // Every dependency is a service; every named volume is declared, every bind-mounted file exists.
+    for name in &names {
+        let service = &svc[name.as_str()];
+        for (target, _) in depends_on(service) {
+            assert!(names.contains(&target), "{name} depends on {target}, which is not a service");
+        }
+        for (source, target) in volumes_of(service) {
+            if source.starts_with('.') || source.starts_with('/') {
+                assert!(root().join("deploy").join(&source).exists(), "{name}: {source} (at {target}) does not exist");
+            } else {
+                assert!(!compose["volumes"][source.as_str()].is_badvalue(), "{name}: volume {source} is not declared");
+            }
+        }
+    }
+
+    // NATS: three JetStream nodes, one cluster, every node routed to every other.
+    let nats = with_image("nats:");
+    assert_eq!(nats.len(), 3, "three NATS nodes expected: {nats:?}");
+    let mut nats_addrs = Vec::new();
+    let mut cluster_names = Vec::new();
+    let mut server_names = Vec::new();
+    for name in &nats {
+        let node = &svc[name.as_str()];
+        let args = command_of(node);
+        assert!(args.iter().any(|a| a == "--jetstream" || a == "-js"), "{name}: JetStream is off");
+        let arg = |flag: &str| flag_value(&args, flag).unwrap_or_else(|| panic!("{name}: no {flag}")).to_owned();
+        cluster_names.push(arg("--cluster_name"));
+        server_names.push(arg("--server_name"));
+        let cluster_port = arg("--cluster").rsplit(':').next().unwrap().to_owned();
+        let routed: Vec<String> = arg("--routes")
+            .split(',')
+            .map(|route| {
+                let route = route.trim();
+                let addr = route.strip_prefix("nats://").unwrap_or_else(|| panic!("{name}: route {route}"));
+                let (host, port) = addr.rsplit_once(':').unwrap_or_else(|| panic!("{name}: route {route} has no port"));
+                assert_eq!(port, cluster_port, "{name}: route {route} is not the cluster port");
+                host.to_owned()
+            })
+            .collect();
+        assert_eq!(sorted(routed), sorted(nats.clone()), "{name}: --routes must name every NATS node");
+        let store = flag_value(&args, "--store_dir").or(flag_value(&args, "-sd")).expect("--store_dir");
+        named_volume_at(&compose, name, store);
+        assert!(node["healthcheck"]["test"].as_vec().is_some(), "{name} has no healthcheck");
+        let client_port = flag_value(&args, "--port").or(flag_value(&args, "-p")).unwrap_or("4222");
+        nats_addrs.push(format!("{name}:{client_port}"));
+    }
+    assert!(cluster_names.iter().all(|c| *c == cluster_names[0]), "one cluster name: {cluster_names:?}");
+    let mut unique = server_names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), server_names.len(), "every NATS node needs its own --server_name: {server_names:?}");
+
+    // Redis Cluster: six or more nodes, and one service that forms the cluster once.
+    let redis_nodes: Vec<String> = with_image("redis:")
+        .into_iter()
+        .filter(|n| flag_value(&command_of(&svc[n.as_str()]), "--cluster-enabled") == Some("yes"))
+        .collect();
+    assert!(redis_nodes.len() >= 6, "3 masters with a replica each need 6 nodes: {redis_nodes:?}");
+    let mut redis_addrs = Vec::new();
+    for name in &redis_nodes {
+        let node = &svc[name.as_str()];
+        let args = command_of(node);
+        assert_eq!(args.first().map(String::as_str), Some("redis-server"), "{name}");
+        assert_eq!(flag_value(&args, "--appendonly"), Some("yes"), "{name}: no append-only file");
+        assert!(flag_value(&args, "--cluster-config-file").is_some(), "{name}: --cluster-config-file");
+        // nodes.conf and the append-only file: the image's working directory.
+        named_volume_at(&compose, name, "/data");
+        let health: Vec<String> =
+            node["healthcheck"]["test"].as_vec().expect("healthcheck").iter().map(str_of).collect();
+        assert!(health.iter().any(|w| w.contains("redis-cli")) && health.iter().any(|w| w.contains("ping")), "{name}");
+        redis_addrs.push(format!("{name}:{}", flag_value(&args, "--port").unwrap_or("6379")));
+    }
+    let inits: Vec<&String> =
+        names.iter().filter(|n| command_of(&svc[n.as_str()]).join(" ").contains("--cluster create")).collect();
+    assert_eq!(inits.len(), 1, "one service creates the Redis Cluster: {inits:?}");
+    let init_name = inits[0].clone();
+    let init = &svc[init_name.as_str()];
+    assert_eq!(init["restart"].as_str(), Some("no"), "{init_name} runs once");
+    let script = command_of(init).join(" ");
+    let create_at = script.find("--cluster create").unwrap();
+    let create: Vec<&str> = script[create_at..].lines().next().unwrap().split_whitespace().collect();
+    let created: Vec<String> =
+        create[2..].iter().take_while(|a| !a.starts_with('-')).map(|a| (*a).to_owned()).collect();
+    assert_eq!(sorted(created), sorted(redis_addrs.clone()), "the cluster is created from every Redis node");
+    let replicas = create.iter().position(|a| *a == "--cluster-replicas").expect("--cluster-replicas");
+    assert_eq!(create.get(replicas + 1), Some(&"1"), "one replica per master");
+    assert!(create.contains(&"--cluster-yes"), "nobody answers the prompt in a container");
+    assert!(
+        script[..create_at].lines().any(|l| l.trim_start().starts_with("if ") && l.contains("cluster_state:ok")),
+        "{init_name}: a formed cluster must be detected before creating one (a second `up`)"
+    );
+    let init_deps = depends_on(init);
+    for node in &redis_nodes {
+        assert_eq!(condition(&init_deps, node), Some("service_healthy"), "{init_name} waits for {node}");
+    }
+
+    // ingestd: three replicas of compose.yml's service.
+    let postgres = with_image("postgres:");
+    assert_eq!(postgres.len(), 1, "{postgres:?}");
+    let pg = env_of(&svc[postgres[0].as_str()]);
+    named_volume_at(&compose, &postgres[0], "/var/lib/postgresql/data");
+    let ingestd = with_image(base_ingestd["image"].as_str().unwrap());
+    assert_eq!(ingestd.len(), 3, "three ingestd replicas expected: {ingestd:?}");
+    let mut envs = Vec::new();
+    for name in &ingestd {
+        let node = &svc[name.as_str()];
+        assert_eq!(node["build"], base_ingestd["build"], "{name}: not compose.yml's build");
+        assert_eq!(node["healthcheck"]["test"], base_ingestd["healthcheck"]["test"], "{name}: healthcheck");
+        assert!(node["ports"].is_badvalue(), "{name}: only the proxy publishes a port");
+        let env = env_of(node);
+        assert_config_passes(&format!("the environment compose.cluster.yml gives {name}"), None, &env);
+        let config = Config::load(None, &env).unwrap();
+        let grace = compose_secs(node["stop_grace_period"].as_str().expect("stop_grace_period"));
+        assert!(
+            grace > config.server.shutdown_grace_secs && grace > defaults().server.shutdown_grace_secs,
+            "{name}: stop_grace_period {grace}s ≤ shutdown grace"
+        );
+        assert_eq!(config.rate_limit.backend, ingestd::config::RateLimitBackend::Redis, "{name}");
+        assert_eq!(config.log.format, ingestd::config::LogFormat::Json, "{name}");
+        assert_eq!(config.nats.stream_replicas, nats.len(), "{name}: the stream is replicated on every NATS node");
+        assert!(config.redis.consumer.name.is_empty(), "{name}: replicas sharing a Redis consumer name");
+        assert_eq!(
+            env_var(&env, "DATABASE_URL"),
+            format!(
+                "postgres://{}:{}@{}:5432/{}",
+                env_var(&pg, "POSTGRES_USER"),
+                env_var(&pg, "POSTGRES_PASSWORD"),
+                postgres[0],
+                env_var(&pg, "POSTGRES_DB")
+            ),
+            "{name}"
+        );
+        // Seeds: the first host, then every `node=`.
+        let url = &config.redis.url;
+        let rest = url
+            .strip_prefix("redis-cluster://")
+            .unwrap_or_else(|| panic!("{name}: REDIS_URL {url} is not redis-cluster://"));
+        let (first, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut seeds = vec![first.trim_end_matches('/').rsplit('@').next().unwrap().to_owned()];
+        seeds.extend(query.split('&').filter_map(|kv| kv.strip_prefix("node=")).map(str::to_owned));
+        assert!(seeds.len() >= 2, "{name}: one seed node alone keeps ingestd from starting when it is down: {seeds:?}");
+        for seed in &seeds {
+            assert!(
+                redis_addrs.contains(seed),
+                "{name}: seed {seed} is none of the Redis Cluster nodes {redis_addrs:?}"
+            );
+        }
+        let servers: Vec<String> = config
+            .nats
+            .url
+            .split(',')
+            .map(|u| {
+                let addr = u.trim().strip_prefix("nats://").unwrap_or_else(|| panic!("{name}: NATS_URL {u}"));
+                addr.rsplit('@').next().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(sorted(servers), sorted(nats_addrs.clone()), "{name}: NATS_URL must list every NATS node");
+        let deps = depends_on(node);
+        assert_eq!(condition(&deps, &postgres[0]), Some("service_healthy"), "{name} waits for PostgreSQL");
+        assert_eq!(
+            condition(&deps, &init_name),
+            Some("service_completed_successfully"),
+            "{name} starts once the Redis Cluster is formed"
+        );
+        for n in &nats {
+            assert_eq!(condition(&deps, n), Some("service_healthy"), "{name} waits for {n}");
+        }
+        envs.push(sorted_env(env));
+    }
+    assert!(envs.iter().all(|e| *e == envs[0]), "the replicas' environments differ");
+
+    // The proxy: the only published port, nginx in front of the three replicas.
+    let published: Vec<&String> = names.iter().filter(|n| svc[n.as_str()]["ports"].as_vec().is_some()).collect();
+    assert_eq!(published.len(), 1, "only the proxy publishes ports: {published:?}");
+    let proxy_name = published[0].clone();
+    let proxy = &svc[proxy_name.as_str()];
+    assert!(proxy["image"].as_str().is_some_and(|i| i.starts_with("nginx:")), "{proxy_name}: nginx expected");
+    assert!(proxy["healthcheck"]["test"].as_vec().is_some(), "{proxy_name} has no healthcheck");
+    let proxy_deps = depends_on(proxy);
+    for name in &ingestd {
+        assert!(condition(&proxy_deps, name).is_some(), "{proxy_name} starts without {name}");
+    }
+    let (conf_source, _) = volumes_of(proxy)
+        .into_iter()
+        .find(|(_, t)| t == "/etc/nginx/nginx.conf")
+        .expect("the proxy mounts its nginx.conf");
+    let conf_path = root().join("deploy").join(&conf_source);
+    let conf = std::fs::read_to_string(&conf_path).unwrap_or_else(|e| panic!("{}: {e}", conf_path.display()));
+    let directives = nginx_directives(&conf);
+    let all = |name: &str| -> Vec<(Vec<String>, Vec<String>)> {
+        directives.iter().filter(|(_, w)| w.first().is_some_and(|d| d == name)).cloned().collect()
+    };
+    let one = |name: &str| -> Vec<String> {
+        let found = all(name);
+        assert_eq!(found.len(), 1, "nginx.conf: one {name} expected, found {found:?}");
+        found[0].1[1..].to_vec()
+    };
+    let pass = one("proxy_pass");
+    let upstream = pass[0].strip_prefix("http://").expect("proxy_pass http://…");
+    let members: Vec<(String, String)> = all("server")
+        .into_iter()
+        .filter(|(blocks, _)| blocks.last().is_some_and(|b| *b == format!("upstream {upstream}")))
+        .map(|(_, words)| {
+            let (host, port) = words[1].rsplit_once(':').unwrap_or_else(|| panic!("upstream server {words:?}"));
+            (host.to_owned(), port.to_owned())
+        })
+        .collect();
+    let hosts: Vec<String> = members.iter().map(|(h, _)| h.clone()).collect();
+    assert_eq!(sorted(hosts), sorted(ingestd.clone()), "the upstream {upstream} must be the ingestd replicas");
+    for (host, port) in &members {
+        assert_eq!(*port, default_port().to_string(), "upstream {host}: not ingestd's port");
+    }
+    let retry = one("proxy_next_upstream");
+    for when in ["error", "timeout", "http_502", "http_503"] {
+        assert!(retry.iter().any(|w| w == when), "proxy_next_upstream lacks {when}: {retry:?}");
+    }
+    let body_limit = nginx_bytes(&one("client_max_body_size")[0]);
+    assert!(
+        body_limit == 0 || body_limit >= defaults().server.max_body_bytes,
+        "client_max_body_size {body_limit} refuses bodies ingestd accepts"
+    );
+    let read_timeout = all("proxy_read_timeout").first().map_or(60, |(_, w)| compose_secs(&w[1]));
+    assert!(read_timeout > defaults().server.request_timeout_secs, "nginx times out before ingestd answers");
+    let listen = one("listen");
+    let listen_port = listen[0].rsplit(':').next().unwrap();
+    let ports: Vec<String> = proxy["ports"].as_vec().unwrap().iter().map(str_of).collect();
+    assert!(
+        ports.iter().any(|p| p.ends_with(&format!(":{listen_port}"))),
+        "{ports:?} does not reach listen {listen_port}"
+    );
+}
+
+fn sorted_env(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    env.sort();
+    env
+}
+
 // ------------------------------------------------------------ Kubernetes
 
 fn by_kind(docs: &[(String, Yaml)], kind: &str) -> Yaml {

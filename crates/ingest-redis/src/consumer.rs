@@ -4,9 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use broker::{Backoff, Fate, Health, Incoming, Quarantine, RetryConfig, Verdict};
-use fred::cmd;
 use fred::prelude::{Builder, ClientLike, Config as FredConfig, ReconnectPolicy};
-use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use model::{DeadLetter, DeadLetterSink};
 use model::{Ingestor, RecordSink, SinkError, Source};
 use tokio_util::sync::CancellationToken;
@@ -296,11 +295,20 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
         self.health.set_disconnected(format!("redis: {e}"));
     }
 
+    /// A stream command sent to the node owning the stream key's slot. In a
+    /// Redis Cluster the key is not always the first argument (`XGROUP
+    /// CREATE key`, `XREADGROUP … STREAMS key`), so the slot is named
+    /// rather than guessed; on a single server it is ignored.
+    fn stream_command(&self, name: &'static str, blocking: bool) -> CustomCommand {
+        let slot = fred::util::redis_keyslot(self.config.stream_key.as_bytes());
+        CustomCommand::new_static(name, ClusterHash::Custom(slot), blocking)
+    }
+
     async fn ensure_group(&self, commands: &fred::clients::Client) -> Result<(), StepError> {
         let c = &self.config;
         let args: Vec<Value> =
             vec!["CREATE".into(), c.stream_key.as_str().into(), c.group.as_str().into(), "0".into(), "MKSTREAM".into()];
-        match commands.custom::<Value, Value>(cmd!("XGROUP"), args).await {
+        match commands.custom::<Value, Value>(self.stream_command("XGROUP", false), args).await {
             Ok(_) => {
                 tracing::info!(stream = %c.stream_key, group = %c.group, "created the consumer group");
                 Ok(())
@@ -324,7 +332,7 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
             args.extend(["BLOCK".into(), (c.block_ms as i64).into()]);
         }
         args.extend(["STREAMS".into(), c.stream_key.as_str().into(), id.into()]);
-        Ok(client.custom::<Value, Value>(cmd!("XREADGROUP", blocking: block), args).await?)
+        Ok(client.custom::<Value, Value>(self.stream_command("XREADGROUP", block), args).await?)
     }
 
     /// Processes our own pending entries from the start, one batch; true
@@ -370,7 +378,7 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
                 "COUNT".into(),
                 (c.read_batch as i64).into(),
             ];
-            let reply = clients.commands.custom::<Value, Value>(cmd!("XAUTOCLAIM"), args).await?;
+            let reply = clients.commands.custom::<Value, Value>(self.stream_command("XAUTOCLAIM", false), args).await?;
             let claimed = entries::autoclaim_reply(reply)?;
             if !claimed.deleted.is_empty() {
                 // XAUTOCLAIM already dropped them from the pending list.
@@ -420,7 +428,7 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
             ((batch.len() * 2) as i64).into(),
             self.name.as_str().into(),
         ];
-        let reply = commands.custom::<Value, Value>(cmd!("XPENDING"), args).await?;
+        let reply = commands.custom::<Value, Value>(self.stream_command("XPENDING", false), args).await?;
         Ok(entries::pending_reply(reply)?.into_iter().collect())
     }
 
@@ -532,7 +540,7 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
         args.push(c.stream_key.as_str().into());
         args.push(c.group.as_str().into());
         args.extend(batch.iter().map(|e| Value::from(e.id.as_str())));
-        let acked = clients.commands.custom::<Value, Value>(cmd!("XACK"), args).await?;
+        let acked = clients.commands.custom::<Value, Value>(self.stream_command("XACK", false), args).await?;
         let acked = match acked {
             Value::Integer(n) => usize::try_from(n).unwrap_or(0),
             _ => 0,
@@ -554,7 +562,7 @@ impl<S: RecordSink, D: DeadLetterSink> RedisSource<S, D> {
 
     async fn update_gauges(&self, commands: &fred::clients::Client) -> Result<(), StepError> {
         let args: Vec<Value> = vec!["GROUPS".into(), self.config.stream_key.as_str().into()];
-        let reply = commands.custom::<Value, Value>(cmd!("XINFO"), args).await?;
+        let reply = commands.custom::<Value, Value>(self.stream_command("XINFO", false), args).await?;
         if let Some(info) = entries::group_info_reply(reply, &self.config.group)? {
             metrics::gauge!("ingestd_redis_pending").set(info.pending as f64);
             if let Some(lag) = info.lag {

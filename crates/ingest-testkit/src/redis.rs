@@ -67,3 +67,62 @@ impl ThrowawayRedis {
         self.server.restart().unwrap_or_else(|e| panic!("cannot restart the throwaway server: {e}"));
     }
 }
+
+/// A Redis Cluster of the test's own (`masters` masters, each with
+/// `replicas` replicas), formed and `cluster_state:ok` on return; every
+/// node is killed when dropped.
+pub struct RedisCluster {
+    cluster: ingest_throwaway::RedisCluster,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        let cluster = ingest_throwaway::redis_cluster(masters, replicas)
+            .unwrap_or_else(|e| panic!("cannot start a throwaway Redis Cluster: {e}"));
+        RedisCluster { cluster }
+    }
+
+    /// `redis-cluster://…?node=…`, as `redis.url` takes it.
+    pub fn url(&self) -> String {
+        self.cluster.url()
+    }
+
+    /// The single-server URL of node `i` (for a client that must not follow
+    /// redirections, like `redis-cli -c` does).
+    pub fn node_url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.cluster.ports()[i])
+    }
+
+    /// Every node's port.
+    pub fn ports(&self) -> Vec<u16> {
+        self.cluster.ports()
+    }
+
+    /// `redis-cli -c -p <node i> args…` (follows redirections): its output.
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        self.cluster.cli(i, &all).unwrap_or_else(|e| panic!("redis-cli {args:?}: {e}"))
+    }
+
+    /// The node that is master of `key`'s slot.
+    pub fn master_of(&self, key: &str) -> usize {
+        self.cluster.master_of(key).unwrap_or_else(|e| panic!("master of {key:?}: {e}"))
+    }
+
+    /// Waits (`within`) until another node has taken over `key`'s slot from
+    /// `old`; returns it.
+    pub fn wait_for_failover(&self, key: &str, old: usize, within: Duration) -> usize {
+        self.cluster.wait_for_failover(key, old, within).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.cluster.kill(i);
+    }
+
+    /// Starts node `i` again: it rejoins the cluster.
+    pub fn restart(&mut self, i: usize) {
+        self.cluster.restart(i).unwrap_or_else(|e| panic!("cannot restart Redis node {i}: {e}"));
+    }
+}

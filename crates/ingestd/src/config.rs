@@ -221,14 +221,20 @@ impl Config {
             self.nats.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
         }
         self.retry.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
-        if !self.redis.url.is_empty() && self.redis.consumer.enabled {
-            if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
+        if !self.redis.url.is_empty() {
+            if !REDIS_SCHEMES.iter().any(|scheme| self.redis.url.starts_with(scheme)) {
                 return err(
                     "redis.url",
-                    format!("{:?} must start with redis:// or rediss://", mask_url(&self.redis.url)),
+                    format!(
+                        "{:?} must start with redis:// or rediss:// (one server), or redis-cluster:// or \
+                         rediss-cluster:// (a Redis Cluster: first node, then ?node=host:port&node=…)",
+                        mask_url(&self.redis.url)
+                    ),
                 );
             }
-            self.redis.consumer.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+            if self.redis.consumer.enabled {
+                self.redis.consumer.validate().map_err(|e| ConfigError(format!("invalid configuration: {e}")))?;
+            }
         }
         Ok(())
     }
@@ -258,6 +264,10 @@ fn valid_origin(origin: &str) -> bool {
 
 /// Settings an environment variable gives as text whatever it looks like: a
 /// password of digits is not a number.
+/// What `redis.url` may start with: one server (`redis`, `rediss` for TLS) or
+/// a Redis Cluster (fred's `redis-cluster://first:port?node=host:port&…`).
+const REDIS_SCHEMES: &[&str] = &["redis://", "rediss://", "redis-cluster://", "rediss-cluster://"];
+
 const TEXT_SETTINGS: &[&str] = &["nats.token", "nats.user", "nats.password", "nats.nkey_seed"];
 
 /// Settings whose value an error message never shows.
@@ -506,6 +516,28 @@ mod tests {
         assert!(c.redis.consumer.enabled);
         assert_eq!(c.redis.consumer.stream_key, "events");
         assert_eq!((c.redis.consumer.read_batch, c.redis.consumer.claim_idle_secs), (1000, 60));
+    }
+
+    #[test]
+    fn redis_url_names_one_server_or_a_cluster() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "rediss://h:6380",
+            "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002",
+            "rediss-cluster://:pw@h:7000",
+        ] {
+            load(&[("REDIS_URL", url)]).unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        // Checked whether it feeds the stream source or only the limiter.
+        for env in [
+            &[("REDIS_URL", "http://h:6379")][..],
+            &[("REDIS_URL", "h:6379"), ("INGESTD_REDIS__CONSUMER__ENABLED", "false")],
+            &[("REDIS_URL", "redis+cluster://:pw@h:7000"), ("INGESTD_RATE_LIMIT__BACKEND", "redis")],
+        ] {
+            let e = load(env).unwrap_err().to_string();
+            assert!(e.contains("redis.url") && e.contains("redis-cluster://"), "{env:?}: {e}");
+            assert!(!e.contains(":pw@"), "{e}");
+        }
     }
 
     #[test]

@@ -100,32 +100,45 @@ impl Ledger {
 
     /// Compares the ledger with the rows of `usage_records` in `database_url`.
     pub async fn verify(&self, database_url: &str) -> Result<Verdict> {
-        let config = storage::DatabaseConfig { url: database_url.to_owned(), ..Default::default() };
-        let store = storage::Store::connect(&config).await?;
-        let backend = store.connection().get_database_backend();
-        let marker = match backend {
-            DatabaseBackend::Postgres => format!("metadata->>'{MARKER}'"),
-            // As text whatever its JSON type: a number there is a foreign
-            // marker (unexpected), not a failure to read.
-            _ => format!("CAST(json_extract(metadata, '$.{MARKER}') AS TEXT)"),
-        };
-        let rows = store
-            .connection()
-            .query_all_raw(sea_orm::Statement::from_string(
-                backend,
-                format!("SELECT {marker}, COUNT(*) FROM usage_records GROUP BY 1"),
-            ))
-            .await?;
-        let mut stored: HashMap<Option<Uuid>, i64> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let marker: Option<String> = row.try_get_by_index(0)?;
-            // A marker that is not a UUID is nobody's: unexpected, like none.
-            let marker = marker.and_then(|m| Uuid::try_parse(&m).ok());
-            *stored.entry(marker).or_default() += row.try_get_by_index::<i64>(1).context("row count")?;
-        }
+        let stored = stored(database_url).await?;
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         Ok(Verdict::of(&inner.attempted, &inner.acked, &stored))
     }
+
+    /// The markers acknowledged and not stored (what [`Verdict::lost`] counts).
+    pub async fn lost(&self, database_url: &str) -> Result<Vec<Uuid>> {
+        let stored = stored(database_url).await?;
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(inner.acked.iter().filter(|m| !stored.contains_key(&Some(**m))).copied().collect())
+    }
+}
+
+/// Rows of `usage_records` per marker (`None`: no marker, or not a UUID).
+async fn stored(database_url: &str) -> Result<HashMap<Option<Uuid>, i64>> {
+    let config = storage::DatabaseConfig { url: database_url.to_owned(), ..Default::default() };
+    let store = storage::Store::connect(&config).await?;
+    let backend = store.connection().get_database_backend();
+    let marker = match backend {
+        DatabaseBackend::Postgres => format!("metadata->>'{MARKER}'"),
+        // As text whatever its JSON type: a number there is a foreign
+        // marker (unexpected), not a failure to read.
+        _ => format!("CAST(json_extract(metadata, '$.{MARKER}') AS TEXT)"),
+    };
+    let rows = store
+        .connection()
+        .query_all_raw(sea_orm::Statement::from_string(
+            backend,
+            format!("SELECT {marker}, COUNT(*) FROM usage_records GROUP BY 1"),
+        ))
+        .await?;
+    let mut stored: HashMap<Option<Uuid>, i64> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let marker: Option<String> = row.try_get_by_index(0)?;
+        // A marker that is not a UUID is nobody's: unexpected, like none.
+        let marker = marker.and_then(|m| Uuid::try_parse(&m).ok());
+        *stored.entry(marker).or_default() += row.try_get_by_index::<i64>(1).context("row count")?;
+    }
+    Ok(stored)
 }
 
 /// Rows of `organization` in `usage_records`.

@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 use crate::{Ledger, ledger};
 
+/// The organization every [`Load`] record belongs to.
+pub const ORGANIZATION: &str = "org-chaos";
+
 /// How one request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -122,7 +125,7 @@ async fn worker(addr: SocketAddr, w: u64, ledger: Arc<Ledger>, stop: Arc<AtomicB
             };
             let count = if n.is_multiple_of(2) { 1 } else { 2 + n % 9 };
             let (records, markers): (Vec<_>, Vec<_>) =
-                (0..count).map(|i| ledger::record("org-chaos", w * 1000 + i, identity == Identity::Ids)).unzip();
+                (0..count).map(|i| ledger::record(ORGANIZATION, w * 1000 + i, identity == Identity::Ids)).unzip();
             ledger.attempt(&markers);
             let (path, body) = match records.len() {
                 1 => ("/v1/usage", records[0].clone()),

@@ -40,11 +40,24 @@
 //! 11. A 5,000-record Redis entry, larger than the writer queue, arriving
 //!     while HTTP runs at 80 % of capacity: committed within 2 s.
 //!
-//! Scenarios 4, 5 and 9 live in `stream_scenarios.rs`, 10 and 11 in
-//! `isolation_scenarios.rs`.
+//! 12. A three-node NATS JetStream cluster, the stream with 3 replicas,
+//!     loses its stream leader (SIGKILL) under load: nothing lost or stored
+//!     twice, stored again within 10 s of the cluster taking publishes.
+//! 13. A Redis Cluster (3 masters + 3 replicas) loses the master owning the
+//!     stream's slot under load: after the failover nothing in the stream
+//!     is missing from the database, nothing stored twice; entries the
+//!     master acknowledged and never replicated are reported as lost by the
+//!     broker.
+//! 14. The rate limiter on a Redis Cluster loses the master holding the
+//!     organization's key: only 200s, local fallback during the failover,
+//!     back on the cluster within 10 s of the promotion.
+//!
+//! Scenarios 4, 5, 9 and 12 live in `stream_scenarios.rs`, 10 and 11 in
+//! `isolation_scenarios.rs`, 13 and 14 in `cluster_scenarios.rs`.
 
 #![allow(clippy::print_stdout)]
 
+mod cluster_scenarios;
 mod isolation_scenarios;
 mod stream_scenarios;
 
@@ -110,7 +123,7 @@ fn run() -> Result<bool> {
         &'a Args,
         &'a std::path::Path,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Row>> + 'a>>;
-    let scenarios: [(u32, Scenario); 12] = [
+    let scenarios: [(u32, Scenario); 14] = [
         (1, |a, d| Box::pin(sigkill_cycles(a, d))),
         (2, |a, d| Box::pin(sigterm_under_load(a, d))),
         (3, |a, d| Box::pin(storage_outage(a, d))),
@@ -123,6 +136,8 @@ fn run() -> Result<bool> {
         (10, |a, d| Box::pin(isolation_scenarios::poison_trickle(a, d))),
         (11, |a, d| Box::pin(isolation_scenarios::large_stream_batch(a, d))),
         (12, |a, d| Box::pin(stream_scenarios::nats_cluster_node_killed(a, d))),
+        (13, |a, d| Box::pin(cluster_scenarios::redis_cluster_stream_master_killed(a, d))),
+        (14, |a, d| Box::pin(cluster_scenarios::redis_cluster_limiter_master_killed(a, d))),
     ];
     for (n, scenario) in scenarios {
         if !wanted(n) {
@@ -172,6 +187,21 @@ fn print_table(rows: &[Row]) {
 fn sqlite_url(dir: &std::path::Path) -> (String, Vec<(&'static str, String)>) {
     let url = format!("sqlite://{}?mode=rwc", dir.join("chaos.db").display());
     (url.clone(), vec![("DATABASE_URL", url)])
+}
+
+/// SQLite in `dir` and the shared rate limiter on `redis_url` (fail mode
+/// `local`, the default) with a budget far above any load: (database URL,
+/// environment).
+fn limiter_env(dir: &std::path::Path, redis_url: String) -> (String, Vec<(&'static str, String)>) {
+    let (url, mut env) = sqlite_url(dir);
+    env.extend([
+        ("REDIS_URL", redis_url),
+        ("INGESTD_REDIS__CONSUMER__ENABLED", "false".to_owned()),
+        ("INGESTD_RATE_LIMIT__ENABLED", "true".to_owned()),
+        ("INGESTD_RATE_LIMIT__BACKEND", "redis".to_owned()),
+        ("INGESTD_RATE_LIMIT__DEFAULT__PER_MINUTE", "100000000".to_owned()),
+    ]);
+    (url, env)
 }
 
 /// A pseudo-random duration in `[lo, hi)` ms (no crate needed for this).
@@ -557,14 +587,7 @@ async fn metric(addr: std::net::SocketAddr, prefix: &str) -> Option<f64> {
 async fn limiter_redis_killed(args: &Args, dir: &std::path::Path) -> Result<Row> {
     let outage = Duration::from_secs(if args.quick { 4 } else { 15 });
     let mut redis = tokio::task::spawn_blocking(Redis::start).await??;
-    let (url, mut env) = sqlite_url(dir);
-    env.extend([
-        ("REDIS_URL", redis.url()),
-        ("INGESTD_REDIS__CONSUMER__ENABLED", "false".to_owned()),
-        ("INGESTD_RATE_LIMIT__ENABLED", "true".to_owned()),
-        ("INGESTD_RATE_LIMIT__BACKEND", "redis".to_owned()),
-        ("INGESTD_RATE_LIMIT__DEFAULT__PER_MINUTE", "100000000".to_owned()),
-    ]);
+    let (url, env) = limiter_env(dir, redis.url());
     let ingestd = Ingestd::start(&args.ingestd, free_port()?, &env, &dir.join("ingestd.log"))?;
     let addr = ingestd.addr;
     let fallback = "ingestd_rate_limit_fallback_active{backend=\"redis\"}";

@@ -18,7 +18,7 @@ use testkit::redis::ThrowawayRedis;
 use crate::{Args, Row, jitter, metrics_text, sqlite_url};
 
 /// How long the stream sources get to drain after the producers stop.
-const DRAIN: Duration = Duration::from_secs(45);
+pub(crate) const DRAIN: Duration = Duration::from_secs(45);
 
 /// A throwaway server killed (SIGKILL), kept down for 3 s and started again
 /// with its data; how long it was down.
@@ -40,7 +40,7 @@ async fn outage<S: Send + 'static>(server: S, kill: fn(&mut S), restart: fn(&mut
 }
 
 /// The sum of every series of `name` whose labels contain all of `labels`.
-async fn metric_sum(addr: SocketAddr, name: &str, labels: &[&str]) -> f64 {
+pub(crate) async fn metric_sum(addr: SocketAddr, name: &str, labels: &[&str]) -> f64 {
     let Some(text) = metrics_text(addr).await else { return 0.0 };
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
@@ -412,6 +412,36 @@ pub async fn scale_out(args: &Args, dir: &Path) -> Result<Row> {
     })
 }
 
+/// After a broker node was killed at `killed`, with `acked_at_kill`
+/// records acknowledged once it was dead and `workers` producers each with
+/// at most one record in flight: beyond `acked_at_kill + workers`, a record
+/// was written after the kill. Returns when the first such record was
+/// acknowledged (the broker taking writes again; the time of return if
+/// never) and when the first was stored (`None`: not within 60 s of the kill).
+pub(crate) async fn await_resumed(
+    ledger: &Ledger,
+    database_url: &str,
+    org: &str,
+    acked_at_kill: u64,
+    workers: u64,
+    killed: Instant,
+) -> Result<(Duration, Option<Duration>)> {
+    let mut written_again = None;
+    let resumed = loop {
+        if written_again.is_none() && ledger.acknowledged() as u64 > acked_at_kill + workers {
+            written_again = Some(killed.elapsed());
+        }
+        if ledger::rows_of(database_url, org).await? > acked_at_kill + workers {
+            break Some(killed.elapsed());
+        }
+        if killed.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Ok((written_again.unwrap_or(killed.elapsed()), resumed))
+}
+
 /// 12: a three-node JetStream cluster, the stream with 3 replicas, loses its
 /// stream leader (SIGKILL) under publish and consume load: nothing
 /// acknowledged is lost or stored twice, and ingestd (given all three URLs)
@@ -460,32 +490,18 @@ pub async fn nats_cluster_node_killed(args: &Args, dir: &Path) -> Result<Row> {
     };
     tokio::time::sleep(Duration::from_secs(if args.quick { 2 } else { 5 })).await;
     let node: usize = leader.rsplit("-n").next().and_then(|n| n.parse().ok()).context("the leader's node")?;
-    let acked_at_kill = ledger.acknowledged() as u64;
     cluster = tokio::task::spawn_blocking(move || {
         cluster.kill(node);
         cluster
     })
     .await?;
     let killed = Instant::now();
-    // Each producer has at most one record in flight, so more than WORKERS
-    // acknowledgements or rows beyond the count at the kill mean a record
-    // published after it. Publishing again: one acknowledged (JetStream's
-    // elections, 4–9 s in nats-server 2.9, bound this, not ingestd).
-    // Resumed: one stored.
-    let mut published_again = None;
-    let resumed = loop {
-        if published_again.is_none() && ledger.acknowledged() as u64 > acked_at_kill + WORKERS {
-            published_again = Some(killed.elapsed());
-        }
-        if ledger::rows_of(&url, org).await? > acked_at_kill + WORKERS {
-            break Some(killed.elapsed());
-        }
-        if killed.elapsed() > Duration::from_secs(60) {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let published_again = published_again.unwrap_or(killed.elapsed());
+    // Read once the leader is dead, not before: the source may keep pace
+    // with the publishers, and rows would overtake a count read earlier.
+    let acked_at_kill = ledger.acknowledged() as u64;
+    // JetStream's elections (4–9 s in nats-server 2.9) bound when publishes
+    // are acknowledged again, not ingestd.
+    let (published_again, resumed) = await_resumed(&ledger, &url, org, acked_at_kill, WORKERS, killed).await?;
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed())).await;
     cluster = tokio::task::spawn_blocking(move || {
         cluster.restart(node);

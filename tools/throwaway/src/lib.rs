@@ -304,6 +304,201 @@ pub fn redis_tls(cert: PathBuf, key: PathBuf) -> io::Result<Server> {
     })
 }
 
+/// A Redis Cluster of `redis-server --cluster-enabled yes` processes: the
+/// first `masters` nodes own the 16 384 slots, each with `replicas`
+/// replicas (`redis-cli --cluster create`). Cluster-bus ports are chosen up
+/// front and each node keeps its `nodes.conf` in its own directory, so a
+/// node killed and restarted with [`RedisCluster::restart`] rejoins (as a
+/// replica, once its replica has been promoted). Node timeout 1 s: a killed
+/// master with a replica is failed over within a few seconds. Nothing is
+/// persisted; a replica holds what its master had replicated to it.
+pub struct RedisCluster {
+    nodes: Vec<Server>,
+    cli: PathBuf,
+}
+
+impl std::fmt::Debug for RedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCluster").field("ports", &self.ports()).finish_non_exhaustive()
+    }
+}
+
+/// Starts and forms a Redis Cluster; returns once every node reports
+/// `cluster_state:ok` and every replica has synced with its master.
+pub fn redis_cluster(masters: usize, replicas: usize) -> io::Result<RedisCluster> {
+    let bin = which("redis-server").ok_or_else(|| missing("redis-server", "redis-server"))?;
+    let cli = which("redis-cli").ok_or_else(|| missing("redis-cli", "redis-tools"))?;
+    let total = masters * (1 + replicas);
+    let buses: Vec<u16> = (0..total).map(|_| free_port()).collect::<io::Result<_>>()?;
+    let nodes = buses
+        .into_iter()
+        .map(|bus| {
+            let bin = bin.clone();
+            Server::start("redis-server", move |port, dir| {
+                let mut cmd = Command::new(&bin);
+                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(dir);
+                cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+                cmd.args(["--cluster-port", &bus.to_string(), "--cluster-node-timeout", "1000"]);
+                // Replicas sync at once (Redis 7 waits 5 s by default for
+                // more replicas to share one diskless transfer).
+                cmd.args(["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]);
+                cmd
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let cluster = RedisCluster { nodes, cli };
+    let mut create = Command::new(&cluster.cli);
+    create.arg("--cluster").arg("create");
+    create.args(cluster.ports().iter().map(|p| format!("127.0.0.1:{p}")));
+    create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+    let out = create.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    cluster.wait_until_ok(&(0..total).collect::<Vec<_>>(), Duration::from_secs(30))?;
+    cluster.wait_until_replicated(Duration::from_secs(30))?;
+    Ok(cluster)
+}
+
+impl RedisCluster {
+    /// Every node's port, in start order (masters first at creation).
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// A URL for fred: `redis-cluster://first?node=second&node=…` (every node
+    /// as a seed).
+    pub fn url(&self) -> String {
+        let ports = self.ports();
+        let seeds: Vec<String> = ports[1..].iter().map(|p| format!("node=127.0.0.1:{p}")).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", ports[0], seeds.join("&"))
+    }
+
+    /// `redis-cli -p <node i> args…`: its output, or an error.
+    pub fn cli(&self, i: usize, args: &[&str]) -> io::Result<String> {
+        let out = Command::new(&self.cli)
+            .args(["-h", "127.0.0.1", "-p", &self.nodes[i].port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The node (index) that is master of `key`'s slot, as the first node
+    /// that answers sees it.
+    pub fn master_of(&self, key: &str) -> io::Result<usize> {
+        let mut last = io::Error::other("no node answers");
+        for i in 0..self.nodes.len() {
+            let asked = self.cli(i, &["CLUSTER", "KEYSLOT", key]).and_then(|slot| {
+                let slot: u16 = slot.trim().parse().map_err(|_| io::Error::other(format!("KEYSLOT: {slot}")))?;
+                let nodes = self.cli(i, &["CLUSTER", "NODES"])?;
+                self.master_in(&nodes, slot)
+            });
+            match asked {
+                Ok(master) => return Ok(master),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The master serving `slot` in a `CLUSTER NODES` reply, by index.
+    fn master_in(&self, nodes: &str, slot: u16) -> io::Result<usize> {
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+            });
+            if !serves {
+                continue;
+            }
+            // `127.0.0.1:7000@17000[,hostname]`
+            let port = fields[1].split(['@', ',']).next().and_then(|a| a.rsplit_once(':')).map(|(_, p)| p);
+            let index = self.nodes.iter().position(|n| Some(n.port.to_string().as_str()) == port);
+            return index.ok_or_else(|| io::Error::other(format!("slot {slot}: unknown node {}", fields[1])));
+        }
+        Err(io::Error::other(format!("slot {slot} has no live master")))
+    }
+
+    /// Waits until each node in `alive` reports `cluster_state:ok`.
+    pub fn wait_until_ok(&self, alive: &[usize], within: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = alive
+                .iter()
+                .all(|&i| self.cli(i, &["CLUSTER", "INFO"]).is_ok_and(|info| info.contains("cluster_state:ok")));
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!("the Redis Cluster was not ok within {within:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every replica's link to its master is up: a replica that
+    /// never synced does not take over when its master dies (its data is
+    /// too old to be elected).
+    fn wait_until_replicated(&self, within: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + within;
+        for i in 0..self.nodes.len() {
+            loop {
+                let info = self.cli(i, &["INFO", "replication"])?;
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(io::Error::other(format!("Redis node {i}'s replica never synced: {info}")));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until a live node other than `old` is master of `key`'s slot
+    /// and the cluster is ok again; returns the new master.
+    pub fn wait_for_failover(&self, key: &str, old: usize, within: Duration) -> io::Result<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(master) = self.master_of(key)
+                && master != old
+                && self.nodes[master].child.is_some()
+            {
+                let alive: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].child.is_some()).collect();
+                self.wait_until_ok(&alive, deadline.saturating_duration_since(Instant::now()))?;
+                return Ok(master);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!("no failover of {key:?}'s slot within {within:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again on its ports with its `nodes.conf`: it rejoins.
+    pub fn restart(&mut self, i: usize) -> io::Result<()> {
+        self.nodes[i].restart()
+    }
+}
+
 /// `redis-server` with an append-only file fsynced on every write in the
 /// server's directory: what it acknowledged survives [`Server::kill`] and
 /// [`Server::restart`] (streams, groups, pending entries).
