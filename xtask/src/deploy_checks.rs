@@ -823,7 +823,10 @@ fn compose_cluster_runs_three_ingestd_behind_a_proxy_on_clustered_brokers() {
         let (first, query) = rest.split_once('?').unwrap_or((rest, ""));
         let mut seeds = vec![first.trim_end_matches('/').rsplit('@').next().unwrap().to_owned()];
         seeds.extend(query.split('&').filter_map(|kv| kv.strip_prefix("node=")).map(str::to_owned));
-        assert!(seeds.len() >= 2, "{name}: one seed node alone keeps ingestd from starting when it is down: {seeds:?}");
+        assert!(
+            seeds.len() >= 2,
+            "{name}: with one seed node alone, ingestd cannot find the cluster while that node is down: {seeds:?}"
+        );
         for seed in &seeds {
             assert!(
                 redis_addrs.contains(seed),

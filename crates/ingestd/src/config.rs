@@ -262,12 +262,12 @@ fn valid_origin(origin: &str) -> bool {
     (origin.starts_with("http://") || origin.starts_with("https://")) && origin.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Settings an environment variable gives as text whatever it looks like: a
-/// password of digits is not a number.
 /// What `redis.url` may start with: one server (`redis`, `rediss` for TLS) or
 /// a Redis Cluster (fred's `redis-cluster://first:port?node=host:port&…`).
 const REDIS_SCHEMES: &[&str] = &["redis://", "rediss://", "redis-cluster://", "rediss-cluster://"];
 
+/// Settings an environment variable gives as text whatever it looks like: a
+/// password of digits is not a number.
 const TEXT_SETTINGS: &[&str] = &["nats.token", "nats.user", "nats.password", "nats.nkey_seed"];
 
 /// Settings whose value an error message never shows.

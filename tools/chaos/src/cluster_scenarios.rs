@@ -127,7 +127,8 @@ pub async fn redis_cluster_stream_master_killed(args: &Args, dir: &Path) -> Resu
     // the producers, so rows overtake a count read earlier): nothing
     // acknowledged after this was written before the kill, bar the replies
     // in flight, at most one per producer.
-    let acked_at_kill = ledger.acknowledged() as u64;
+    let acked_before = ledger.acknowledged_markers();
+    let acked_at_kill = acked_before.len() as u64;
     let waiting = failover(cluster, key, master);
     let (written_again, resumed) = await_resumed(&ledger, &db, org, acked_at_kill, WORKERS, killed).await?;
     let (mut cluster, promoted, promoted_at) = waiting.await?;
@@ -142,16 +143,27 @@ pub async fn redis_cluster_stream_master_killed(args: &Args, dir: &Path) -> Resu
     let mut verdict = ledger.verify_settled(&db, DRAIN, Duration::from_secs(5)).await?;
 
     // Lost: by the broker (acknowledged, not in the stream after the
-    // failover) or by ingestd (in the stream, not stored).
+    // failover) or by ingestd (in the stream, not stored). The stream is
+    // read back whatever was lost, and must hold every record written after
+    // the kill (bar replies in flight at it, one per producer): a read that
+    // found less could pass ingestd's losses off as the broker's.
     let lost = ledger.lost(&db).await?;
-    let in_stream = if lost.is_empty() { HashSet::new() } else { markers_in_stream(&url, key).await? };
+    let in_stream = markers_in_stream(&url, key).await?;
     let by_broker = lost.iter().filter(|m| !in_stream.contains(m)).count();
     verdict.lost -= by_broker;
+    let written_after = ledger.acknowledged_markers();
+    let missing_after = written_after.iter().filter(|m| !acked_before.contains(m) && !in_stream.contains(m)).count();
     drop(ingestd);
     drop(cluster);
     let mut failures = Vec::new();
     if verdict.acknowledged == 0 {
         failures.push("nothing was produced".to_owned());
+    }
+    if in_stream.is_empty() || missing_after as u64 > WORKERS {
+        failures.push(format!(
+            "the stream read back holds {} records and lacks {missing_after} written after the kill: broker losses cannot be told apart",
+            in_stream.len()
+        ));
     }
     match resumed {
         Some(after) if after.saturating_sub(written_again) <= RESUME_LIMIT => {}
@@ -166,10 +178,11 @@ pub async fn redis_cluster_stream_master_killed(args: &Args, dir: &Path) -> Resu
         scenario: "13 Redis Cluster: stream's master killed",
         verdict,
         figures: format!(
-            "3 masters + 3 replicas; master n{master} SIGKILLed with {acked_at_kill} entries acknowledged, n{promoted} promoted {:.1} s later, n{master} back after 5 s as a replica; writes acknowledged again {:.1} s after the kill; a record written after the kill stored {}; lost by the broker (acknowledged, not replicated before the failover): {by_broker}; {} XADDs retried",
+            "3 masters + 3 replicas; master n{master} SIGKILLed with {acked_at_kill} entries acknowledged, n{promoted} promoted {:.1} s later, n{master} back after 5 s as a replica; writes acknowledged again {:.1} s after the kill; a record written after the kill stored {}; lost by the broker (acknowledged, not replicated before the failover): {by_broker} ({} records read back from the stream); {} XADDs retried",
             (promoted_at - killed).as_secs_f64(),
             written_again.as_secs_f64(),
             resumed.map_or("never".to_owned(), |d| format!("{:.1} s after it", d.as_secs_f64())),
+            in_stream.len(),
             produced.errors
         ),
         failures,

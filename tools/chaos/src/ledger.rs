@@ -98,6 +98,11 @@ impl Ledger {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).acked.len()
     }
 
+    /// The markers acknowledged so far.
+    pub fn acknowledged_markers(&self) -> HashSet<Uuid> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).acked.clone()
+    }
+
     /// Compares the ledger with the rows of `usage_records` in `database_url`.
     pub async fn verify(&self, database_url: &str) -> Result<Verdict> {
         let stored = stored(database_url).await?;

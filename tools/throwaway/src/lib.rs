@@ -306,11 +306,10 @@ pub fn redis_tls(cert: PathBuf, key: PathBuf) -> io::Result<Server> {
 
 /// A Redis Cluster of `redis-server --cluster-enabled yes` processes: the
 /// first `masters` nodes own the 16 384 slots, each with `replicas`
-/// replicas (`redis-cli --cluster create`). Cluster-bus ports are chosen up
-/// front and each node keeps its `nodes.conf` in its own directory, so a
-/// node killed and restarted with [`RedisCluster::restart`] rejoins (as a
-/// replica, once its replica has been promoted). Node timeout 1 s: a killed
-/// master with a replica is failed over within a few seconds. Nothing is
+/// replicas (`redis-cli --cluster create`). Cluster-bus ports are chosen
+/// at each node's first start and kept, with its `nodes.conf`, in its own
+/// directory, so a node killed and restarted with [`RedisCluster::restart`]
+/// rejoins (as a replica, once its replica has been promoted). Nothing is
 /// persisted; a replica holds what its master had replicated to it.
 pub struct RedisCluster {
     nodes: Vec<Server>,
@@ -323,22 +322,51 @@ impl std::fmt::Debug for RedisCluster {
     }
 }
 
+/// Marks a cluster node's directory once the node is part of the cluster.
+const JOINED: &str = "joined";
+
 /// Starts and forms a Redis Cluster; returns once every node reports
-/// `cluster_state:ok` and every replica has synced with its master.
+/// `cluster_state:ok` and every replica has synced with its master. Node
+/// timeout: 1 s with replicas (a killed master is failed over within a few
+/// seconds), 5 s without (nothing to fail over to, and a node a busy machine
+/// stalls for a second must not be marked failed). Needs redis-server ≥ 7.0
+/// (`--cluster-port`).
 pub fn redis_cluster(masters: usize, replicas: usize) -> io::Result<RedisCluster> {
     let bin = which("redis-server").ok_or_else(|| missing("redis-server", "redis-server"))?;
     let cli = which("redis-cli").ok_or_else(|| missing("redis-cli", "redis-tools"))?;
+    let version = Command::new(&bin).arg("--version").output()?;
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let major = version.split("v=").nth(1).and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok());
+    if major.is_none_or(|m| m < 7) {
+        return Err(io::Error::other(format!(
+            "a Redis Cluster of throwaway nodes needs redis-server 7.0 or newer (`--cluster-port`); this one says {:?}",
+            version.trim()
+        )));
+    }
+    let node_timeout = if replicas == 0 { "5000" } else { "1000" };
     let total = masters * (1 + replicas);
-    let buses: Vec<u16> = (0..total).map(|_| free_port()).collect::<io::Result<_>>()?;
-    let nodes = buses
-        .into_iter()
-        .map(|bus| {
+    let nodes = (0..total)
+        .map(|_| {
             let bin = bin.clone();
             Server::start("redis-server", move |port, dir| {
+                // The cluster-bus port: a fresh one at each first-start
+                // attempt (one taken since it was found fails the start, and
+                // the launcher tries again), the same once the node joined,
+                // so a restarted node is where the others expect it.
+                let (joined, bus_file) = (dir.join(JOINED), dir.join("bus-port"));
+                let kept = std::fs::read_to_string(&bus_file).ok().and_then(|p| p.trim().parse::<u16>().ok());
+                let bus = match kept {
+                    Some(bus) if joined.exists() => bus,
+                    _ => {
+                        let bus = free_port().unwrap_or(0); // 0: Redis's default, port + 10000
+                        let _ = std::fs::write(&bus_file, bus.to_string());
+                        bus
+                    }
+                };
                 let mut cmd = Command::new(&bin);
                 cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(dir);
                 cmd.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
-                cmd.args(["--cluster-port", &bus.to_string(), "--cluster-node-timeout", "1000"]);
+                cmd.args(["--cluster-port", &bus.to_string(), "--cluster-node-timeout", node_timeout]);
                 // Replicas sync at once (Redis 7 waits 5 s by default for
                 // more replicas to share one diskless transfer).
                 cmd.args(["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]);
@@ -358,6 +386,9 @@ pub fn redis_cluster(masters: usize, replicas: usize) -> io::Result<RedisCluster
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )));
+    }
+    for node in &cluster.nodes {
+        std::fs::write(node.dir().join(JOINED), "")?;
     }
     cluster.wait_until_ok(&(0..total).collect::<Vec<_>>(), Duration::from_secs(30))?;
     cluster.wait_until_replicated(Duration::from_secs(30))?;
