@@ -191,8 +191,9 @@ pub async fn redis_cluster_stream_master_killed(args: &Args, dir: &Path) -> Resu
 
 /// 14: the shared rate limiter on a Redis Cluster; the master holding the
 /// organization's key is SIGKILLed under load. Only 200s (the budget is far
-/// above the load): the limiter decides locally while the slot has no
-/// master (the fallback gauge says so) and is back on the cluster within
+/// above the load): the limiter decides locally until the failover (the
+/// fallback gauge says so; fred waits for every master, so this holds for
+/// any master's death, docs/deploy.md) and is back on the cluster within
 /// 10 s of the replica's promotion.
 pub async fn redis_cluster_limiter_master_killed(args: &Args, dir: &Path) -> Result<Row> {
     const BACK_LIMIT: Duration = Duration::from_secs(10);
@@ -209,8 +210,8 @@ pub async fn redis_cluster_limiter_master_killed(args: &Args, dir: &Path) -> Res
     let key = format!("ratelimit:{{{}}}", ingest_chaos::load::ORGANIZATION);
     let (cluster, master, killed) = kill_master_of(cluster, &key).await?;
     let waiting = failover(cluster, &key, master);
-    // Sampled from the kill on: falling back (1) while the slot has no
-    // master, then back on the cluster (0) once the replica serves it.
+    // Sampled from the kill on: falling back (1) until the failover, then
+    // back on the cluster (0) once the replica serves the slot.
     let (mut during, mut back_at) = (false, None);
     while killed.elapsed() < Duration::from_secs(45) {
         match metric(addr, fallback).await {
