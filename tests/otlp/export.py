@@ -10,6 +10,8 @@ instrumentations set them:
   gen_ai.usage.input_tokens/output_tokens, cache read and creation, reasoning);
 - "chat claude": the older gen_ai.system + gen_ai.usage.prompt_tokens;
 - "openai.chat": OpenLLMetry's llm.usage.* spelling;
+- "chat claude-haiku": cache reads and writes reported apart from the input
+  count (as Anthropic's API counts them), so they are added to it;
 - "POST /checkout": the parent, a span without usage.
 
 The finished spans are exported `--exports N` times (N > 1: an exporter's
@@ -71,6 +73,18 @@ with tracer.start_as_current_span("POST /checkout", kind=trace.SpanKind.SERVER) 
                 "llm.usage.prompt_tokens": 30,
                 "llm.usage.completion_tokens": 12,
                 "llm.usage.total_tokens": 42,
+            }
+        )
+    with tracer.start_as_current_span("chat claude-haiku", kind=trace.SpanKind.CLIENT) as span:
+        span.set_attributes(
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "anthropic",
+                "gen_ai.request.model": "claude-haiku-4-5",
+                "gen_ai.usage.input_tokens": 10,
+                "gen_ai.usage.output_tokens": 5,
+                "gen_ai.usage.cache_read.input_tokens": 60,
+                "gen_ai.usage.cache_creation.input_tokens": 40,
             }
         )
 

@@ -5,14 +5,15 @@
 //!   (`tests/otlp/export.py`, configured only by the standard `OTEL_*`
 //!   variables), emitting spans in the current GenAI conventions, the older
 //!   `gen_ai.system` + `prompt_tokens` spelling, OpenLLMetry's `llm.usage.*`,
-//!   and a span without usage; stored rows checked field by field; a
+//!   cache counts reported apart from the input, and a span without usage;
+//!   stored rows checked field by field, costs to the nano-USD; a
 //!   re-export is all duplicates; tenancy (an organization key's spans land
 //!   in its organization whatever the resource says; a service key's go
 //!   where the header, else the resource, says);
 //! - the Rust `opentelemetry-otlp` exporter with the JSON encoding;
 //! - hand-written bodies for what exporters do not send: OTLP/JSON quirks,
 //!   rejected usage spans in `partial_success` (both encodings), 400, 413
-//!   (gzip bomb included), 415, 429, 403.
+//!   (gzip bomb included), 415, 429, 403; `auth.mode = "none"`.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -85,6 +86,35 @@ fn by_model<'a>(rows: &'a [Value], model: &str) -> &'a Value {
     rows.iter().find(|r| r["model_name"] == model).unwrap_or_else(|| panic!("no row for {model} in {rows:#?}"))
 }
 
+/// The row stored for `span` (as export.py printed it), found by its span id.
+fn by_span<'a>(rows: &'a [Value], span: &Value) -> &'a Value {
+    rows.iter()
+        .find(|r| r["metadata"]["otel"]["span_id"] == span["span_id"])
+        .unwrap_or_else(|| panic!("no row for span {span}"))
+}
+
+/// The value of one series in a `/metrics` text (0 when it is not there yet).
+fn series(metrics: &str, name: &str) -> u64 {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+}
+
+async fn scrape(c: &mut Client) -> String {
+    String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap()
+}
+
+const OTLP_SPANS: [&str; 4] = [
+    "ingestd_otlp_spans_total{outcome=\"accepted\"}",
+    "ingestd_otlp_spans_total{outcome=\"duplicate\"}",
+    "ingestd_otlp_spans_total{outcome=\"rejected\"}",
+    "ingestd_otlp_spans_total{outcome=\"without_usage\"}",
+];
+
+/// How much each of [`OTLP_SPANS`] grew between two scrapes (the recorder
+/// is the process's: other tests in it count too, so never an absolute).
+fn grown(before: &str, after: &str) -> [u64; 4] {
+    OTLP_SPANS.map(|name| series(after, name) - series(before, name))
+}
+
 fn bytes(hex: &str) -> Vec<u8> {
     (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
 }
@@ -131,12 +161,13 @@ async fn python_sdk_spans_are_stored_field_by_field(kind: Kind) {
         ("OTEL_RESOURCE_ATTRIBUTES", "service.name=checkout,ingestd.organization_id=globex"),
         ("OTEL_EXPORTER_OTLP_HEADERS", headers.as_str()),
     ];
+    let mut c = server.client().await;
+    let before = scrape(&mut c).await;
     let out = export_py(&server, &acme, &env, &["--exports", "2"]).await;
     assert_eq!(out["results"], json!(["SUCCESS", "SUCCESS"]), "the exporter's own verdict");
-    let mut c = server.client().await;
     assert!(rows(&mut c, &admin, "globex").await.is_empty(), "nothing for the resource's organization");
     let stored = rows(&mut c, &admin, "acme").await;
-    assert_eq!(stored.len(), 3, "three usage spans, the re-export all duplicates: {stored:#?}");
+    assert_eq!(stored.len(), 4, "four usage spans, the re-export all duplicates: {stored:#?}");
 
     let spans = &out["spans"];
     let current = by_model(&stored, "gpt-4o-2024-08-06");
@@ -153,22 +184,30 @@ async fn python_sdk_spans_are_stored_field_by_field(kind: Kind) {
         ("cache_write_tokens", json!(100)),
         ("reasoning_tokens", json!(120)),
         ("pricing", json!("priced")),
+        // (1200 − 400 − 100) × 2.5e-6 input + 400 × 1.25e-6 cache read
+        // + 100 × 2.5e-6 cache write (no rate: input) + 300 × 1e-5 output
+        // (reasoning included) = 0.0055 USD.
+        ("cost_nano_usd", json!(5_500_000)),
     ] {
         assert_eq!(current[field], value, "gpt-4o span, {field}");
     }
-    assert!(current["cost_nano_usd"].as_i64().unwrap() > 0);
 
     let older = by_model(&stored, "claude-sonnet-4-5");
     assert_span_identity(older, &spans["chat claude"]);
     for (field, value) in [
+        ("organization_id", json!("acme")),
         ("provider", json!("anthropic")),
+        ("project_id", json!("checkout")),
         ("prompt_tokens", json!(50)),
         ("completion_tokens", json!(20)),
         ("total_tokens", json!(70)),
         ("cached_tokens", Value::Null),
+        ("cache_write_tokens", Value::Null),
         ("reasoning_tokens", Value::Null),
         ("user_id", Value::Null),
         ("pricing", json!("priced")),
+        // 50 × 3e-6 + 20 × 1.5e-5 = 0.00045 USD.
+        ("cost_nano_usd", json!(450_000)),
     ] {
         assert_eq!(older[field], value, "gen_ai.system span, {field}");
     }
@@ -176,24 +215,46 @@ async fn python_sdk_spans_are_stored_field_by_field(kind: Kind) {
     let openllmetry = by_model(&stored, "gpt-4o-mini");
     assert_span_identity(openllmetry, &spans["openai.chat"]);
     for (field, value) in [
+        ("organization_id", json!("acme")),
         ("provider", json!("openai")),
         ("prompt_tokens", json!(30)),
         ("completion_tokens", json!(12)),
         ("total_tokens", json!(42)),
+        ("cached_tokens", Value::Null),
+        ("cache_write_tokens", Value::Null),
+        ("reasoning_tokens", Value::Null),
+        ("user_id", Value::Null),
         ("project_id", json!("checkout")),
+        // 30 × 1.5e-7 + 12 × 6e-7 = 0.0000117 USD.
+        ("cost_nano_usd", json!(11_700)),
     ] {
         assert_eq!(openllmetry[field], value, "llm.usage span, {field}");
     }
 
-    let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
-    for line in [
-        "ingestd_otlp_spans_total{outcome=\"accepted\"} 3",
-        "ingestd_otlp_spans_total{outcome=\"duplicate\"} 3",
-        "ingestd_otlp_spans_total{outcome=\"without_usage\"} 2",
-        "ingestd_records_total{source=\"otlp\",outcome=\"accepted\"} 3",
+    // Cache reads and writes beyond the input count were counted apart from
+    // it: both are added to it (SPEC §11).
+    let apart = by_span(&stored, &spans["chat claude-haiku"]);
+    assert_span_identity(apart, &spans["chat claude-haiku"]);
+    for (field, value) in [
+        ("organization_id", json!("acme")),
+        ("provider", json!("anthropic")),
+        ("model_name", json!("claude-haiku-4-5")),
+        ("prompt_tokens", json!(110)),
+        ("completion_tokens", json!(5)),
+        ("total_tokens", json!(115)),
+        ("cached_tokens", json!(60)),
+        ("cache_write_tokens", json!(40)),
+        // 10 × 1e-6 + 60 × 1e-7 cache read + 40 × 1.25e-6 cache write
+        // + 5 × 5e-6 = 0.000091 USD.
+        ("cost_nano_usd", json!(91_000)),
     ] {
-        assert!(metrics.lines().any(|l| l == line), "/metrics lacks {line}");
+        assert_eq!(apart[field], value, "cache counted apart, {field}");
     }
+
+    let after = scrape(&mut c).await;
+    assert_eq!(grown(&before, &after), [4, 4, 0, 2], "ingestd_otlp_spans_total by outcome: {after}");
+    let records = "ingestd_records_total{source=\"otlp\",outcome=\"accepted\"}";
+    assert_eq!(series(&after, records) - series(&before, records), 4, "{after}");
     server.stop().await;
 }
 
@@ -201,6 +262,8 @@ async fn service_keys_take_the_header_then_the_resource(kind: Kind) {
     let server = Server::start(kind, with_keys).await;
     let service = key(&server, auth::Scope::Service, None, auth::Permissions::WRITE).await;
     let admin = key(&server, auth::Scope::Admin, None, auth::Permissions::WRITE).await;
+    let mut c = server.client().await;
+    let before = scrape(&mut c).await;
     let headers = format!("authorization=Bearer%20{service},x-organization-id=globex");
     let resource = "service.name=billing,ingestd.organization_id=initech";
     let out = export_py(
@@ -219,14 +282,13 @@ async fn service_keys_take_the_header_then_the_resource(kind: Kind) {
     let out = export_py(&server, &service, &[], &[]).await;
     assert_eq!(out["results"], json!(["SUCCESS"]), "a partial success is a success to the exporter");
 
-    let mut c = server.client().await;
     let globex = rows(&mut c, &admin, "globex").await;
     let initech = rows(&mut c, &admin, "initech").await;
-    assert_eq!((globex.len(), initech.len()), (3, 3));
+    assert_eq!((globex.len(), initech.len()), (4, 4));
     assert!(globex.iter().chain(&initech).all(|r| r["project_id"] == "billing"));
-    assert_eq!(server.store.count_records(None).await.unwrap(), 6);
-    let metrics = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
-    assert!(metrics.lines().any(|l| l == "ingestd_otlp_spans_total{outcome=\"rejected\"} 3"), "{metrics}");
+    assert_eq!(server.store.count_records(None).await.unwrap(), 8);
+    let after = scrape(&mut c).await;
+    assert_eq!(grown(&before, &after), [8, 0, 4, 3], "ingestd_otlp_spans_total by outcome: {after}");
     server.stop().await;
 }
 
@@ -239,6 +301,7 @@ async fn the_rust_exporter_with_json_encoding_is_stored(kind: Kind) {
     let acme = key(&server, auth::Scope::Org, Some("acme"), auth::Permissions::WRITE).await;
     let admin = key(&server, auth::Scope::Admin, None, auth::Permissions::WRITE).await;
     let endpoint = format!("http://{}/v1/traces", server.addr);
+    let started = OffsetDateTime::now_utc();
     // The exporter's client is blocking: it runs on a thread of its own.
     let (trace_id, span_id) = tokio::task::spawn_blocking(move || {
         // reqwest's rustls in this build takes the process's provider (ingestd
@@ -275,6 +338,7 @@ async fn the_rust_exporter_with_json_encoding_is_stored(kind: Kind) {
     })
     .await
     .unwrap();
+    let finished = OffsetDateTime::now_utc();
 
     let mut c = server.client().await;
     let stored = rows(&mut c, &admin, "acme").await;
@@ -295,9 +359,16 @@ async fn the_rust_exporter_with_json_encoding_is_stored(kind: Kind) {
     assert_eq!(row["metadata"], json!({ "otel": { "trace_id": trace_id, "span_id": span_id } }));
     // An OpenTelemetry provider name finds its price through the alias table.
     assert_eq!(row["pricing"], "priced", "mistral_ai → the catalog's mistral");
-    assert!(row["cost_nano_usd"].as_i64().unwrap() > 0);
-    let expected_id = model::ids::derived_ordered(0, &[b"otlp", &bytes(&trace_id), &bytes(&span_id)]);
-    assert_eq!(row["request_id"].as_str().unwrap()[14..], expected_id.to_string()[14..], "derived from the span's ids");
+    // 640 × 5e-7 + 64 × 1.5e-6 = 0.000416 USD (mistral/mistral-large-latest).
+    assert_eq!(row["cost_nano_usd"], 416_000);
+    // The span ended while the exporter ran; the id is derived from its ids
+    // and ordered by that end.
+    let occurred = OffsetDateTime::parse(row["occurred_at"].as_str().unwrap(), &Rfc3339).unwrap();
+    assert!(started <= occurred && occurred <= finished, "{started} <= {occurred} <= {finished}");
+    let end_ms = u64::try_from(occurred.unix_timestamp_nanos() / 1_000_000).unwrap();
+    let expected_id = model::ids::derived_ordered(end_ms, &[b"otlp", &bytes(&trace_id), &bytes(&span_id)]);
+    assert_eq!(row["request_id"], expected_id.to_string(), "derived from the span's ids and end");
+    assert!(row["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{row}");
     server.stop().await;
 }
 
@@ -510,5 +581,42 @@ async fn bad_requests_are_refused_like_on_the_other_endpoints() {
     assert_eq!(reply.status, 429);
     assert!(reply.header("retry-after").is_some());
     assert_eq!(server.count("acme").await, 1, "the 429 stored nothing");
+    server.stop().await;
+}
+
+/// With `auth.mode = "none"` (and no rate limit, so the limit layer never
+/// reads the header first), the header names the organization, else the
+/// resource; a header that cannot name one (here blank) is a 400, as with the
+/// rate limit on, never a rejection of every span.
+#[tokio::test]
+async fn without_keys_the_header_then_the_resource_name_the_organization() {
+    let server = Server::start(Kind::Sqlite, |c| c.rate_limit.enabled = false).await;
+    let mut c = server.client().await;
+    let end = now_ns();
+    let body = |span_id: &str, resource: Value| {
+        let usage = attrs(&[
+            ("gen_ai.provider.name", json!("openai")),
+            ("gen_ai.request.model", json!("gpt-4o")),
+            ("gen_ai.usage.input_tokens", json!(8)),
+            ("gen_ai.usage.output_tokens", json!(2)),
+        ]);
+        serde_json::to_vec(&traces_body(resource, vec![json_span(span_id, end, usage)])).unwrap()
+    };
+    let json = ("content-type", "application/json");
+    let initech = attrs(&[("ingestd.organization_id", json!("initech"))]);
+
+    let headers = [json, ("x-organization-id", "globex")];
+    let reply = c.send("POST", "/v1/traces", &headers, body("cccccccccccccccc", initech.clone())).await.unwrap();
+    assert_eq!((reply.status.as_u16(), reply.json()), (200, json!({})));
+    let reply = c.send("POST", "/v1/traces", &[json], body("dddddddddddddddd", initech.clone())).await.unwrap();
+    assert_eq!((reply.status.as_u16(), reply.json()), (200, json!({})));
+    assert_eq!((server.count("globex").await, server.count("initech").await), (1, 1));
+
+    let headers = [json, ("x-organization-id", "  ")];
+    let reply = c.send("POST", "/v1/traces", &headers, body("eeeeeeeeeeeeeeee", initech)).await.unwrap();
+    assert_eq!((reply.status.as_u16(), reply.json()["code"].as_str()), (400, Some("invalid_organization_header")));
+    let reply = c.send("POST", "/v1/traces", &[json], body("ffffffffffffffff", json!([]))).await.unwrap();
+    assert_eq!((reply.status.as_u16(), reply.json()["partialSuccess"]["rejectedSpans"].as_str()), (200, Some("1")));
+    assert_eq!(server.store.count_records(None).await.unwrap(), 2);
     server.stop().await;
 }

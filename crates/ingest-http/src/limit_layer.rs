@@ -152,8 +152,16 @@ fn organization<B>(req: &Request<B>) -> Result<String, ApiError> {
     if let Some(Organization(org)) = req.extensions().get::<Organization>() {
         return Ok(org.clone());
     }
-    let Some(value) = req.headers().get(ORGANIZATION_HEADER) else {
-        return Ok(ANONYMOUS.to_owned());
+    Ok(organization_header(req.headers())?.unwrap_or_else(|| ANONYMOUS.to_owned()))
+}
+
+/// The `X-Organization-Id` header, trimmed, when a request sends one: 400
+/// `invalid_organization_header` when it is not visible ASCII, empty, or
+/// longer than an organization id may be. The one reading of the header, for
+/// the rate limit and for `POST /v1/traces`.
+pub(crate) fn organization_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(ORGANIZATION_HEADER) else {
+        return Ok(None);
     };
     let invalid = |rule: &str| ApiError::InvalidOrganizationHeader { rule: rule.to_owned() };
     let org = value.to_str().map_err(|_| invalid("must be visible ASCII"))?.trim();
@@ -163,7 +171,7 @@ fn organization<B>(req: &Request<B>) -> Result<String, ApiError> {
     if org.len() > MAX_ORGANIZATION_LEN {
         return Err(invalid(&format!("must be at most {MAX_ORGANIZATION_LEN} bytes")));
     }
-    Ok(org.to_owned())
+    Ok(Some(org.to_owned()))
 }
 
 /// The policy deciding `organization` and its name in `RateLimit-Policy`.

@@ -17,7 +17,6 @@ use model::decode::Rejected;
 use model::{Deadline, ErrorCode, FieldError, IngestReport, RecordOutcome, RecordSink, Source, UsageRecord};
 use serde_json::value::RawValue;
 
-use crate::limit_layer::ORGANIZATION_HEADER;
 use crate::{ApiError, AppState, body};
 
 pub(crate) const TRACES: &str = "/v1/traces";
@@ -56,12 +55,8 @@ pub(crate) async fn traces<S: RecordSink>(
     // resource's `ingestd.organization_id`.
     let organization = match principal.as_deref() {
         Some(p) if p.scope == Scope::Org => p.organization.clone(),
-        _ => parts
-            .headers
-            .get(ORGANIZATION_HEADER)
-            .map(|v| v.to_str().map(str::to_owned))
-            .transpose()
-            .map_err(|_| ApiError::InvalidOrganizationHeader { rule: "must be visible ASCII".into() })?,
+        // Read as the rate limit reads it, whether or not the limit is on.
+        _ => crate::limit_layer::organization_header(&parts.headers)?,
     };
     let spans = otlp::usage_spans(&request, organization.as_deref());
     drop(request);
