@@ -55,8 +55,14 @@ pub(crate) async fn traces<S: RecordSink>(
     // resource's `ingestd.organization_id`.
     let organization = match principal.as_deref() {
         Some(p) if p.scope == Scope::Org => p.organization.clone(),
-        // Read as the rate limit reads it, whether or not the limit is on.
-        _ => crate::limit_layer::organization_header(&parts.headers)?,
+        // Read as the rate limit reads it, whether or not the limit is on;
+        // the rate limit takes a tab inside, an organization id does not.
+        _ => match crate::limit_layer::organization_header(&parts.headers)? {
+            Some(org) if org.contains('\t') => {
+                return Err(ApiError::InvalidOrganizationHeader { rule: "must not hold a tab".into() });
+            }
+            org => org,
+        },
     };
     let spans = otlp::usage_spans(&request, organization.as_deref());
     drop(request);
